@@ -1,0 +1,168 @@
+"""The recommender contract shared by every backbone family.
+
+A `Recommender` pairs a tokenizer with a model kind ("seq2seq" or "causal") and knows how to
+turn prompt/target rows into batches and how to read the logits at every answer position.
+Methods that need several models on the same vocabulary (student, teachers, augmented model)
+pass the model explicitly; the tokenizer and the answer ids are shared.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from e2urec.errors import E2URecError
+
+ANSWERS = ("Yes.", "No.")  # the targets written by `data prepare` (label 1, label 0)
+IGNORE = -100
+
+
+@dataclass(frozen=True)
+class Family:
+    """A backbone family: how to build or load its model and tokenizer, and where LoRA goes.
+
+    build(arg, corpus, seed) -> (model, tokenizer): `arg` is the text after "name:" in the
+    backbone spec (a local folder or hub id for pretrained families, None for tiny ones);
+    `corpus` is the prepared data's text (tiny families train their tokenizer on its word set).
+    """
+
+    name: str
+    kind: str  # "seq2seq" or "causal"
+    build: Callable[[str | None, list[str], int], tuple[nn.Module, Any]]
+    lora_targets: tuple[str, ...] | None  # None: PEFT's default for the model type
+    description: str = ""
+
+
+class Recommender:
+    """Tokenizer + model kind + resolved answer ids; batches rows and reads answer logits."""
+
+    def __init__(self, model: nn.Module, tokenizer: Any, kind: str, max_length: int = 512) -> None:
+        if kind not in ("seq2seq", "causal"):
+            raise ValueError(kind)
+        self.model = model
+        self.tokenizer = tokenizer
+        self.kind = kind
+        self.max_length = max_length
+        self.yes_id, self.no_id = resolve_answer_ids(tokenizer, kind)
+        self._answer_ids = {a: self._encode_answer(a) for a in ANSWERS}
+
+    # ---------------------------------------------------------------- batching
+    def _encode_answer(self, target: str) -> list[int]:
+        text = target if self.kind == "seq2seq" else " " + target
+        ids = list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        if self.tokenizer.eos_token_id is not None:
+            ids.append(self.tokenizer.eos_token_id)
+        return ids
+
+    def collate(self, rows: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        """Rows with `prompt` and `target` → padded tensors; prompts are cut from the left.
+
+        seq2seq: input_ids/attention_mask for the encoder, labels = answer tokens.
+        causal: one right-padded sequence prompt+answer, labels masked on the prompt, and
+        `answer_start` = index of the first answer token in each row.
+        """
+        prompts = self.tokenizer([r["prompt"] for r in rows])["input_ids"]
+        answers = [
+            self._answer_ids.get(r["target"]) or self._encode_answer(r["target"]) for r in rows
+        ]
+        pad = self.tokenizer.pad_token_id
+        if self.kind == "seq2seq":
+            prompts = [p[-self.max_length :] for p in prompts]
+            input_ids, mask = _pad(prompts, pad)
+            labels, _ = _pad(answers, IGNORE)
+            return {"input_ids": input_ids, "attention_mask": mask, "labels": labels}
+        budget = self.max_length
+        sequences, starts, label_rows = [], [], []
+        for prompt, answer in zip(prompts, answers, strict=True):
+            prompt = prompt[-(budget - len(answer)) :]
+            sequences.append(prompt + answer)
+            starts.append(len(prompt))
+            label_rows.append([IGNORE] * len(prompt) + answer)
+        input_ids, mask = _pad(sequences, pad)
+        labels, _ = _pad(label_rows, IGNORE)
+        return {
+            "input_ids": input_ids,
+            "attention_mask": mask,
+            "labels": labels,
+            "answer_start": torch.tensor(starts),
+        }
+
+    # ---------------------------------------------------------------- scoring
+    def target_logits(
+        self, batch: dict[str, torch.Tensor], model: nn.Module | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits [B, T, V] at every answer position and the answer labels [B, T] (IGNORE = pad)."""
+        model = self.model if model is None else model
+        if self.kind == "seq2seq":
+            out = model(
+                input_ids=batch["input_ids"],
+                attention_mask=batch["attention_mask"],
+                labels=batch["labels"],
+            )
+            return out.logits, batch["labels"]
+        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        labels = batch["labels"]
+        answer_len = int((labels != IGNORE).sum(dim=1).max())
+        offsets = torch.arange(answer_len, device=labels.device)
+        positions = batch["answer_start"].unsqueeze(1) + offsets  # token positions of the answer
+        target = labels.gather(1, positions.clamp(max=labels.shape[1] - 1))
+        target = torch.where(positions < labels.shape[1], target, IGNORE)
+        # the logit predicting token t sits at position t - 1
+        index = (positions - 1).clamp(max=labels.shape[1] - 1)
+        logits = out.logits.gather(1, index.unsqueeze(-1).expand(-1, -1, out.logits.shape[-1]))
+        return logits, target
+
+    def answer_logits(
+        self, batch: dict[str, torch.Tensor], model: nn.Module | None = None
+    ) -> torch.Tensor:
+        """Full-vocabulary logits [B, V] at the first answer position (where Yes/No is decided)."""
+        return self.target_logits(batch, model)[0][:, 0, :]
+
+
+def _pad(rows: list[list[int]], value: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), value, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+        mask[i, : len(row)] = 1
+    return ids, mask
+
+
+def resolve_answer_ids(tokenizer: Any, kind: str) -> tuple[int, int]:
+    """Token ids of the first answer token for "Yes." and "No.", read from the tokenizer.
+
+    The answer word must be one token (it may carry the full stop), and the two must differ;
+    otherwise a clear error names the tokens.
+    """
+    ids = []
+    for answer in ANSWERS:
+        text = answer if kind == "seq2seq" else " " + answer
+        pieces = list(tokenizer(text, add_special_tokens=False)["input_ids"])
+        word = answer.rstrip(".")
+        first = tokenizer.decode(pieces[:1]).strip().rstrip(".") if pieces else ""
+        if first != word:
+            tokens = tokenizer.convert_ids_to_tokens(pieces)
+            raise E2URecError(
+                f"the tokenizer splits the answer {word!r} into several tokens {tokens}; "
+                "a single-token answer is needed to score Yes/No"
+            )
+        ids.append(pieces[0])
+    if ids[0] == ids[1]:
+        raise E2URecError(f"'Yes' and 'No' map to the same token id {ids[0]}")
+    return ids[0], ids[1]
+
+
+def batches(
+    rows: Sequence[dict[str, Any]], batch_size: int, by_length: bool = False
+) -> Iterator[list[int]]:
+    """Index batches over `rows`; `by_length` sorts by prompt length to waste little padding."""
+    order = list(range(len(rows)))
+    if by_length:
+        order.sort(key=lambda i: len(rows[i]["prompt"]))
+    for start in range(0, len(order), batch_size):
+        yield order[start : start + batch_size]
