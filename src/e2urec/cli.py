@@ -43,7 +43,107 @@ def run_list(args: argparse.Namespace) -> None:
         print(line)
 
 
-COMMANDS = [add_list]
+# ---------------------------------------------------------------- data
+def add_data(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "data",
+        help="prepare rating logs into LLMRec instruction data",
+        description="Dataset commands: each verb below has its own --help.",
+    )
+    dsub = p.add_subparsers(dest="data_command", metavar="VERB", parser_class=_Parser)
+    dsub.required = True
+    for add in DATA_VERBS:
+        add(dsub)
+
+
+def _last_n(value: str) -> int | None:
+    if value == "all":
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer or 'all', got {value!r}") from None
+
+
+def add_data_prepare(dsub: argparse._SubParsersAction) -> None:
+    p = dsub.add_parser(
+        "prepare",
+        help="rating log -> train/valid/test, retain/forget and shard JSONL with prompts",
+        description="Build the paper's protocol: one sample per rating with at least "
+        "--min-history earlier ratings by its user, the last --last-n samples split 60/20/20 "
+        "chronologically, --forget-ratio of the train users forgotten, SISA and RecEraser "
+        "shards. Writes DIR whole or not at all; an identical preparation already in DIR is "
+        "reported and kept, anything else there is refused unless --overwrite.",
+    )
+    p.add_argument("--dataset", required=True, help="reader name (see `e2urec list datasets`)")
+    p.add_argument("--raw", help="raw data folder or file (optional for synthetic)")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    p.add_argument(
+        "--last-n",
+        type=_last_n,
+        default=100_000,
+        help="keep the last N samples, or 'all' (default 100000)",
+    )
+    p.add_argument(
+        "--history-len", type=int, default=10, help="history items shown in the prompt (default 10)"
+    )
+    p.add_argument(
+        "--min-history",
+        type=int,
+        default=5,
+        help="drop samples with fewer earlier ratings (default 5)",
+    )
+    p.add_argument(
+        "--forget-ratio",
+        type=float,
+        default=0.2,
+        help="share of train users to forget, in (0, 1) (default 0.2)",
+    )
+    p.add_argument(
+        "--forget-strategy",
+        default="random",
+        help="random | most-active | least-active (default random)",
+    )
+    p.add_argument("--shards", type=int, default=4, help="SISA and RecEraser shards (default 4)")
+    p.add_argument(
+        "--seed", type=int, default=42, help="seed for forget users and shards (default 42)"
+    )
+    p.add_argument(
+        "--template", default="auto", help="prompt template name (default: the domain's)"
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace an existing DIR")
+    p.set_defaults(func=run_data_prepare)
+
+
+def run_data_prepare(args: argparse.Namespace) -> None:
+    from e2urec import api
+    from e2urec.data.prepare import PrepareConfig, summary_table
+
+    config = PrepareConfig(
+        dataset=args.dataset,
+        out=args.out,
+        raw=args.raw,
+        last_n=args.last_n,
+        history_len=args.history_len,
+        min_history=args.min_history,
+        forget_ratio=args.forget_ratio,
+        forget_strategy=args.forget_strategy,
+        shards=args.shards,
+        seed=args.seed,
+        template=args.template,
+    )
+    result = api.prepare(config, overwrite=args.overwrite)
+    if result.already_prepared:
+        print(f"{result.out}: already prepared with this configuration; nothing changed")
+    else:
+        print(f"prepared {result.out} (template {result.manifest['template']})")
+    print(summary_table(result.manifest))
+
+
+DATA_VERBS = [add_data_prepare]
+
+
+COMMANDS = [add_list, add_data]
 
 
 def build_parser() -> argparse.ArgumentParser:

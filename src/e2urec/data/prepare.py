@@ -1,0 +1,331 @@
+"""`e2urec data prepare`: a rating log → the paper's LLMRec instruction data, splits and shards.
+
+Output folder (written whole or not at all, via `staged_folder`):
+  train.jsonl valid.jsonl test.jsonl retain.jsonl forget.jsonl
+  shards/sisa-K.jsonl shards/receraser-K.jsonl   (K = 0 .. shards-1)
+  manifest.json
+Each JSONL line: id, user_id, item_id, timestamp, rating, label, prompt, target; rows in
+chronological order. `id` is the sample's rank in the global chronological order of all ratings,
+so it is stable across --last-n choices.
+
+Re-running into a folder that already holds the same preparation (same config apart from paths,
+same raw file hashes, same package version, outputs intact) reports it as already prepared and
+changes nothing; any other existing folder is refused unless `overwrite` is set.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from e2urec import __version__
+from e2urec.artifacts import (
+    MANIFEST,
+    atomic_write_json,
+    environment_versions,
+    sha256_bytes,
+    sha256_file,
+    staged_folder,
+)
+from e2urec.data import prompts, splits
+from e2urec.data.schema import RatingLog
+from e2urec.errors import E2URecError
+
+FORMAT = "e2urec-prepared-data/1"
+COLUMNS = ["id", "user_id", "item_id", "timestamp", "rating", "label", "prompt", "target"]
+BASE_SPLITS = ("train", "valid", "test", "retain", "forget")
+TARGETS = {1: "Yes.", 0: "No."}
+
+
+@dataclass
+class PrepareConfig:
+    """Everything that defines a preparation; defaults are the paper's protocol."""
+
+    dataset: str
+    out: str
+    raw: str | None = None
+    last_n: int | None = 100_000
+    history_len: int = 10
+    min_history: int = 5
+    forget_ratio: float = 0.2
+    forget_strategy: str = "random"
+    shards: int = 4
+    seed: int = 42
+    template: str = "auto"
+
+    def validate(self) -> None:
+        """Raise one clear E2URecError for the first invalid value."""
+        from e2urec.data.readers import READERS
+
+        READERS.get(self.dataset)
+        if self.template != "auto":
+            prompts.TEMPLATES.get(self.template)
+        if self.last_n is not None and self.last_n <= 0:
+            raise E2URecError(f"--last-n must be positive, got {self.last_n}")
+        if self.history_len < 1:
+            raise E2URecError(f"--history-len must be at least 1, got {self.history_len}")
+        if self.min_history < 1:
+            raise E2URecError(f"--min-history must be at least 1, got {self.min_history}")
+        if not 0 < self.forget_ratio < 1:
+            raise E2URecError(f"--forget-ratio must lie in (0, 1), got {self.forget_ratio:g}")
+        if self.forget_strategy not in splits.FORGET_STRATEGIES:
+            raise E2URecError(
+                f"unknown --forget-strategy {self.forget_strategy!r}; "
+                f"valid: {', '.join(splits.FORGET_STRATEGIES)}"
+            )
+        if self.shards < 1:
+            raise E2URecError(f"--shards must be at least 1, got {self.shards}")
+
+
+@dataclass
+class PrepareResult:
+    """Where the data is, its manifest, and whether an identical preparation was found there."""
+
+    out: Path
+    manifest: dict[str, Any]
+    already_prepared: bool = False
+
+
+def split_names(shards: int) -> list[str]:
+    """All split names of a preparation with `shards` shards."""
+    return [
+        *BASE_SPLITS,
+        *(f"sisa-{k}" for k in range(shards)),
+        *(f"receraser-{k}" for k in range(shards)),
+    ]
+
+
+def split_file(name: str) -> str:
+    """Relative path of split `name` inside a prepared folder."""
+    return f"shards/{name}.jsonl" if name.startswith(("sisa-", "receraser-")) else f"{name}.jsonl"
+
+
+def prepare(config: PrepareConfig, overwrite: bool = False) -> PrepareResult:
+    """Read `config.raw` with the dataset's reader and write the prepared folder `config.out`."""
+    config.validate()
+    raw_files = _hash_raw(config)
+    fingerprint = _fingerprint(config, raw_files)
+    out = Path(config.out)
+    if out.exists() and not overwrite:
+        existing = _same_preparation(out, fingerprint)
+        if existing is not None:
+            return PrepareResult(out, existing, already_prepared=True)
+        if not (out.is_dir() and not any(out.iterdir())):
+            raise E2URecError(
+                f"output folder {out} already holds {_describe_existing(out)}; "
+                "pass --overwrite to replace it"
+            )
+    log = _read(config)
+    frame, rows, info = build_splits(log, config)
+    lines = encode_lines(frame)
+    with staged_folder(out, overwrite=True) as stage:
+        files = {}
+        for name, positions in rows.items():
+            data = "".join(lines[positions].tolist()).encode("utf-8")
+            path = stage / split_file(name)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(data)
+            stats = split_stats(frame.iloc[positions])
+            files[split_file(name)] = {"sha256": sha256_bytes(data), **stats}
+        manifest = {
+            "format": FORMAT,
+            "e2urec_version": __version__,
+            "versions": environment_versions(),
+            "config": dataclasses.asdict(config),
+            "fingerprint": fingerprint,
+            "raw_files": raw_files,
+            "ratings_sha256": ratings_hash(log.ratings),
+            "splits": split_names(config.shards),
+            "files": files,
+            **info,
+        }
+        atomic_write_json(stage / MANIFEST, manifest)
+    return PrepareResult(out, manifest)
+
+
+def build_splits(
+    log: RatingLog, config: PrepareConfig
+) -> tuple[pd.DataFrame, dict[str, np.ndarray], dict[str, Any]]:
+    """All kept samples (chronological, with COLUMNS), each split's row positions into them,
+    and manifest facts (template, counts, forgotten user ids)."""
+    name = prompts.template_name(config.template, log.domain)
+    template = prompts.TEMPLATES.get(name)
+    ratings = log.ratings
+    samples = splits.chronological_samples(
+        ratings, config.history_len, config.min_history, config.last_n
+    )
+    if samples.frame.empty:
+        raise E2URecError(
+            f"no samples left: no rating has {config.min_history} earlier ratings by its user "
+            "(lower --min-history)"
+        )
+    titles = _titles(ratings["item_id"], log.items)
+    entries = prompts.history_entries(
+        titles.iloc[samples.entry_order].reset_index(drop=True),
+        ratings["rating"].iloc[samples.entry_order].reset_index(drop=True),
+    )
+    frame = samples.frame
+    frame["label"] = (frame["rating"] > 3).astype(np.int64)
+    frame["prompt"] = prompts.render(
+        template,
+        frame["user_id"].to_numpy(),
+        _titles(frame["item_id"], log.items).tolist(),
+        entries,
+        samples.starts,
+        samples.ends,
+        log.users,
+    )
+    frame["target"] = frame["label"].map(TARGETS)
+    train_slice, valid_slice, test_slice = splits.chronological_split(len(frame))
+    positions = np.arange(len(frame))
+    rows = {
+        "train": positions[train_slice],
+        "valid": positions[valid_slice],
+        "test": positions[test_slice],
+    }
+    empty = [name for name, part in rows.items() if not len(part)]
+    if empty:
+        raise E2URecError(
+            f"empty {', '.join(empty)} split from {len(frame)} sample(s); use more data"
+        )
+    train = frame.iloc[train_slice]
+    forgotten = splits.choose_forgotten(
+        train, config.forget_ratio, config.forget_strategy, config.seed
+    )
+    forget_mask = train["user_id"].isin(forgotten).to_numpy()
+    rows["retain"] = rows["train"][~forget_mask]
+    rows["forget"] = rows["train"][forget_mask]
+    if not len(rows["retain"]):
+        raise E2URecError("no retained samples: every train user is forgotten")
+    for k, part in enumerate(splits.sisa_shards(train, forget_mask, config.shards, config.seed)):
+        rows[f"sisa-{k}"] = rows["train"][part]
+    retain = frame.iloc[rows["retain"]]
+    for k, part in enumerate(splits.receraser_shards(retain, config.shards, config.seed)):
+        rows[f"receraser-{k}"] = rows["retain"][part]
+    info = {
+        "template": name,
+        "domain": log.domain,
+        "counts": {
+            "ratings": len(ratings),
+            "users": int(ratings["user_id"].nunique()),
+            "items": int(ratings["item_id"].nunique()),
+            "samples_with_min_history": samples.eligible,
+            "samples_kept": len(frame),
+        },
+        "forgotten_users": forgotten.tolist(),
+        "sharding": {
+            "sisa": "seeded random permutation of train samples, forget samples removed",
+            "receraser": "balanced k-means on TruncatedSVD user rating vectors of retain",
+        },
+    }
+    return frame[COLUMNS], rows, info
+
+
+def encode_lines(frame: pd.DataFrame) -> np.ndarray:
+    """One compact JSON object + newline per row (UTF-8 text, COLUMNS in order)."""
+    encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+    columns = [frame[c].tolist() for c in COLUMNS]
+    lines = [
+        encode(dict(zip(COLUMNS, row, strict=True))) + "\n" for row in zip(*columns, strict=True)
+    ]
+    return np.array(lines, dtype=object)
+
+
+def ratings_hash(ratings: pd.DataFrame) -> str:
+    """sha256 of the loaded ratings (user, item, rating, timestamp), whatever the raw format."""
+    columns = ratings[["user_id", "item_id", "rating", "timestamp"]]
+    return sha256_bytes(pd.util.hash_pandas_object(columns, index=False).to_numpy().tobytes())
+
+
+def split_stats(frame: pd.DataFrame) -> dict[str, Any]:
+    """Samples, distinct users and positive rate of a split."""
+    return {
+        "samples": len(frame),
+        "users": int(frame["user_id"].nunique()),
+        "positive_rate": round(float(frame["label"].mean()), 6) if len(frame) else None,
+    }
+
+
+def summary_table(manifest: dict[str, Any]) -> str:
+    """A plain-text table: split, samples, users, positive rate (base splits and shards)."""
+    lines = [f"{'split':14s} {'samples':>9s} {'users':>7s} {'positive':>9s}"]
+    for name in manifest["splits"]:
+        stats = manifest["files"][split_file(name)]
+        rate = "-" if stats["positive_rate"] is None else f"{stats['positive_rate']:.3f}"
+        lines.append(f"{name:14s} {stats['samples']:9d} {stats['users']:7d} {rate:>9s}")
+    return "\n".join(lines)
+
+
+def _titles(item_ids: pd.Series, items: pd.DataFrame) -> pd.Series:
+    lookup = items.drop_duplicates("item_id").set_index("item_id")["title"].astype(str)
+    titles = item_ids.map(lookup)
+    missing = titles.isna()
+    if missing.any():
+        titles = titles.astype(object)
+        titles[missing] = "Item " + item_ids[missing].astype(str)
+    return titles.astype(str)
+
+
+def _read(config: PrepareConfig) -> RatingLog:
+    from e2urec.data.readers import READERS
+
+    reader = READERS.get(config.dataset)
+    return reader(None if config.raw is None else Path(config.raw))
+
+
+def _hash_raw(config: PrepareConfig) -> dict[str, str]:
+    if config.raw is None:
+        return {}
+    raw = Path(config.raw)
+    if raw.is_file():
+        return {raw.name: sha256_file(raw)}
+    if not raw.is_dir():
+        raise E2URecError(f"--raw not found: {raw}")
+    return {p.name: sha256_file(p) for p in sorted(raw.iterdir()) if p.is_file()}
+
+
+def _fingerprint(config: PrepareConfig, raw_files: dict[str, str]) -> str:
+    identity = {k: v for k, v in dataclasses.asdict(config).items() if k not in ("out", "raw")}
+    payload = {"config": identity, "raw": raw_files, "version": __version__, "format": FORMAT}
+    return sha256_bytes(json.dumps(payload, sort_keys=True).encode("utf-8"))
+
+
+def _same_preparation(out: Path, fingerprint: str) -> dict[str, Any] | None:
+    manifest = _load_manifest(out)
+    if manifest is None or manifest.get("fingerprint") != fingerprint:
+        return None
+    for rel, stats in manifest.get("files", {}).items():
+        path = out / rel
+        if not path.is_file() or sha256_file(path) != stats.get("sha256"):
+            return None
+    return manifest
+
+
+def _load_manifest(out: Path) -> dict[str, Any] | None:
+    path = out / MANIFEST
+    if not path.is_file():
+        return None
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    return manifest if isinstance(manifest, dict) and manifest.get("format") == FORMAT else None
+
+
+def _describe_existing(out: Path) -> str:
+    if not out.is_dir():
+        return "a file, not a folder"
+    manifest = _load_manifest(out)
+    if manifest is None:
+        return "other files (no prepared-data manifest)"
+    config = manifest.get("config", {})
+    return (
+        f"a different preparation (dataset {config.get('dataset')}, seed {config.get('seed')}, "
+        "or modified files)"
+    )
