@@ -1,0 +1,1 @@
+"""Evaluation: pure metric functions for utility, forgetting and membership inference."""

@@ -1,0 +1,1 @@
+"""Reporting: Markdown/CSV result tables and matplotlib plots."""

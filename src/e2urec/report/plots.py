@@ -1,0 +1,235 @@
+"""Plots (PNG, matplotlib's Agg canvas, no pyplot state): trade-off, cost, training curves.
+
+`plot_tradeoff` and `plot_cost` take the frame from `e2urec.report.tables.summarise`.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from e2urec.artifacts import atomic_write_bytes
+from e2urec.errors import E2URecError
+from e2urec.report.tables import (
+    NOISE_FLOOR,
+    ORIGINAL,
+    RETRAIN,
+    format_count,
+    method_key,
+    method_label,
+)
+
+DPI = 150
+
+
+def _figure(width: float, height: float, ncols: int = 1) -> tuple[Figure, list]:
+    figure = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
+    FigureCanvasAgg(figure)
+    axes = figure.subplots(1, ncols, squeeze=False)[0]
+    return figure, list(axes)
+
+
+def _save(figure: Figure, path: str | Path) -> Path:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=DPI)
+    atomic_write_bytes(path, buffer.getvalue())
+    return Path(path)
+
+
+def _stat(summary: pd.DataFrame, method: str, column: str, stat: str = "mean") -> float:
+    name = f"{column}_{stat}"
+    if name not in summary.columns:
+        return math.nan
+    value = summary.at[method, name]
+    return math.nan if pd.isna(value) else float(value)
+
+
+def _require(summary: pd.DataFrame, columns: tuple[str, ...], plot: str) -> None:
+    missing = [c for c in columns if f"{c}_mean" not in summary.columns]
+    if summary.empty or missing:
+        raise E2URecError(f"cannot draw {plot}: summary lacks {', '.join(missing) or 'rows'}")
+
+
+def plot_tradeoff(summary: pd.DataFrame, path: str | Path) -> Path:
+    """Forgetting (paper-JSD to Retrain, x) vs test AUC (y), one labelled point per method."""
+    x_col, y_col = "forget_paper_jsd", "test_auc"
+    _require(summary, (x_col, y_col), "the trade-off plot")
+    figure, (axis,) = _figure(7.0, 5.0)
+    methods = [m for m in summary.index if method_key(m) != NOISE_FLOOR]
+    palette = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf"]
+    others = [m for m in methods if method_key(m) not in (ORIGINAL, RETRAIN)]
+    colours = {m: palette[i % len(palette)] for i, m in enumerate(others)}
+    colours.update({m: "black" for m in methods if method_key(m) == ORIGINAL})
+    colours.update({m: "grey" for m in methods if method_key(m) == RETRAIN})
+    points = []
+    for method in methods:
+        x, y = _stat(summary, method, x_col), _stat(summary, method, y_col)
+        if not (math.isnan(x) or math.isnan(y)):
+            points.append((method, x, y))
+    xs = [x for _, x, _ in points]
+    ys = [y for _, _, y in points]
+    span_x = (max(xs, default=0.0) - min(xs, default=0.0)) or 1.0
+    span_y = (max(ys, default=0.0) - min(ys, default=0.0)) or 1.0
+    placed: list[tuple[float, float]] = []
+    for method, x, y in sorted(points, key=lambda point: -point[2]):
+        key = method_key(method)
+        marker, size = {ORIGINAL: ("*", 16), RETRAIN: ("s", 9)}.get(key, ("o", 9))
+        colour = colours[method]
+        axis.errorbar(
+            x,
+            y,
+            xerr=np.nan_to_num(_stat(summary, method, x_col, "std")),
+            yerr=np.nan_to_num(_stat(summary, method, y_col, "std")),
+            fmt=marker,
+            markersize=size,
+            color=colour,
+            ecolor=colour,
+            elinewidth=1,
+            capsize=3,
+        )
+        crowded = any(
+            abs(x - px) / span_x < 0.15 and abs(y - py) / span_y < 0.06 for px, py in placed
+        )
+        placed.append((x, y))
+        axis.annotate(
+            method_label(method),
+            (x, y),
+            xytext=(7, -13 if crowded else 6),
+            textcoords="offset points",
+            fontsize=9,
+            fontweight="bold" if key == ORIGINAL else "normal",
+        )
+    floor_rows = [m for m in summary.index if method_key(m) == NOISE_FLOOR]
+    floor = _stat(summary, floor_rows[0], x_col) if floor_rows else math.nan
+    if not math.isnan(floor):
+        xs.append(floor)
+        axis.axvline(floor, color="grey", linestyle="--", linewidth=1.2)
+        axis.annotate(
+            "noise floor\n(Retrain vs Retrain)",
+            (floor, 0.02),
+            xycoords=("data", "axes fraction"),
+            xytext=(5, 0),
+            textcoords="offset points",
+            fontsize=8,
+            color="grey",
+        )
+    positive = [x for x in xs if x > 0]
+    if len(positive) == len(xs) and positive and max(positive) / min(positive) > 100:
+        axis.set_xscale("log")
+    axis.margins(x=0.15, y=0.15)
+    axis.annotate(
+        "better:\nlower JSD,\nhigher AUC",
+        xy=(0.80, 0.26),
+        xytext=(0.92, 0.10),
+        xycoords="axes fraction",
+        textcoords="axes fraction",
+        fontsize=8,
+        color="green",
+        ha="center",
+        va="center",
+        arrowprops={"arrowstyle": "->", "color": "green", "linewidth": 1.5},
+    )
+    axis.set_xlabel("forgetting: paper-JSD to Retrain on the forget set (lower is better)")
+    axis.set_ylabel("test AUC (higher is better)")
+    axis.set_title("Forgetting vs utility (mean ± std over seeds)")
+    axis.grid(True, alpha=0.3)
+    return _save(figure, path)
+
+
+def plot_cost(summary: pd.DataFrame, path: str | Path) -> Path:
+    """Horizontal bars per method: wall time (log scale) and trainable parameters."""
+    _require(summary, ("time_s",), "the cost plot")
+    methods = [m for m in summary.index if method_key(m) != NOISE_FLOOR]
+    labels = [method_label(m) for m in methods]
+    panels = [("time_s", "wall time (s, log scale)")]
+    if "trainable_params_mean" in summary.columns:
+        panels.append(("trainable_params", "trainable parameters (log scale)"))
+    figure, axes = _figure(5.0 * len(panels), 0.5 * len(methods) + 1.5, ncols=len(panels))
+    positions = np.arange(len(methods))
+    for axis, (column, title) in zip(axes, panels, strict=True):
+        means = np.array([_stat(summary, m, column) for m in methods])
+        stds = np.nan_to_num([_stat(summary, m, column, "std") for m in methods])
+        colours = [
+            "#7f7f7f" if method_key(m) in (ORIGINAL, RETRAIN) else "#1f77b4" for m in methods
+        ]
+        axis.barh(positions, np.nan_to_num(means), xerr=stds, color=colours, capsize=3)
+        for position, value in zip(positions, means, strict=True):
+            if not math.isnan(value) and value > 0:
+                text = f"{value:.3g}" if column == "time_s" else format_count(value)
+                axis.annotate(
+                    text,
+                    (value, position),
+                    xytext=(4, 0),
+                    textcoords="offset points",
+                    va="center",
+                    fontsize=8,
+                )
+        if (means[~np.isnan(means)] > 0).any():
+            axis.set_xscale("log")
+        axis.margins(x=0.25)
+        axis.set_yticks(positions, labels if axis is axes[0] else [""] * len(labels))
+        axis.invert_yaxis()
+        axis.set_xlabel(title)
+        axis.grid(True, axis="x", alpha=0.3)
+    figure.suptitle("Cost per method (lower is better; grey = reference runs)")
+    return _save(figure, path)
+
+
+def read_log(log_jsonl_path: str | Path) -> list[dict]:
+    """Records of a run's log.jsonl; a missing file or a malformed line is one clear error."""
+    path = Path(log_jsonl_path)
+    if not path.is_file():
+        raise E2URecError(f"training log not found: {path}")
+    records = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise E2URecError(f"{path}:{number}: not valid JSON ({exc.msg})") from None
+        if not isinstance(record, dict):
+            raise E2URecError(f"{path}:{number}: expected a JSON object")
+        records.append(record)
+    return records
+
+
+def plot_training_curves(log_jsonl_path: str | Path, path: str | Path) -> Path:
+    """Every numeric key of log.jsonl except step/epoch, plotted against step."""
+    records = read_log(log_jsonl_path)
+    series: dict[str, tuple[list[float], list[float]]] = {}
+    for index, record in enumerate(records):
+        step = record.get("step", index)
+        for key, value in record.items():
+            if key in ("step", "epoch") or isinstance(value, bool):
+                continue
+            if isinstance(value, int | float) and math.isfinite(value):
+                xs, ys = series.setdefault(key, ([], []))
+                xs.append(float(step))
+                ys.append(float(value))
+    if not series:
+        raise E2URecError(f"no numeric values to plot in {log_jsonl_path}")
+    losses = {k: v for k, v in series.items() if "loss" in k}
+    others = {k: v for k, v in series.items() if "loss" not in k}
+    panels = [(title, group) for title, group in (("loss", losses), ("other", others)) if group]
+    figure, axes = _figure(6.0 * len(panels), 4.5, ncols=len(panels))
+    for axis, (title, group) in zip(axes, panels, strict=True):
+        for key, (xs, ys) in sorted(group.items()):
+            marker = "o" if len(xs) <= 30 else None
+            axis.plot(xs, ys, marker=marker, markersize=4, linewidth=1.4, label=key)
+        values = [y for _, ys in group.values() for y in ys]
+        if title == "other" and min(values) > 0 and max(values) / min(values) > 100:
+            axis.set_yscale("log")
+        axis.set_xlabel("step")
+        axis.set_ylabel(title if title == "loss" else "value")
+        axis.grid(True, alpha=0.3)
+        axis.legend(fontsize=8)
+    figure.suptitle(f"Training curves: {Path(log_jsonl_path).parent.name or 'run'}")
+    return _save(figure, path)

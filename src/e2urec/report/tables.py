@@ -1,0 +1,187 @@
+"""Result tables: per-run rows → per-method mean ± std → `results.csv`, `summary.csv`, `results.md`.
+
+A row is a dict with `method`, `seed` and metric columns (`forget_paper_jsd`, `test_auc`,
+`time_s`, ...). Three method names are reference rows rather than unlearning methods and are
+placed at the top: `noise_floor` (a metric between two Retrain runs of different seeds),
+`original` and `retrain` (matched case-insensitively, spaces or dashes for underscores).
+Bold marks the best mean per column among the unlearning methods only, in the direction that
+`e2urec.eval.metrics.metric_info` declares.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from e2urec.artifacts import atomic_write_text
+from e2urec.errors import E2URecError
+from e2urec.eval.metrics import metric_info
+
+NOISE_FLOOR = "noise_floor"
+ORIGINAL = "original"
+RETRAIN = "retrain"
+REFERENCE_ORDER = (NOISE_FLOOR, ORIGINAL, RETRAIN)
+LABELS = {
+    NOISE_FLOOR: "noise floor (Retrain vs Retrain)",
+    ORIGINAL: "Original",
+    RETRAIN: "Retrain",
+}
+
+
+def _significant(digits: int) -> Callable[[float], int]:
+    """Decimals that show `digits` significant digits of a mean (std gets the same decimals)."""
+
+    def decimals(mean: float) -> int:
+        if mean == 0 or not math.isfinite(mean):
+            return digits
+        return min(8, max(0, digits - 1 - math.floor(math.log10(abs(mean)))))
+
+    return decimals
+
+
+def _fixed(places: int) -> Callable[[float], int]:
+    return lambda mean: places
+
+
+def format_count(value: float) -> str:
+    """A parameter count in short form: 1.23M, 600K, 7B."""
+    for scale, suffix in ((1e9, "B"), (1e6, "M"), (1e3, "K")):
+        if abs(value) >= scale:
+            return f"{value / scale:.3g}{suffix}"
+    return f"{value:.0f}"
+
+
+# (column, header, decimals for a given mean) in the paper's layout; None: a count (K/M/B).
+TABLE_COLUMNS: tuple[tuple[str, str, Callable[[float], int] | None], ...] = (
+    ("forget_paper_jsd", "forget paper-JSD", _significant(4)),
+    ("forget_l2", "forget L2", _significant(4)),
+    ("test_auc", "test AUC", _fixed(4)),
+    ("test_acc", "ACC", _fixed(4)),
+    ("test_logloss", "LogLoss", _fixed(4)),
+    ("time_s", "time (s)", _fixed(1)),
+    ("time_ratio", "time ÷ Retrain", _significant(3)),
+    ("trainable_params", "trainable params", None),
+)
+
+
+def method_key(method: str) -> str:
+    """Canonical form of a method name: lower case, underscores for spaces and dashes."""
+    return str(method).strip().lower().replace(" ", "_").replace("-", "_")
+
+
+def is_reference(method: str) -> bool:
+    """True for the noise floor, Original and Retrain rows (not unlearning methods)."""
+    return method_key(method) in REFERENCE_ORDER
+
+
+def method_label(method: str) -> str:
+    """Display name: fixed labels for reference rows, the method name otherwise."""
+    return LABELS.get(method_key(method), str(method))
+
+
+def summarise(rows: Iterable[Mapping[str, Any]]) -> pd.DataFrame:
+    """Per-method `n_seeds`, `<metric>_mean` and `<metric>_std` (sample std; nan for one seed).
+
+    The index is the method name; reference rows come first (noise floor, Original, Retrain),
+    then the other methods in order of first appearance. Non-numeric columns are dropped.
+    """
+    frame = pd.DataFrame(list(rows))
+    if frame.empty:
+        raise E2URecError("no result rows to summarise")
+    if "method" not in frame.columns or frame["method"].isna().any():
+        raise E2URecError("every result row needs a 'method'")
+    metrics = [
+        column
+        for column in frame.columns
+        if column not in ("method", "seed") and pd.api.types.is_numeric_dtype(frame[column])
+    ]
+    grouped = frame.groupby("method", sort=False)
+    summary = pd.DataFrame({"n_seeds": grouped.size()})
+    for column in metrics:
+        summary[f"{column}_mean"] = grouped[column].mean()
+        summary[f"{column}_std"] = grouped[column].std(ddof=1)
+    rank = {key: position for position, key in enumerate(REFERENCE_ORDER)}
+    order = sorted(
+        range(len(summary)),
+        key=lambda i: (rank.get(method_key(summary.index[i]), len(rank)), i),
+    )
+    summary = summary.iloc[order]
+    summary.index.name = "method"
+    return summary
+
+
+def _cell(summary: pd.DataFrame, method: str, column: str, decimals: Callable | None) -> str:
+    mean = summary.at[method, f"{column}_mean"] if f"{column}_mean" in summary else math.nan
+    if pd.isna(mean):
+        return "–"
+    if decimals is None:
+        text = format_count(mean)
+        pct = summary.at[method, "trainable_pct_mean"] if "trainable_pct_mean" in summary else None
+        return text if pct is None or pd.isna(pct) else f"{text} ({pct:.3g}%)"
+    places = decimals(mean)
+    text = f"{mean:.{places}f}"
+    std = summary.at[method, f"{column}_std"]
+    if summary.at[method, "n_seeds"] > 1 and not pd.isna(std):
+        text += f" ± {std:.{places}f}"
+    return text
+
+
+def best_methods(summary: pd.DataFrame, column: str) -> set[str]:
+    """Unlearning methods holding the best mean in `column`.
+
+    Empty when fewer than two methods compete or all of them tie (nothing stands out).
+    """
+    means = summary.get(f"{column}_mean")
+    if means is None:
+        return set()
+    candidates = means[[not is_reference(m) for m in summary.index]].dropna()
+    if len(candidates) < 2:
+        return set()
+    best = candidates.max() if metric_info(column).higher_is_better else candidates.min()
+    winners = {m for m, value in candidates.items() if math.isclose(value, best, rel_tol=1e-12)}
+    return winners if len(winners) < len(candidates) else set()
+
+
+def to_markdown(summary: pd.DataFrame) -> str:
+    """The summary as a Markdown table in the paper's layout, best unlearning method in bold."""
+    headers = ["method", *(header for _, header, _ in TABLE_COLUMNS), "seeds"]
+    best = {column: best_methods(summary, column) for column, *_ in TABLE_COLUMNS}
+    lines = [
+        "| " + " | ".join(headers) + " |",
+        "|---" + "|---:" * (len(headers) - 1) + "|",
+    ]
+    for method in summary.index:
+        cells = [method_label(method).replace("|", "\\|")]
+        for column, _, decimals in TABLE_COLUMNS:
+            text = _cell(summary, method, column, decimals)
+            cells.append(f"**{text}**" if method in best[column] else text)
+        cells.append(str(int(summary.at[method, "n_seeds"])))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+LEGEND = (
+    "Cells: mean ± std over seeds (mean alone for one seed). Forgetting metrics compare each "
+    "method with Retrain on the forget set; lower is better. **Bold**: best unlearning method "
+    "per column (reference rows excluded).\n"
+)
+
+
+def write_tables(rows: Iterable[Mapping[str, Any]], out_dir: str | Path) -> dict[str, Path]:
+    """Write `results.csv` (one line per run), `summary.csv` and `results.md`, atomically."""
+    rows = list(rows)
+    summary = summarise(rows)
+    out_dir = Path(out_dir)
+    paths = {
+        "results_csv": out_dir / "results.csv",
+        "summary_csv": out_dir / "summary.csv",
+        "results_md": out_dir / "results.md",
+    }
+    atomic_write_text(paths["results_csv"], pd.DataFrame(rows).to_csv(index=False))
+    atomic_write_text(paths["summary_csv"], summary.to_csv())
+    atomic_write_text(paths["results_md"], to_markdown(summary) + "\n" + LEGEND)
+    return paths
