@@ -149,11 +149,9 @@ def prepare(config: PrepareConfig, overwrite: bool = False) -> PrepareResult:
     return PrepareResult(out, manifest)
 
 
-def build_splits(
-    log: RatingLog, config: PrepareConfig
-) -> tuple[pd.DataFrame, dict[str, np.ndarray], dict[str, Any]]:
-    """All kept samples (chronological, with COLUMNS), each split's row positions into them,
-    and manifest facts (template, counts, forgotten user ids)."""
+def labelled_samples(log: RatingLog, config: PrepareConfig) -> tuple[pd.DataFrame, int, str]:
+    """All kept samples in chronological order with label, prompt and target; also the number
+    of samples before --last-n and the template name."""
     name = prompts.template_name(config.template, log.domain)
     template = prompts.TEMPLATES.get(name)
     ratings = log.ratings
@@ -182,6 +180,16 @@ def build_splits(
         log.users,
     )
     frame["target"] = frame["label"].map(TARGETS)
+    return frame[COLUMNS], samples.eligible, name
+
+
+def build_splits(
+    log: RatingLog, config: PrepareConfig
+) -> tuple[pd.DataFrame, dict[str, np.ndarray], dict[str, Any]]:
+    """All kept samples (chronological, with COLUMNS), each split's row positions into them,
+    and manifest facts (template, counts, forgotten user ids)."""
+    frame, eligible, name = labelled_samples(log, config)
+    ratings = log.ratings
     train_slice, valid_slice, test_slice = splits.chronological_split(len(frame))
     positions = np.arange(len(frame))
     rows = {
@@ -189,7 +197,7 @@ def build_splits(
         "valid": positions[valid_slice],
         "test": positions[test_slice],
     }
-    empty = [name for name, part in rows.items() if not len(part)]
+    empty = [split for split, part in rows.items() if not len(part)]
     if empty:
         raise E2URecError(
             f"empty {', '.join(empty)} split from {len(frame)} sample(s); use more data"
@@ -215,7 +223,7 @@ def build_splits(
             "ratings": len(ratings),
             "users": int(ratings["user_id"].nunique()),
             "items": int(ratings["item_id"].nunique()),
-            "samples_with_min_history": samples.eligible,
+            "samples_with_min_history": eligible,
             "samples_kept": len(frame),
         },
         "forgotten_users": forgotten.tolist(),
@@ -224,7 +232,7 @@ def build_splits(
             "receraser": "balanced k-means on TruncatedSVD user rating vectors of retain",
         },
     }
-    return frame[COLUMNS], rows, info
+    return frame, rows, info
 
 
 def encode_lines(frame: pd.DataFrame) -> np.ndarray:
