@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -22,3 +23,28 @@ def prepare(config: PrepareConfig, overwrite: bool = False) -> PrepareResult:
     from e2urec.data.prepare import prepare as run
 
     return run(config, overwrite=overwrite)
+
+
+def fetch(name: str, cache: str | Path | None = None, offline: bool = False) -> Path:
+    """Cached folder of a downloadable dataset, downloaded and sha256-checked if needed."""
+    from e2urec.data.sources import fetch as run
+
+    return run(name, cache=cache, offline=offline)
+
+
+def synthesize(
+    out: str | Path,
+    n_users: int = 600,
+    n_items: int = 400,
+    n_ratings: int = 30_000,
+    seed: int = 0,
+    overwrite: bool = False,
+) -> Path:
+    """Write a seeded synthetic rating log to `out` in the MovieLens-1M format, atomically."""
+    from e2urec.artifacts import staged_folder
+    from e2urec.data.synthetic import generate, write_ml1m
+
+    log = generate(n_users, n_items, n_ratings, seed)
+    with staged_folder(out, overwrite=overwrite) as staging:
+        write_ml1m(log, staging)
+    return Path(out)

@@ -47,7 +47,7 @@ def run_list(args: argparse.Namespace) -> None:
 def add_data(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "data",
-        help="prepare rating logs into LLMRec instruction data",
+        help="fetch, synthesize or prepare datasets (rating logs -> LLMRec data)",
         description="Dataset commands: each verb below has its own --help.",
     )
     dsub = p.add_subparsers(dest="data_command", metavar="VERB", parser_class=_Parser)
@@ -140,7 +140,60 @@ def run_data_prepare(args: argparse.Namespace) -> None:
     print(summary_table(result.manifest))
 
 
-DATA_VERBS = [add_data_prepare]
+def add_data_fetch(dsub: argparse._SubParsersAction) -> None:
+    p = dsub.add_parser(
+        "fetch",
+        help="download a MovieLens dataset into the cache (sha256-checked)",
+        description="Download ml-1m or ml-100k from GroupLens (or $E2UREC_DATA_URL), check its "
+        "pinned sha256 and unzip it into the cache ($E2UREC_CACHE, default ~/.cache/e2urec). "
+        "Prints the cached folder; a dataset already cached is not downloaded again.",
+    )
+    p.add_argument("name", metavar="NAME", help="ml-1m or ml-100k")
+    p.add_argument("--cache", metavar="DIR", help="cache folder (default $E2UREC_CACHE)")
+    p.add_argument(
+        "--offline", action="store_true", help="never download; use only what the cache holds"
+    )
+    p.set_defaults(func=run_data_fetch)
+
+
+def run_data_fetch(args: argparse.Namespace) -> None:
+    from e2urec import api
+
+    print(api.fetch(args.name, cache=args.cache, offline=args.offline))
+
+
+def add_data_synthesize(dsub: argparse._SubParsersAction) -> None:
+    p = dsub.add_parser(
+        "synthesize",
+        help="write seeded synthetic data in the MovieLens-1M format",
+        description="Generate a seeded latent-factor rating log and write users.dat, movies.dat "
+        "and ratings.dat in the MovieLens-1M format (read it with --dataset ml-1m or synthetic). "
+        "DIR appears only when complete.",
+    )
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    p.add_argument("--users", type=int, default=600, help="number of users (default 600)")
+    p.add_argument("--items", type=int, default=400, help="number of items (default 400)")
+    p.add_argument("--ratings", type=int, default=30_000, help="number of ratings (default 30000)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing DIR")
+    p.set_defaults(func=run_data_synthesize)
+
+
+def run_data_synthesize(args: argparse.Namespace) -> None:
+    from e2urec import api
+
+    out = api.synthesize(
+        args.out,
+        n_users=args.users,
+        n_items=args.items,
+        n_ratings=args.ratings,
+        seed=args.seed,
+        overwrite=args.overwrite,
+    )
+    print(f"wrote {out} ({args.users} users, {args.items} items, {args.ratings} ratings)")
+
+
+DATA_VERBS = [add_data_fetch, add_data_synthesize, add_data_prepare]
 
 
 COMMANDS = [add_list, add_data]
