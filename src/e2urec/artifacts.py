@@ -71,7 +71,9 @@ def read_json(path: str | Path, what: str = "file") -> Any:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
-        raise E2URecError(f"{what} is not valid JSON: {path} ({exc.msg}, line {exc.lineno})") from None
+        raise E2URecError(
+            f"{what} is not valid JSON: {path} ({exc.msg}, line {exc.lineno})"
+        ) from None
 
 
 def environment_versions() -> dict[str, str]:
@@ -103,7 +105,9 @@ def staged_folder(final: str | Path, overwrite: bool = False) -> Iterator[Path]:
     try:
         yield staging
         if final.exists():
-            trash = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".old", dir=final.parent))
+            trash = Path(
+                tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".old", dir=final.parent)
+            )
             os.replace(final, trash / final.name)
             os.replace(staging, final)
             shutil.rmtree(trash, ignore_errors=True)

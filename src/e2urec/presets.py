@@ -1,0 +1,96 @@
+"""Bench presets: YAML files shipped as package data, resolved into a typed BenchConfig.
+
+Precedence: dataclass defaults < preset YAML < --config file < --set a.b=c.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any
+
+import yaml
+
+from e2urec import config as cfg
+from e2urec.errors import E2URecError
+
+
+@dataclass
+class BenchData:
+    """How to prepare the data (see `e2urec data prepare`); `fallback_dataset` is used when the
+    dataset's files are not found (the demo falls back to the synthetic set)."""
+
+    dataset: str = "ml-100k"
+    fallback_dataset: str = ""
+    last_n: int = 100_000
+    history_len: int = 10
+    min_history: int = 5
+    forget_ratio: float = 0.2
+    forget_strategy: str = "random"
+    shards: int = 4
+    seed: int = 42
+
+
+@dataclass
+class BenchTrain:
+    """How Original and Retrain are trained (see `e2urec train`)."""
+
+    backbone: str = "t5-tiny"
+    epochs: int = 10
+    lr: float = 1e-3
+    batch_size: int = 16
+    patience: int = 3
+    max_length: int = 512
+
+
+@dataclass
+class BenchConfig:
+    """A whole experiment: data, training recipe, seeds, methods and their parameters."""
+
+    description: str = ""
+    data: BenchData = field(default_factory=BenchData)
+    train: BenchTrain = field(default_factory=BenchTrain)
+    seeds: list = field(default_factory=lambda: [0, 1])
+    methods: Any = "all"
+    method_params: dict = field(default_factory=dict)
+
+
+def preset_names() -> list[str]:
+    """Names of the presets shipped with the package."""
+    folder = resources.files("e2urec") / "presets"
+    return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def preset_values(name: str) -> dict[str, Any]:
+    """The raw mapping of preset `name`; an unknown name lists the valid ones."""
+    if name not in preset_names():
+        raise E2URecError(f"unknown preset {name!r}; valid: {', '.join(preset_names())}")
+    text = (resources.files("e2urec") / "presets" / f"{name}.yaml").read_text(encoding="utf-8")
+    return yaml.safe_load(text) or {}
+
+
+def resolve(
+    preset: str, config_file: str | None = None, overrides: list[str] | None = None
+) -> BenchConfig:
+    """BenchConfig from a preset, an optional YAML file and --set overrides (in that order)."""
+    values = preset_values(preset)
+    if config_file:
+        values = cfg.merge(values, cfg.load_yaml(config_file))
+    values = cfg.merge(values, cfg.parse_set_options(overrides))
+    sections = {"data": BenchData, "train": BenchTrain}
+    top = {k: v for k, v in values.items() if k not in sections}
+    built = cfg.build(BenchConfig, top, "bench")
+    for name, cls in sections.items():
+        section = values.get(name) or {}
+        if not isinstance(section, dict):
+            raise E2URecError(f"bench section {name!r} must be a mapping")
+        setattr(built, name, cfg.build(cls, section, f"bench {name}"))
+    if not built.seeds or not all(isinstance(s, int) for s in built.seeds):
+        raise E2URecError(f"bench seeds must be a non-empty list of integers, got {built.seeds!r}")
+    return built
+
+
+def as_dict(config: BenchConfig) -> dict[str, Any]:
+    """Plain mapping of a BenchConfig (for config.resolved.yaml)."""
+    return dataclasses.asdict(config)
