@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from e2urec.data.prepare import PrepareConfig, PrepareResult
@@ -48,3 +49,19 @@ def synthesize(
     with staged_folder(out, overwrite=overwrite) as staging:
         write_ml1m(log, staging)
     return Path(out)
+
+
+def evaluate(
+    run: str | Path,
+    data: str | Path,
+    reference: str | Path | None = None,
+    splits: str | Sequence[str] = ("test", "forget"),
+    batch_size: int = 64,
+    device: str | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Score `run` on prepared splits (and against a `reference` run); write RUN/metrics.json
+    (merged by split) and RUN/predictions/<split>.parquet. See `e2urec.eval.evaluate`."""
+    from e2urec.eval.evaluate import evaluate as run_eval
+
+    return run_eval(run, data, reference, splits, batch_size, device, progress)

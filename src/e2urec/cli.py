@@ -196,7 +196,46 @@ def run_data_synthesize(args: argparse.Namespace) -> None:
 DATA_VERBS = [add_data_fetch, add_data_synthesize, add_data_prepare]
 
 
-COMMANDS = [add_list, add_data]
+# ---------------------------------------------------------------- eval
+def add_eval(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "eval",
+        help="score a run: utility (AUC, ACC, LogLoss) and distances to a reference run",
+        description="Score RUN on prepared splits of DIR: AUC, ACC (0.5) and LogLoss of "
+        "P(Yes) = softmax over the Yes/No answer tokens. With --reference (the Retrain run, "
+        "p) also the mean paper_jsd (symmetric KL, the paper's 'JSD'), true JSD and L2 to the "
+        "run (q) at the first answer position, over the full vocabulary (scope vocab, the "
+        "paper's) and over Yes/No (scope yes_no). Writes RUN/predictions/<split>.parquet and "
+        "RUN/metrics.json, merged by split (other splits' entries are kept).",
+    )
+    p.add_argument("run", metavar="RUN", help="run folder to evaluate")
+    p.add_argument("--data", required=True, metavar="DIR", help="prepared data folder")
+    p.add_argument("--reference", metavar="RUN", help="reference run (Retrain) for distances")
+    p.add_argument(
+        "--splits", default="test,forget", help="comma-separated splits (default test,forget)"
+    )
+    p.add_argument("--batch-size", type=int, default=64, help="rows per batch (default 64)")
+    p.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
+    p.set_defaults(func=run_eval)
+
+
+def run_eval(args: argparse.Namespace) -> None:
+    from e2urec import api
+    from e2urec.eval.evaluate import summary_lines
+
+    result = api.evaluate(
+        args.run,
+        args.data,
+        reference=args.reference,
+        splits=args.splits,
+        batch_size=args.batch_size,
+        device=args.device,
+    )
+    for line in summary_lines(result, args.splits):
+        print(line)
+
+
+COMMANDS = [add_list, add_data, add_eval]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,211 @@
+"""`e2urec eval`: score a run on prepared splits and write RUN/metrics.json and predictions.
+
+For each split: utility of P(Yes) (AUC, ACC at 0.5, LogLoss, n, positive rate), and with a
+reference run (the Retrain run; p = reference, q = the evaluated run) the mean per-row
+paper_jsd, jsd and l2 at the first answer position, on the full vocabulary (scope "vocab",
+the paper's) and on the two-way Yes/No distribution (scope "yes_no").
+
+metrics.json is merged by split: evaluating some splits replaces those splits' entries and
+keeps the others (each entry names the data it was computed on). Per-example predictions go to
+RUN/predictions/<split>.parquet (id, user_id, label, p_yes, in the split's row order).
+Every input is checked before anything is written, so an error leaves the run folder as it was.
+
+A reference must share the run's tokenizer vocabulary and Yes/No ids; otherwise evaluation
+stops with one error rather than report only the Yes/No scope, since a reference on another
+vocabulary means another backbone, which is not a Retrain of the evaluated model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterator, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from e2urec.artifacts import MANIFEST, atomic_write_bytes, atomic_write_json, read_json, sha256_file
+from e2urec.data.dataset import load_split, read_manifest
+from e2urec.errors import E2URecError
+from e2urec.eval import metrics
+from e2urec.eval.predict import Scores, check_same_vocabulary, place, score_rows
+from e2urec.runs import METRICS, PREDICTIONS_DIR, load_run_model, read_run_manifest
+
+DEFAULT_SPLITS = ("test", "forget")
+PREDICTION_COLUMNS = ["id", "user_id", "label", "p_yes"]
+
+
+def evaluate(
+    run: str | Path,
+    data: str | Path,
+    reference: str | Path | None = None,
+    splits: str | Sequence[str] = DEFAULT_SPLITS,
+    batch_size: int = 64,
+    device: str | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Evaluate `run` on `splits` of the prepared folder `data` (against `reference` if given).
+
+    Writes RUN/predictions/<split>.parquet and RUN/metrics.json (merged by split), atomically,
+    and returns the metrics.json content. `splits` is a list or a comma-separated string;
+    `device` defaults to CUDA when available.
+    """
+    run, data = Path(run), Path(data)
+    run_manifest = read_run_manifest(run)
+    data_manifest = read_manifest(data)
+    data_sha = sha256_file(data / MANIFEST)
+    _check_data(run, run_manifest, data, data_sha)
+    if reference is not None:
+        reference = Path(reference)
+        ref_manifest = read_run_manifest(reference)
+        run_sha, ref_sha = _data_sha(run_manifest), _data_sha(ref_manifest)
+        if run_sha and ref_sha and run_sha != ref_sha:
+            raise E2URecError(
+                f"reference run {reference} was trained on other data than run {run} "
+                f"(data manifest sha256 {ref_sha[:12]} vs {run_sha[:12]})"
+            )
+        _check_data(reference, ref_manifest, data, data_sha)
+    names = _split_names(splits, list(data_manifest["splits"]))
+    frames = {name: load_split(data, name) for name in names}
+    for name, frame in frames.items():
+        if frame.empty:
+            raise E2URecError(f"split {name!r} in {data} is empty; nothing to evaluate")
+    previous = read_json(run / METRICS, "run metrics") if (run / METRICS).exists() else {}
+    if not isinstance(previous, dict) or not isinstance(previous.get("splits", {}), dict):
+        raise E2URecError(f"{run / METRICS} is not an e2urec metrics file; move it away first")
+
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    with _quiet_loading():
+        model = load_run_model(run)
+        ref_model = load_run_model(reference) if reference is not None else None
+    if ref_model is not None:
+        check_same_vocabulary(model, ref_model)
+        place(ref_model, device)
+    place(model, device)
+
+    entries, tables = {}, {}
+    for name, frame in frames.items():
+        rows = frame[["prompt", "target"]].to_dict("records")
+        scores = score_rows(model, rows, batch_size, ref_model, desc=name, progress=progress)
+        entries[name] = _split_entry(frame, scores, data, data_sha, reference)
+        tables[name] = pd.DataFrame(
+            {
+                "id": frame["id"].to_numpy(),
+                "user_id": frame["user_id"].to_numpy(),
+                "label": frame["label"].to_numpy(),
+                "p_yes": scores.p_yes,
+            }
+        )
+
+    for name, table in tables.items():
+        atomic_write_bytes(run / PREDICTIONS_DIR / f"{name}.parquet", _parquet_bytes(table))
+    result = {
+        "run": str(run.resolve()),
+        "data": str(data.resolve()),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "splits": {**previous.get("splits", {}), **entries},
+    }
+    atomic_write_json(run / METRICS, result)
+    return result
+
+
+@contextlib.contextmanager
+def _quiet_loading() -> Iterator[None]:
+    """Hide transformers' per-shard loading bars (restored afterwards); scoring has its own."""
+    from transformers.utils import logging as hf_logging
+
+    enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled:
+            hf_logging.enable_progress_bar()
+
+
+def _data_sha(manifest: dict[str, Any]) -> str | None:
+    return manifest.get("data_manifest_sha256")
+
+
+def _check_data(run: Path, manifest: dict[str, Any], data: Path, data_sha: str) -> None:
+    expected = _data_sha(manifest)
+    if expected and expected != data_sha:
+        raise E2URecError(
+            f"run {run} was trained on data prepared differently than {data} "
+            f"(data manifest sha256 {expected[:12]} vs {data_sha[:12]}); "
+            "evaluate it on the folder it was trained on"
+        )
+
+
+def _split_names(splits: str | Sequence[str], valid: list[str]) -> list[str]:
+    if isinstance(splits, str):
+        splits = splits.split(",")
+    names = list(dict.fromkeys(s.strip() for s in splits if s.strip()))
+    if not names:
+        raise E2URecError(f"no split to evaluate; valid: {', '.join(valid)}")
+    unknown = [n for n in names if n not in valid]
+    if unknown:
+        raise E2URecError(f"unknown split(s) {', '.join(unknown)}; valid: {', '.join(valid)}")
+    return names
+
+
+def _number(value: float) -> float | None:
+    return None if math.isnan(value) else value
+
+
+def _split_entry(
+    frame: pd.DataFrame, scores: Scores, data: Path, data_sha: str, reference: Path | None
+) -> dict[str, Any]:
+    labels = frame["label"].to_numpy()
+    entry: dict[str, Any] = {
+        "n": len(frame),
+        "positive_rate": float(labels.mean()),
+        "auc": _number(metrics.auc(labels, scores.p_yes)),
+        "acc": metrics.acc(labels, scores.p_yes),
+        "logloss": metrics.logloss(labels, scores.p_yes),
+        "data": str(data.resolve()),
+        "data_manifest_sha256": data_sha,
+    }
+    if scores.distances is not None and reference is not None:
+        entry["distance"] = {
+            "reference": str(reference.resolve()),
+            **{
+                scope: {name: float(values.mean()) for name, values in by_metric.items()}
+                for scope, by_metric in scores.distances.items()
+            },
+        }
+    return entry
+
+
+def _parquet_bytes(table: pd.DataFrame) -> bytes:
+    sink = pa.BufferOutputStream()
+    pq.write_table(pa.Table.from_pandas(table, preserve_index=False), sink)
+    return sink.getvalue().to_pybytes()
+
+
+def summary_lines(result: dict[str, Any], splits: str | Sequence[str]) -> list[str]:
+    """A plain-text table of the given splits' utility and (if present) vocab-scope distances."""
+    names = _split_names(splits, list(result["splits"]))
+    keys = list(metrics.FORGET_METRICS)
+    lines = [
+        f"{'split':12s} {'n':>7s} {'pos':>6s} {'auc':>7s} {'acc':>7s} {'logloss':>8s} "
+        + " ".join(f"{key:>10s}" for key in keys)
+    ]
+    for name in names:
+        entry = result["splits"][name]
+        vocab = entry.get("distance", {}).get("vocab", {})
+        lines.append(
+            f"{name:12s} {entry['n']:7d} {entry['positive_rate']:6.3f} "
+            f"{_cell(entry['auc'], 7)} {entry['acc']:7.4f} {entry['logloss']:8.4f} "
+            + " ".join(_cell(vocab.get(key), 10) for key in keys)
+        )
+    return lines
+
+
+def _cell(value: float | None, width: int) -> str:
+    return f"{'-':>{width}s}" if value is None else f"{value:{width}.4g}"

@@ -1,0 +1,118 @@
+"""Batched scoring of prompt rows with a loaded run (and optionally a reference run).
+
+Rows are scored in length-sorted batches (little padding) under `torch.no_grad()` with the
+models in eval mode; results come back in the rows' original order. When a reference run is
+given, both models score the same batch and only per-row divergences are kept, so memory stays
+at one batch × vocabulary whatever the number of rows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from e2urec.backbones import batches
+from e2urec.errors import E2URecError
+from e2urec.eval.metrics import FORGET_METRICS, SCOPES, p_yes_from_logits
+from e2urec.runs import RunModel
+
+
+@dataclass
+class Scores:
+    """Per-row results in the rows' original order.
+
+    p_yes: P(Yes) = softmax over the Yes/No answer-token logits, shape [N].
+    distances: scope ("vocab" | "yes_no") → metric ("paper_jsd" | "jsd" | "l2") → [N] values
+    between the reference (p) and the scored run (q); None when no reference was given.
+    """
+
+    p_yes: np.ndarray
+    distances: dict[str, dict[str, np.ndarray]] | None = None
+
+
+def model_device(run_model: RunModel) -> torch.device:
+    """The device of the run's (first) model parameters, where its batches must go."""
+    return next(run_model.recommender.model.parameters()).device
+
+
+def place(run_model: RunModel, device: str | torch.device) -> None:
+    """Move a loaded run to `device` and put it in eval mode.
+
+    Formats holding several modules provide `.to(device)` on the RunModel; single models are
+    moved through their recommender.
+    """
+    mover = getattr(run_model, "to", None)
+    if callable(mover):
+        mover(device)
+    else:
+        run_model.recommender.model.to(device)
+    run_model.recommender.model.eval()
+
+
+def check_same_vocabulary(run_model: RunModel, reference: RunModel) -> None:
+    """Vocabulary-scope distances need one tokenizer: same vocabulary and Yes/No ids, else error."""
+    a, b = run_model.recommender, reference.recommender
+    if len(a.tokenizer) != len(b.tokenizer) or a.tokenizer.get_vocab() != b.tokenizer.get_vocab():
+        raise E2URecError(
+            f"the run and the reference use different tokenizer vocabularies "
+            f"({len(a.tokenizer)} vs {len(b.tokenizer)} tokens); distances over the vocabulary "
+            "need runs of one backbone on one prepared data folder"
+        )
+    if (a.yes_id, a.no_id) != (b.yes_id, b.no_id):
+        raise E2URecError(
+            f"the run and the reference resolve Yes/No to different token ids "
+            f"({a.yes_id}/{a.no_id} vs {b.yes_id}/{b.no_id}); compare runs of one backbone"
+        )
+
+
+def score_rows(
+    run_model: RunModel,
+    rows: Sequence[dict[str, Any]],
+    batch_size: int = 64,
+    reference: RunModel | None = None,
+    desc: str = "scoring",
+    progress: bool = True,
+) -> Scores:
+    """Score `rows` (dicts with `prompt` and `target`): P(Yes) per row, and per-row distances to
+    `reference` on the first answer position (full vocabulary and Yes/No) when one is given."""
+    if batch_size < 1:
+        raise E2URecError(f"batch size must be at least 1, got {batch_size}")
+    recommender = run_model.recommender
+    answer_ids = [recommender.yes_id, recommender.no_id]
+    n = len(rows)
+    p_yes = np.empty(n, dtype=np.float64)
+    distances = (
+        {
+            scope: {name: np.empty(n, dtype=np.float64) for name in FORGET_METRICS}
+            for scope in SCOPES
+        }
+        if reference is not None
+        else None
+    )
+    device = model_device(run_model)
+    ref_device = model_device(reference) if reference is not None else None
+    bar = tqdm(total=n, desc=desc, unit="row", disable=None if progress else True, leave=False)
+    with torch.no_grad(), bar:
+        for index in batches(rows, batch_size, by_length=True):
+            batch = recommender.collate([rows[i] for i in index])
+            q = run_model.answer_logits({k: v.to(device) for k, v in batch.items()})
+            p_yes[index] = p_yes_from_logits(q[:, answer_ids[0]], q[:, answer_ids[1]])
+            if reference is not None:
+                p = reference.answer_logits({k: v.to(ref_device) for k, v in batch.items()})
+                if p.shape != q.shape:
+                    raise E2URecError(
+                        f"the run and the reference give logits of different shapes "
+                        f"{tuple(q.shape)} vs {tuple(p.shape)}; compare runs of one backbone"
+                    )
+                p = p.to(q.device)
+                pairs = {"vocab": (p, q), "yes_no": (p[:, answer_ids], q[:, answer_ids])}
+                for scope, (ref_logits, run_logits) in pairs.items():
+                    for name, metric in FORGET_METRICS.items():
+                        distances[scope][name][index] = metric(ref_logits, run_logits)
+            bar.update(len(index))
+    return Scores(p_yes=p_yes, distances=distances)
