@@ -1,0 +1,83 @@
+"""The checks run on every deletion request, before and after: forgetting and utility.
+
+- Forgetting: loss-based membership inference (`metrics.mia_auc`). The loss of a row is the
+  cross-entropy of its answer's first token over the full vocabulary at the first answer
+  position; members = the forgotten users' train rows, non-members = held-out test rows of the
+  remaining users. An AUC near 0.5 after unlearning means the attack can no longer tell the
+  forgotten rows from data the model never saw.
+- Utility: AUC of P(Yes) on the remaining users' validation rows.
+
+Large sets are subsampled (seeded) to at most `limit` rows each, so checks stay cheap.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from e2urec.backbones import batches
+from e2urec.eval import metrics
+from e2urec.eval.predict import model_device
+from e2urec.runs import RunModel
+
+
+def sample(rows: list[dict[str, Any]], limit: int, seed: int = 0) -> list[dict[str, Any]]:
+    """At most `limit` rows, a seeded random subset in the original order."""
+    if len(rows) <= limit:
+        return rows
+    keep = sorted(random.Random(seed).sample(range(len(rows)), limit))
+    return [rows[i] for i in keep]
+
+
+def losses_and_p_yes(
+    run_model: RunModel, rows: Sequence[dict[str, Any]], batch_size: int = 64
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per row: first-answer-token cross-entropy (full vocabulary) and P(Yes)."""
+    recommender = run_model.recommender
+    n = len(rows)
+    losses, p_yes = np.empty(n), np.empty(n)
+    device = model_device(run_model)
+    with torch.no_grad():
+        for index in batches(rows, batch_size, by_length=True):
+            batch = recommender.collate([rows[i] for i in index])
+            batch = {k: v.to(device) for k, v in batch.items()}
+            logits, labels = recommender.target_logits(batch, recommender.model)
+            first = logits[:, 0, :].float()
+            losses[index] = F.cross_entropy(first, labels[:, 0], reduction="none").cpu().numpy()
+            p_yes[index] = metrics.p_yes_from_logits(
+                first[:, recommender.yes_id], first[:, recommender.no_id]
+            )
+    return losses, p_yes
+
+
+def measure(
+    run_model: RunModel,
+    members: list[dict[str, Any]],
+    nonmembers: list[dict[str, Any]],
+    valid: list[dict[str, Any]],
+) -> dict[str, float | None]:
+    """MIA AUC (members vs non-members) and validation AUC of one model; None when undefined."""
+    result: dict[str, float | None] = {"mia_auc": None, "valid_auc": None}
+    if members and nonmembers:
+        member_loss, _ = losses_and_p_yes(run_model, members)
+        nonmember_loss, _ = losses_and_p_yes(run_model, nonmembers)
+        result["mia_auc"] = metrics.mia_auc(member_loss, nonmember_loss)
+    if valid:
+        _, p_yes = losses_and_p_yes(run_model, valid)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            value = metrics.auc([r["label"] for r in valid], p_yes)
+        result["valid_auc"] = None if math.isnan(value) else value
+    return result
+
+
+def before_after(before: dict[str, Any], after: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """{"mia_auc": {"before", "after"}, "valid_auc": {...}} from two `measure` results."""
+    return {name: {"before": before[name], "after": after[name]} for name in before}
