@@ -65,3 +65,39 @@ def evaluate(
     from e2urec.eval.evaluate import evaluate as run_eval
 
     return run_eval(run, data, reference, splits, batch_size, device, progress)
+
+
+def deploy(
+    run: str | Path,
+    data: str | Path,
+    out: str | Path,
+    raw: str | Path | None = None,
+    overwrite: bool = False,
+) -> Any:
+    """Create a deployment from `run` on prepared `data` (see `e2urec.deploy.deployment`);
+    returns the `Deployment`."""
+    from e2urec.deploy.deployment import deploy as run_deploy
+
+    return run_deploy(run, data, out, raw=raw, overwrite=overwrite)
+
+
+def forget(deployment: str | Path, users: Sequence[int] | None, **options: Any) -> Any:
+    """Serve a deletion request on `deployment` (options: method, sets, reason, request_id,
+    check_rows, say); returns the `ForgetResult`. See `e2urec.deploy.deployment`."""
+    from e2urec.deploy.deployment import Deployment
+
+    return Deployment(deployment).forget(users, **options)
+
+
+def ledger(deployment: str | Path) -> list[dict[str, Any]]:
+    """The deployment's ledger entries, after verifying the hash chain."""
+    from e2urec.deploy.deployment import Deployment
+
+    return Deployment(deployment).ledger.entries()
+
+
+def predict(deployment: str | Path, user: int, items: Sequence[int]) -> dict[int, float]:
+    """P(like) per item for `user` with the deployment's current version."""
+    from e2urec.deploy.deployment import Deployment
+
+    return Deployment(deployment).predict(user, items)

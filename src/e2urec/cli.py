@@ -235,7 +235,164 @@ def run_eval(args: argparse.Namespace) -> None:
         print(line)
 
 
-COMMANDS = [add_list, add_data, add_eval]
+# ---------------------------------------------------------------- deploy / forget / ledger / predict / serve
+def add_deploy(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "deploy",
+        help="create a deployment: a model version, its training data in SQLite, a ledger",
+        description="Create deployment DEP from run RUN (an adapter run is merged): "
+        "versions/v0001, store.sqlite with the run's training rows, the valid rows (utility "
+        "checks), the test rows (held-out non-members for membership inference), the users' "
+        "ratings, profiles and item titles (read from the raw data the folder was prepared "
+        "from, or --raw), ledger.jsonl starting with a deploy entry, and current.json. DEP "
+        "appears whole or not at all.",
+    )
+    p.add_argument("--from", dest="run", required=True, metavar="RUN", help="run to deploy")
+    p.add_argument("--data", required=True, metavar="DIR", help="the run's prepared data folder")
+    p.add_argument("--out", required=True, metavar="DEP", help="deployment folder to create")
+    p.add_argument("--raw", help="raw data for titles and profiles (default: the data's own)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing DEP")
+    p.set_defaults(func=run_deploy)
+
+
+def run_deploy(args: argparse.Namespace) -> None:
+    from e2urec import api
+
+    dep = api.deploy(args.run, args.data, args.out, raw=args.raw, overwrite=args.overwrite)
+    counts = dep.store.counts()
+    print(
+        f"deployed {args.out}: version {dep.current()}, {counts['train']} train / "
+        f"{counts['valid']} valid / {counts['test']} test rows in the store"
+    )
+
+
+def add_forget(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "forget",
+        help="serve a deletion request on a deployment: unlearn, check, switch, record",
+        description="Forget users: their stored training rows are unlearned from the current "
+        "version with --method (a new merged version), membership-inference AUC on their rows "
+        "and validation AUC are checked before and after, then their rows leave the store, "
+        "current.json switches and the ledger records the request. Rerunning an interrupted "
+        "request (same users and method, or --request-id) finishes it; a finished one prints "
+        "'already done'.",
+    )
+    p.add_argument("--deployment", required=True, metavar="DEP", help="deployment folder")
+    p.add_argument("--users", help="comma-separated user ids, e.g. 12,45")
+    p.add_argument("--method", default="e2urec", help="unlearning method (default e2urec)")
+    p.add_argument("--reason", help="free text recorded in the ledger")
+    p.add_argument(
+        "--request-id", help="request id (default: sha256 of users and method, 16 hex digits)"
+    )
+    p.add_argument(
+        "--set", dest="sets", action="append", metavar="KEY=VALUE", help="method parameter"
+    )
+    p.set_defaults(func=run_forget)
+
+
+def run_forget(args: argparse.Namespace) -> None:
+    from e2urec import api
+    from e2urec.deploy.deployment import parse_ids
+
+    users = None if args.users is None else parse_ids(args.users, "--users")
+    result = api.forget(
+        args.deployment,
+        users,
+        method=args.method,
+        sets=args.sets,
+        reason=args.reason,
+        request_id=args.request_id,
+        say=lambda line: print(line, file=sys.stderr),
+    )
+    for note in result.notes:
+        print(f"note: {note}")
+    if result.status == "already done":
+        print(f"request {result.request_id}: already done (ledger entry {result.entry['seq']})")
+        return
+    entry = result.entry
+    rows = entry["rows_removed"]
+    print(
+        f"request {result.request_id}: {result.status}; version {entry['version']} serves; "
+        f"removed {rows['train']} train / {rows['valid']} valid / {rows['test']} test rows"
+    )
+    for name, check in (entry.get("checks") or {}).items():
+        if isinstance(check, dict):
+            print(f"  {name}: {check['before']} -> {check['after']}")
+
+
+def add_ledger(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "ledger",
+        help="print a deployment's history and verify its hash chain",
+        description="Print the ledger of DEP as a table (time, request, version, users, rows, "
+        "method, MIA AUC and valid AUC before->after) after verifying its sha256 hash chain; a "
+        "tampered ledger is one error naming the first bad entry (exit 2).",
+    )
+    p.add_argument("deployment", metavar="DEP", help="deployment folder")
+    p.set_defaults(func=run_ledger)
+
+
+def run_ledger(args: argparse.Namespace) -> None:
+    from e2urec import api
+    from e2urec.deploy.ledger import table
+
+    entries = api.ledger(args.deployment)
+    print(table(entries))
+    print(f"hash chain verified: {len(entries)} entries")
+
+
+def add_predict(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "predict",
+        help="P(like) per item for a user with a deployment's current version",
+        description="Render the prompt for USER from their most recent stored ratings (the "
+        "data's template and history length) for each item, and print P(Yes) per item.",
+    )
+    p.add_argument("--deployment", required=True, metavar="DEP", help="deployment folder")
+    p.add_argument("--user", required=True, type=int, help="user id")
+    p.add_argument("--items", required=True, help="comma-separated item ids")
+    p.set_defaults(func=run_predict)
+
+
+def run_predict(args: argparse.Namespace) -> None:
+    from e2urec import api
+    from e2urec.deploy.deployment import parse_ids
+
+    scores = api.predict(args.deployment, args.user, parse_ids(args.items, "--items"))
+    for item, p in scores.items():
+        print(f"{item}\t{p:.4f}")
+
+
+def add_serve(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "serve",
+        help="serve a deployment over HTTP (predict, forget, ledger)",
+        description="FastAPI + uvicorn: POST /predict {user, items}, POST /forget {users, "
+        "method?, reason?} with 'Authorization: Bearer $E2UREC_SERVE_TOKEN' (unset: forgetting "
+        "is refused), GET /ledger. Predictions go on during a forget.",
+    )
+    p.add_argument("--deployment", required=True, metavar="DEP", help="deployment folder")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    p.add_argument("--host", default="127.0.0.1", help="address (default 127.0.0.1)")
+    p.set_defaults(func=run_serve)
+
+
+def run_serve(args: argparse.Namespace) -> None:
+    from e2urec.deploy.serve import serve
+
+    serve(args.deployment, host=args.host, port=args.port)
+
+
+COMMANDS = [
+    add_list,
+    add_data,
+    add_eval,
+    add_deploy,
+    add_forget,
+    add_ledger,
+    add_predict,
+    add_serve,
+]
 
 
 def build_parser() -> argparse.ArgumentParser:
