@@ -61,6 +61,10 @@ def _say(message: str) -> None:
     """Default progress output: nothing."""
 
 
+class Busy(E2URecError):
+    """Another deletion request holds the deployment's lock."""
+
+
 @dataclass
 class ForgetResult:
     """The outcome of a deletion request: "done", "already done" or "no training data"."""
@@ -180,7 +184,7 @@ class Deployment:
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                raise E2URecError(f"another forget request is running on {self.path}") from None
+                raise Busy(f"another forget request is running on {self.path}") from None
             try:
                 yield
             finally:
