@@ -317,7 +317,10 @@ def run_forget(args: argparse.Namespace) -> None:
     )
     for name, check in (entry.get("checks") or {}).items():
         if isinstance(check, dict):
-            print(f"  {name}: {check['before']} -> {check['after']}")
+            before, after = (
+                "nan" if v is None else f"{v:.3f}" for v in (check["before"], check["after"])
+            )
+            print(f"  {name}: {before} -> {after}")
 
 
 def add_ledger(sub: argparse._SubParsersAction) -> None:
@@ -334,11 +337,12 @@ def add_ledger(sub: argparse._SubParsersAction) -> None:
 
 def run_ledger(args: argparse.Namespace) -> None:
     from e2urec import api
-    from e2urec.deploy.ledger import table
+    from e2urec.deploy.ledger import entry_hash, table
 
     entries = api.ledger(args.deployment)
     print(table(entries))
-    print(f"hash chain verified: {len(entries)} entries")
+    head = entry_hash(entries[-1]) if entries else "-"
+    print(f"hash chain verified: {len(entries)} entries; head sha256 {head}")
 
 
 def add_predict(sub: argparse._SubParsersAction) -> None:
