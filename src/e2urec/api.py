@@ -67,6 +67,21 @@ def evaluate(
     return run_eval(run, data, reference, splits, batch_size, device, progress)
 
 
+def train(
+    data: str | Path,
+    on: str,
+    backbone: str,
+    out: str | Path,
+    **options: Any,
+) -> dict[str, Any]:
+    """Train a recommender on split `on` of prepared folder `data` into run folder `out`;
+    returns the run manifest. Options (epochs, lr, batch_size, patience, finetune, seed,
+    max_length, max_steps, eval_batch_size, resume, overwrite): see `e2urec.train.recipes.train`."""
+    from e2urec.train.recipes import train as run_train
+
+    return run_train(data, on, backbone, out, **options)
+
+
 def deploy(
     run: str | Path,
     data: str | Path,

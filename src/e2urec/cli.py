@@ -235,6 +235,85 @@ def run_eval(args: argparse.Namespace) -> None:
         print(line)
 
 
+# ---------------------------------------------------------------- train
+def add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train",
+        help="train a recommender on a prepared split (Original, Retrain, shard models)",
+        description="Train a recommender on split --on of a prepared folder with the paper's "
+        "recipe: AdamW, answer cross-entropy, early stopping on the valid split's answer CE "
+        "(--patience epochs without improvement), best epoch kept. --on train gives the "
+        "Original model, --on retain the Retrain reference, --on sisa-K / receraser-K a shard "
+        "model. Writes RUN/model (safetensors), log.jsonl, config.resolved.yaml and "
+        "manifest.json. An interrupted run continues with --resume. Works under "
+        "`accelerate launch -m e2urec train ...` (--batch-size is per process).",
+    )
+    p.add_argument("--data", required=True, metavar="DIR", help="prepared data folder")
+    p.add_argument(
+        "--on", default="train", help="split to train on: train | retain | sisa-K | receraser-K"
+    )
+    p.add_argument(
+        "--backbone",
+        default="t5-tiny",
+        metavar="SPEC",
+        help="t5-tiny | causal-tiny | t5:PATH_OR_ID | causal:PATH_OR_ID (default t5-tiny)",
+    )
+    p.add_argument("--out", required=True, metavar="RUN", help="run folder to write")
+    p.add_argument("--epochs", type=int, default=10, help="maximum epochs (default 10)")
+    p.add_argument(
+        "--lr",
+        type=float,
+        help="AdamW learning rate (default 1e-3 for tiny backbones, 5e-5 full / 1e-4 LoRA "
+        "for pretrained ones)",
+    )
+    p.add_argument("--batch-size", type=int, default=16, help="rows per step (default 16)")
+    p.add_argument("--patience", type=int, default=3, help="epochs without improvement (default 3)")
+    p.add_argument(
+        "--finetune",
+        choices=["full", "lora"],
+        default="full",
+        help="full fine-tuning or LoRA r16/alpha32, merged on save (default full)",
+    )
+    p.add_argument("--seed", type=int, default=42, help="model init and data order (default 42)")
+    p.add_argument(
+        "--max-length", type=int, default=512, help="max prompt+answer tokens (default 512)"
+    )
+    p.add_argument("--max-steps", type=int, help="cap on optimizer steps (default none)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run in RUN")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing RUN")
+    p.set_defaults(func=run_train)
+
+
+def run_train(args: argparse.Namespace) -> None:
+    from e2urec import api
+    from e2urec.train.runner import process_state
+
+    manifest = api.train(
+        args.data,
+        args.on,
+        args.backbone,
+        args.out,
+        epochs=args.epochs,
+        lr=args.lr,
+        batch_size=args.batch_size,
+        patience=args.patience,
+        finetune=args.finetune,
+        seed=args.seed,
+        max_length=args.max_length,
+        max_steps=args.max_steps,
+        resume=args.resume,
+        overwrite=args.overwrite,
+    )
+    if process_state().is_main_process:
+        fit, cost = manifest["fit"], manifest["cost"]
+        print(
+            f"trained {args.out} ({manifest['kind']}, {manifest['backbone']} {manifest['finetune']}"
+            f" on {manifest['trained_on']}): {fit['epochs_run']} epochs, {fit['steps']} steps, "
+            f"best epoch {fit['best_epoch']} valid CE {fit['best_valid']:.4f}, "
+            f"{cost['wall_s']:.1f} s, {manifest['processes']} process(es)"
+        )
+
+
 # ---------------------------------------------------------------- deploy / forget / ledger / predict / serve
 def add_deploy(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -391,6 +470,7 @@ COMMANDS = [
     add_list,
     add_data,
     add_eval,
+    add_train,
     add_deploy,
     add_forget,
     add_ledger,

@@ -1,0 +1,199 @@
+"""Supervised training: the answer-CE Task and the `e2urec train` job (Original, Retrain and
+SISA/RecEraser shard models)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from e2urec.artifacts import staged_folder
+from e2urec.backbones import Recommender
+from e2urec.errors import E2URecError
+from e2urec.runs import MODEL_DIR
+from e2urec.train.losses import answer_ce
+from e2urec.train.task import Batch
+
+
+class SupervisedTask:
+    """One stream "train"; the loss is the mean answer-token cross-entropy.
+
+    Full fine-tuning or LoRA alike: the loop optimizes whatever parameters require grad.
+    """
+
+    main = "train"
+
+    def __init__(self, recommender: Recommender, rows: Sequence[dict[str, Any]]) -> None:
+        self.recommender = recommender
+        self.streams = {"train": rows}
+
+    def loss(
+        self, model: nn.Module, batches: dict[str, Batch], epoch: int
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """Answer CE of `model` on the "train" batch (no extra log fields)."""
+        logits, labels = self.recommender.target_logits(batches["train"], model)
+        return answer_ce(logits, labels), {}
+
+
+LORA = {"r": 16, "lora_alpha": 32, "lora_dropout": 0.05}  # the paper's adapter settings
+KINDS = {"train": "original", "retain": "retrain"}
+
+
+def default_lr(family: str, finetune: str) -> float:
+    """1e-3 for the tiny families (trained from scratch); 5e-5 for full fine-tuning of a
+    pretrained model (the paper's); 1e-4 for LoRA on a pretrained model."""
+    if family.endswith("-tiny"):
+        return 1e-3
+    return 1e-4 if finetune == "lora" else 5e-5
+
+
+def run_kind(split: str) -> str:
+    """Manifest `kind` of a run trained on `split`: original, retrain, shard or supervised."""
+    if split.startswith(("sisa-", "receraser-")):
+        return "shard"
+    return KINDS.get(split, "supervised")
+
+
+def add_lora(model: nn.Module, targets: Sequence[str] | None, kind: str) -> nn.Module:
+    """Wrap `model` in a PEFT LoRA model (r 16, alpha 32, dropout 0.05) on `targets`
+    (None: PEFT's default modules for the model type); only the adapters train."""
+    from peft import LoraConfig, TaskType, get_peft_model
+
+    config = LoraConfig(
+        **LORA,
+        target_modules=list(targets) if targets else None,
+        task_type=TaskType.SEQ_2_SEQ_LM if kind == "seq2seq" else TaskType.CAUSAL_LM,
+    )
+    return get_peft_model(model, config)
+
+
+def quiet_transformers() -> None:
+    """Silence transformers' own warnings and progress bars (ours report progress)."""
+    import warnings
+
+    from transformers.utils import logging
+
+    logging.set_verbosity_error()
+    logging.disable_progress_bar()
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"transformers\.")
+
+
+def train(
+    data: str | Path,
+    on: str,
+    backbone: str,
+    out: str | Path,
+    *,
+    epochs: int = 10,
+    lr: float | None = None,
+    batch_size: int = 16,
+    patience: int = 3,
+    finetune: str = "full",
+    seed: int = 42,
+    max_length: int = 512,
+    max_steps: int | None = None,
+    eval_batch_size: int = 64,
+    resume: bool = False,
+    overwrite: bool = False,
+) -> dict[str, Any]:
+    """Train a recommender on split `on` of prepared folder `data`; returns the run manifest.
+
+    The paper's recipe: AdamW, answer CE, early stopping on the valid split's answer CE with
+    `patience`, best epoch kept. The tokenizer corpus is train+valid+test, so every run on the
+    same data shares a vocabulary. `finetune="lora"` trains PEFT adapters and saves the merged
+    model. The run folder gets model/ (save_recommender), log.jsonl, config.resolved.yaml and
+    manifest.json (format "single", kind from `run_kind`).
+    """
+    from e2urec.backbones import create_recommender, parse_spec, save_recommender
+    from e2urec.data.dataset import load_split, read_manifest
+    from e2urec.train.cost import CostMeter
+    from e2urec.train.loop import LoopConfig, fit
+    from e2urec.train.losses import evaluate_ce
+    from e2urec.train.runner import finish_run, process_state, start_run
+
+    quiet_transformers()
+    if finetune not in ("full", "lora"):
+        raise E2URecError(f"unknown finetune mode {finetune!r}; valid: full, lora")
+    for name, value in (("epochs", epochs), ("batch size", batch_size), ("max length", max_length)):
+        if value < 1:
+            raise E2URecError(f"{name} must be at least 1, got {value}")
+    data = Path(data).absolute()
+    read_manifest(data)
+    family, _ = parse_spec(backbone)
+    rows = load_split(data, on).to_dict("records")
+    valid_rows = load_split(data, "valid").to_dict("records")
+    if not rows:
+        raise E2URecError(f"split {on!r} in {data} is empty")
+    if not valid_rows:
+        raise E2URecError(f"split 'valid' in {data} is empty; early stopping needs it")
+    corpus = [
+        text
+        for split in ("train", "valid", "test")
+        for frame in [load_split(data, split)]
+        for text in (*frame["prompt"], *frame["target"])
+    ]
+    cfg = LoopConfig(
+        epochs=epochs,
+        lr=default_lr(family.name, finetune) if lr is None else lr,
+        batch_size=batch_size,
+        patience=patience,
+        seed=seed,
+        max_steps=max_steps,
+        eval_batch_size=eval_batch_size,
+    )
+    config = {
+        "command": "train",
+        "data": str(data),
+        "on": on,
+        "backbone": backbone,
+        "finetune": finetune,
+        "lora": dict(LORA, target_modules=family.lora_targets) if finetune == "lora" else None,
+        "max_length": max_length,
+        "loop": dataclasses.asdict(cfg),
+    }
+    run = start_run(out, json.loads(json.dumps(config)), overwrite=overwrite, resume=resume)
+    meter = CostMeter()
+    with meter.phase("build"):
+        recommender = create_recommender(backbone, corpus, seed, max_length=max_length)
+        model = recommender.model
+        if finetune == "lora":
+            model = add_lora(model, family.lora_targets, recommender.kind)
+    result = fit(
+        recommender,
+        model,
+        SupervisedTask(recommender, rows),
+        cfg,
+        run,
+        validate=lambda m: evaluate_ce(recommender, m, valid_rows, cfg.eval_batch_size),
+        resume=resume,
+        meter=meter,
+    )
+    cost = meter.summary(model)
+    if finetune == "lora":
+        model = model.merge_and_unload()
+    recommender.model = model
+    if process_state().is_main_process:
+        with staged_folder(run / MODEL_DIR, overwrite=True) as stage:
+            save_recommender(recommender, stage)
+    return finish_run(
+        run,
+        {
+            "format": "single",
+            "kind": run_kind(on),
+            "backbone": backbone,
+            "family": family.name,
+            "finetune": finetune,
+            "data_dir": str(data),
+            "trained_on": on,
+            "seed": seed,
+            "loop": dataclasses.asdict(cfg),
+            "fit": {k: v for k, v in dataclasses.asdict(result).items() if k != "history"},
+            "validation": "answer cross-entropy on the valid split",
+            "cost": cost,
+        },
+    )
