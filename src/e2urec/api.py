@@ -12,6 +12,10 @@ if TYPE_CHECKING:
 
 def describe(what: str) -> list[str]:
     """One line per registered dataset, method, backbone or preset."""
+    if what == "methods":
+        from e2urec.unlearn import describe_methods
+
+        return describe_methods()
     if what == "datasets":
         from e2urec.data.readers import READERS as registry
     else:
@@ -80,6 +84,47 @@ def train(
     from e2urec.train.recipes import train as run_train
 
     return run_train(data, on, backbone, out, **options)
+
+
+def unlearn(
+    method: str,
+    base_run: str | Path,
+    data: str | Path,
+    out: str | Path,
+    sets: list[str] | None = None,
+    seed: int | None = None,
+    overwrite: bool = False,
+) -> dict[str, Any]:
+    """Unlearn the forget set of `data` from original run `base_run` with `method` (params from
+    `sets`, "key=value"); returns the run manifest. See `e2urec.unlearn.unlearn`."""
+    from e2urec.unlearn import unlearn as run
+
+    return run(method, base_run, data, out, sets, seed, overwrite)
+
+
+def train_ensemble(
+    method: str,
+    data: str | Path,
+    backbone: str,
+    out: str | Path,
+    overwrite: bool = False,
+    **recipe: Any,
+) -> dict[str, Any]:
+    """Train an original SISA or RecEraser ensemble (recipe fields: seed, epochs, lr,
+    batch_size, patience, max_steps, ...; see `e2urec.methods.ensemble.Recipe`)."""
+    from e2urec.config import build
+    from e2urec.methods.ensemble import Recipe
+    from e2urec.methods.ensemble import train_ensemble as run
+
+    config = build(Recipe, {"backbone": backbone, **recipe}, "ensemble recipe")
+    return run(method, data, out, config, overwrite=overwrite)
+
+
+def export(run: str | Path, out: str | Path, merge: bool = True, overwrite: bool = False) -> Path:
+    """Write `run` as a self-contained single-format run (`merge` folds LoRA adapters in)."""
+    from e2urec.unlearn import export as run_export
+
+    return run_export(run, out, merge, overwrite)
 
 
 def deploy(

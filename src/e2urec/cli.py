@@ -314,6 +314,114 @@ def run_train(args: argparse.Namespace) -> None:
         )
 
 
+# ---------------------------------------------------------------- unlearn / train-ensemble / export
+def add_unlearn(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "unlearn",
+        help="unlearn the forget set from an original run with a registered method",
+        description="Serve the deletion request of a prepared folder: run --method (see "
+        "`e2urec list methods` for methods, parameters and defaults) from the original run "
+        "--from, trained on the same prepared data. Writes a run that `e2urec eval` scores "
+        "like any other, with per-phase wall time, trainable parameters, peak memory, steps "
+        "and samples in its manifest.",
+    )
+    p.add_argument("--method", required=True, help="method name (see `e2urec list methods`)")
+    p.add_argument("--from", dest="base", required=True, metavar="RUN", help="original run")
+    p.add_argument("--data", required=True, metavar="DIR", help="prepared data folder")
+    p.add_argument("--out", required=True, metavar="RUN", help="run folder to write")
+    p.add_argument(
+        "--set",
+        dest="sets",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="method parameter (repeatable), e.g. --set alpha=2 --set aug=lora",
+    )
+    p.add_argument("--seed", type=int, help="seed (default: the original run's)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing RUN")
+    p.set_defaults(func=run_unlearn)
+
+
+def run_unlearn(args: argparse.Namespace) -> None:
+    from e2urec import api
+
+    manifest = api.unlearn(
+        args.method, args.base, args.data, args.out, args.sets, args.seed, args.overwrite
+    )
+    cost = manifest["cost"]
+    print(
+        f"unlearned {args.out} ({args.method}, format {manifest['format']}): "
+        f"{cost['optimizer_steps']} steps, {cost['wall_s']:.1f} s, "
+        f"{cost['trainable_params']} trainable params ({cost['trainable_pct']}%)"
+    )
+
+
+def add_train_ensemble(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train-ensemble",
+        help="train an original SISA or RecEraser shard ensemble (the --from of those methods)",
+        description="Train one model per shard of the full train split (forget samples "
+        "included: SISA replays the seeded shard assignment of `data prepare`, RecEraser adds "
+        "each forgotten user to the most similar shard with room) with the supervised recipe "
+        "(early stopping on valid); SISA averages shard logits, RecEraser fits an attention "
+        "aggregator on the valid split.",
+    )
+    p.add_argument("--method", required=True, choices=["sisa", "receraser"])
+    p.add_argument("--data", required=True, metavar="DIR", help="prepared data folder")
+    p.add_argument(
+        "--backbone", default="t5-tiny", metavar="SPEC", help="backbone spec (default t5-tiny)"
+    )
+    p.add_argument("--out", required=True, metavar="RUN", help="run folder to write")
+    p.add_argument("--epochs", type=int, default=10, help="maximum epochs per shard (default 10)")
+    p.add_argument("--lr", type=float, help="learning rate (default: as `e2urec train`)")
+    p.add_argument("--batch-size", type=int, default=16, help="rows per step (default 16)")
+    p.add_argument("--patience", type=int, default=3, help="epochs without improvement (default 3)")
+    p.add_argument("--max-steps", type=int, help="cap on optimizer steps per shard")
+    p.add_argument("--seed", type=int, default=42, help="seed (default 42)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing RUN")
+    p.set_defaults(func=run_train_ensemble)
+
+
+def run_train_ensemble(args: argparse.Namespace) -> None:
+    from e2urec import api
+
+    manifest = api.train_ensemble(
+        args.method,
+        args.data,
+        args.backbone,
+        args.out,
+        seed=args.seed,
+        epochs=args.epochs,
+        lr=args.lr,
+        batch_size=args.batch_size,
+        patience=args.patience,
+        max_steps=args.max_steps,
+        overwrite=args.overwrite,
+    )
+    sizes = ", ".join(f"{m['samples']} ({m['forget_samples']} forget)" for m in manifest["members"])
+    print(f"trained {args.out} ({args.method} ensemble, {manifest['aggregate']}): {sizes}")
+
+
+def add_export(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "export",
+        help="write a run as a self-contained single-model run",
+        description="Write RUN as a single-format run in DIR: an adapter run (E2URec) needs "
+        "--merge, which folds the LoRA weights into the base model; a single run is copied.",
+    )
+    p.add_argument("run", metavar="RUN", help="run folder to export")
+    p.add_argument("--merge", action="store_true", help="merge LoRA adapters into the model")
+    p.add_argument("--out", required=True, metavar="DIR", help="run folder to write")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing DIR")
+    p.set_defaults(func=run_export)
+
+
+def run_export(args: argparse.Namespace) -> None:
+    from e2urec import api
+
+    print(f"exported {api.export(args.run, args.out, args.merge, args.overwrite)}")
+
+
 # ---------------------------------------------------------------- deploy / forget / ledger / predict / serve
 def add_deploy(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -471,6 +579,9 @@ COMMANDS = [
     add_data,
     add_eval,
     add_train,
+    add_train_ensemble,
+    add_unlearn,
+    add_export,
     add_deploy,
     add_forget,
     add_ledger,

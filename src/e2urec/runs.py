@@ -71,6 +71,8 @@ def read_run_manifest(run: str | Path) -> dict[str, Any]:
 
 def load_run_model(run: str | Path) -> RunModel:
     """Load any complete run for scoring, whatever its format."""
+    import e2urec.methods  # noqa: F401  (registers the "adapter" and "ensemble" formats)
+
     run = Path(run)
     manifest = read_run_manifest(run)
     return RUN_FORMATS.get(manifest.get("format", "single"))(run, manifest)

@@ -1,0 +1,106 @@
+"""Time one E2URec training step with cached teachers vs recomputing both teachers every step.
+
+Same student, same forget and retain batches (synthetic MovieLens-style prompts), epoch ≥ 1 (the
+full objective: forget distillation + retain CE + retain distillation). Cached: teacher outputs
+were computed beforehand (as `TeacherCache` does once per row); recomputed: the original and
+augmented models run at every step, as the paper's code does. Prints ms/step and the ratio
+(target ≤ 0.6).
+
+    python benchmarks/bench_e2urec_step.py [--d-model 256 --layers 4 --steps 8 --batch 16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from transformers import T5Config, T5ForConditionalGeneration
+
+from e2urec.backbones import create_recommender
+from e2urec.data.dataset import load_split
+from e2urec.data.prepare import PrepareConfig, prepare
+from e2urec.data.synthetic import generate, write_ml1m
+from e2urec.methods.e2urec import E2URecParams, E2URecTask, Teachers, add_lora
+
+
+def data_rows(folder: Path) -> tuple[list[dict], list[dict], list[str]]:
+    write_ml1m(generate(n_users=200, n_items=300, n_ratings=8000, seed=0), folder / "raw")
+    config = PrepareConfig(dataset="synthetic", out=str(folder / "data"), raw=str(folder / "raw"))
+    prepare(config)
+    forget = load_split(folder / "data", "forget").to_dict("records")
+    retain = load_split(folder / "data", "retain").to_dict("records")
+    corpus = [t for r in forget + retain for t in (r["prompt"], r["target"])]
+    return forget, retain, corpus
+
+
+def time_steps(task, recommender, student, batches, steps: int) -> float:
+    optimizer = torch.optim.AdamW([p for p in student.parameters() if p.requires_grad], lr=1e-3)
+    student.train()
+    warmup = len(batches)  # one pass over the batches: the cache holds every row after it
+    for i in range(steps + warmup):
+        if i == warmup:
+            began = time.perf_counter()
+        loss, _ = task.loss(student, batches[i % len(batches)], epoch=1)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    return (time.perf_counter() - began) / steps
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--d-model", type=int, default=256)
+    parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--batch", type=int, default=16)
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    with tempfile.TemporaryDirectory() as tmp:
+        forget, retain, corpus = data_rows(Path(tmp))
+    recommender = create_recommender("t5-tiny", corpus, seed=0)
+    tiny = recommender.model.config
+    config = T5Config(
+        **{
+            **tiny.to_dict(),
+            "d_model": args.d_model,
+            "d_ff": 4 * args.d_model,
+            "d_kv": args.d_model // 4,
+            "num_layers": args.layers,
+            "num_decoder_layers": args.layers,
+        }
+    )
+    recommender.model = T5ForConditionalGeneration(config)
+    augmented = copy.deepcopy(recommender.model).eval()
+    student = add_lora(recommender, E2URecParams())
+    teachers = Teachers(recommender, student, augmented, alpha=2.0)
+    batches = []
+    for i in range(4):
+        part = slice(i * args.batch, (i + 1) * args.batch)
+        step = {}
+        for name, rows in (("forget", forget), ("retain", retain)):
+            batch = recommender.collate(rows[part])
+            batch["index"] = torch.arange(part.start, part.start + len(rows[part]))
+            step[name] = batch
+        batches.append(step)
+    results = {}
+    for cache in (True, False):
+        params = E2URecParams(cache_teachers=cache)
+        task = E2URecTask(recommender, forget, retain, teachers, params)
+        results[cache] = time_steps(task, recommender, student, batches, args.steps)
+    total = sum(p.numel() for p in student.parameters())
+    print(
+        f"model: T5 d_model {args.d_model}, {args.layers}+{args.layers} layers, "
+        f"{total / 1e6:.1f}M params, vocab {config.vocab_size}; batch {args.batch}+{args.batch}, "
+        f"{torch.get_num_threads()} CPU threads"
+    )
+    print(f"cached teachers:     {1000 * results[True]:8.1f} ms/step")
+    print(f"recomputed teachers: {1000 * results[False]:8.1f} ms/step")
+    print(f"ratio cached/recomputed: {results[True] / results[False]:.3f} (target <= 0.6)")
+
+
+if __name__ == "__main__":
+    main()

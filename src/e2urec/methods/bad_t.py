@@ -1,0 +1,39 @@
+"""Bad-T: learn the flipped answers on the forget set while keeping the retained data."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from e2urec.methods.base import Method, TrainParams, UnlearnContext, register
+from e2urec.methods.gradient import GradientTask, flip_answers, train_original
+
+
+@dataclass
+class BadTParams(TrainParams):
+    """loss = CE(retain) + forget_weight·CE(forget with Yes/No flipped), as the paper's code
+    does (its "random" data); full fine-tuning.
+
+    Stopping rule: `epochs` passes over the forget set, keep the last state.
+    """
+
+    forget_weight: float = 0.2
+
+
+def run(ctx: UnlearnContext) -> dict[str, Any]:
+    """Run Bad-T from the original model."""
+    recommender = ctx.original()
+    streams = {"retain": ctx.rows("retain"), "forget": flip_answers(ctx.rows("forget"))}
+    weights = {"retain": 1.0, "forget": ctx.params.forget_weight}
+    return train_original(ctx, GradientTask(recommender, streams, weights), recommender)
+
+
+register(
+    Method(
+        name="bad-t",
+        params=BadTParams,
+        run=run,
+        description="retain CE plus CE towards flipped Yes/No answers on forget",
+        source="paper's code",
+    )
+)

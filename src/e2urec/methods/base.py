@@ -1,0 +1,101 @@
+"""The method contract: a params dataclass and `run(ctx) -> manifest fields`, registered by name.
+
+Every unlearning method is one module that builds a `Method` and passes it to `register`. The
+orchestration (`e2urec.unlearn`) checks the inputs, builds the params from `--set key=value`,
+opens the run folder and hands the method an `UnlearnContext`; the method writes its weights
+into `ctx.run_dir` and returns the manifest fields it owns ("format" and its own facts).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from e2urec.backbones import Recommender, load_recommender
+from e2urec.registry import Registry
+
+
+@dataclass(frozen=True)
+class Method:
+    """A registered unlearning method.
+
+    base_format: the run format `--from` must have ("single" for one model, "ensemble" for a
+    SISA/RecEraser original). source: "paper", "paper's code" or "this project".
+    """
+
+    name: str
+    params: type
+    run: Callable[[UnlearnContext], dict[str, Any]]
+    description: str
+    source: str
+    base_format: str = "single"
+
+
+METHODS: Registry[Method] = Registry("method")
+
+
+def register(method: Method) -> Method:
+    """Add `method` to METHODS under its name."""
+    return METHODS.register(method.name, description=method.description, source=method.source)(
+        method
+    )
+
+
+def param_defaults(params: type) -> dict[str, Any]:
+    """Field name → default of a params dataclass (for `e2urec list methods`)."""
+    return {f.name: f.default for f in dataclasses.fields(params)}
+
+
+@dataclass
+class UnlearnContext:
+    """What a method gets: the original run, the data, its run folder, seed, cost meter, params."""
+
+    base_run: Path
+    base_manifest: dict[str, Any]
+    data_dir: Path
+    run_dir: Path
+    seed: int
+    meter: Any  # e2urec.train.cost.CostMeter
+    params: Any
+    _rows: dict[str, list[dict[str, Any]]] = field(default_factory=dict, repr=False)
+
+    def rows(self, split: str) -> list[dict[str, Any]]:
+        """Rows of a prepared split (train, valid, retain, forget, sisa-K, ...), loaded once."""
+        if split not in self._rows:
+            from e2urec.data.dataset import load_split
+
+            self._rows[split] = load_split(self.data_dir, split).to_dict("records")
+        return self._rows[split]
+
+    def original(self) -> Recommender:
+        """A fresh copy of the original run's whole model (single-format runs)."""
+        from e2urec.runs import MODEL_DIR
+
+        return load_recommender(self.base_run / MODEL_DIR)
+
+
+@dataclass
+class TrainParams:
+    """Optimisation settings shared by the trained methods; each method overrides defaults."""
+
+    lr: float = 5e-5
+    batch_size: int = 16
+    epochs: int = 1
+    max_steps: int | None = None
+    weight_decay: float = 0.0
+
+    def loop_config(self, seed: int) -> Any:
+        """The training loop's config for these settings (no early stopping: keep the last)."""
+        from e2urec.train.loop import LoopConfig
+
+        return LoopConfig(
+            epochs=self.epochs,
+            lr=self.lr,
+            batch_size=self.batch_size,
+            weight_decay=self.weight_decay,
+            seed=seed,
+            max_steps=self.max_steps,
+        )

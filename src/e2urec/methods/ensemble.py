@@ -1,0 +1,341 @@
+"""Shard ensembles (SISA, RecEraser): one model per shard, an aggregate, exact unlearning.
+
+Run format "ensemble": `members/shard-K/` (save_recommender folders), manifest "members" (name,
+path, samples, forget_samples, sha256 of the weights), "ensemble" (sisa | receraser),
+"aggregate" (mean | attention; attention weights in `aggregator.safetensors`) and "recipe" (the
+member training settings, reused when unlearning).
+
+Original ensembles are trained on shards that include the forget samples; `data prepare` writes
+the shards without them, so each method rebuilds its original shards from the prepared data
+(see `sisa.original_shards`, `receraser.original_shards`). Unlearning retrains, with the same
+recipe and seed, only the members whose original shard held forget samples, on the prepared
+(retained) shard, and links the other members' files unchanged (hardlink, else a copy).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from e2urec.artifacts import sha256_file
+from e2urec.backbones import Recommender, load_recommender, save_recommender
+from e2urec.errors import E2URecError
+from e2urec.runs import RUN_FORMATS, RunModel
+
+MEMBERS_DIR = "members"
+AGGREGATOR = "aggregator.safetensors"
+Rows = Sequence[dict[str, Any]]
+
+
+@dataclass
+class Recipe:
+    """How every member is trained (the paper's supervised recipe, early stopping on valid),
+    and for RecEraser how the attention aggregator is fitted (full-batch Adam on valid)."""
+
+    backbone: str = "t5-tiny"
+    seed: int = 42
+    epochs: int = 10
+    lr: float | None = None
+    batch_size: int = 16
+    patience: int = 3
+    max_steps: int | None = None
+    eval_batch_size: int = 64
+    max_length: int = 512
+    agg_hidden: int = 16
+    agg_epochs: int = 200
+    agg_lr: float = 0.01
+
+
+class AttentionAggregator(nn.Module):
+    """RecEraser's aggregation: attention weights over the K shard outputs.
+
+    Each shard's feature is its Yes/No log-probabilities plus a learned shard embedding;
+    score_k = v·tanh(W f_k + e_k), weights = softmax over k, output = Σ_k weight_k · z_k where
+    z_k are the shard's logits (full vocabulary or Yes/No only).
+    """
+
+    def __init__(self, shards: int, hidden: int):
+        super().__init__()
+        self.project = nn.Linear(2, hidden)
+        self.shard = nn.Embedding(shards, hidden)
+        self.score = nn.Linear(hidden, 1, bias=False)
+
+    def weights(self, yes_no: torch.Tensor) -> torch.Tensor:
+        """Attention weights [B, K] from Yes/No logits [B, K, 2]."""
+        features = torch.log_softmax(yes_no.float(), dim=-1)
+        ids = torch.arange(yes_no.shape[1], device=yes_no.device)
+        hidden = torch.tanh(self.project(features) + self.shard(ids))
+        return torch.softmax(self.score(hidden).squeeze(-1), dim=-1)
+
+    def forward(self, logits: torch.Tensor, yes_no: torch.Tensor) -> torch.Tensor:
+        """Aggregate shard logits [B, K, V] with the weights from their Yes/No logits."""
+        weights = self.weights(yes_no).to(logits.dtype)
+        return (weights.unsqueeze(-1) * logits).sum(dim=1)
+
+
+class EnsembleModel:
+    """A loaded ensemble run: member models sharing one tokenizer, mean or attention aggregate."""
+
+    def __init__(self, members: list[Recommender], aggregator: AttentionAggregator | None):
+        self.recommender = members[0]
+        self.models = [m.model.eval() for m in members]
+        self.aggregator = aggregator.eval() if aggregator is not None else None
+
+    def to(self, device: str | torch.device) -> EnsembleModel:
+        """Move every member (and the aggregator) to `device`."""
+        for model in self.models:
+            model.to(device)
+        if self.aggregator is not None:
+            self.aggregator.to(device)
+        return self
+
+    def member_logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Answer-position logits of every member [B, K, V]."""
+        rec = self.recommender
+        return torch.stack([rec.answer_logits(batch, model) for model in self.models], dim=1)
+
+    def answer_logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The aggregate's full-vocabulary logits [B, V] at the first answer position."""
+        logits = self.member_logits(batch)
+        if self.aggregator is None:
+            return logits.mean(dim=1)
+        yes_no = logits[..., [self.recommender.yes_id, self.recommender.no_id]]
+        return self.aggregator(logits, yes_no)
+
+
+@RUN_FORMATS.register("ensemble")
+def load_ensemble_run(run: Path, manifest: dict[str, Any]) -> RunModel:
+    """Load an ensemble run (format "ensemble")."""
+    from safetensors.torch import load_file
+
+    members = [load_recommender(run / m["path"]) for m in manifest["members"]]
+    aggregator = None
+    if manifest.get("aggregate") == "attention":
+        recipe = Recipe(**manifest["recipe"])
+        aggregator = AttentionAggregator(len(members), recipe.agg_hidden)
+        aggregator.load_state_dict(load_file(run / AGGREGATOR))
+    return EnsembleModel(members, aggregator)
+
+
+def corpus(data_dir: Path) -> list[str]:
+    """The tokenizer corpus of `recipes.train` (train+valid+test prompts and targets), so that
+    ensemble members share the vocabulary of every other run on the same data."""
+    from e2urec.data.dataset import load_split
+
+    return [
+        text
+        for split in ("train", "valid", "test")
+        for frame in [load_split(data_dir, split)]
+        for text in (*frame["prompt"], *frame["target"])
+    ]
+
+
+def train_member(
+    data_dir: Path, rows: Rows, recipe: Recipe, folder: Path, run_dir: Path, name: str, meter: Any
+) -> int:
+    """Train one member from the base backbone on `rows` (early stopping on the valid split's
+    answer CE, best epoch kept), save it in `folder`; returns its parameter count."""
+    from e2urec.backbones import create_recommender, parse_spec
+    from e2urec.data.dataset import load_split
+    from e2urec.train.loop import LoopConfig, fit
+    from e2urec.train.losses import evaluate_ce
+    from e2urec.train.recipes import SupervisedTask, default_lr
+
+    if not rows:
+        raise E2URecError(f"ensemble member {name} has no training rows; use fewer shards")
+    family, _ = parse_spec(recipe.backbone)
+    valid = load_split(data_dir, "valid").to_dict("records")
+    recommender = create_recommender(
+        recipe.backbone, corpus(data_dir), recipe.seed, max_length=recipe.max_length
+    )
+    cfg = LoopConfig(
+        epochs=recipe.epochs,
+        lr=default_lr(family.name, "full") if recipe.lr is None else recipe.lr,
+        batch_size=recipe.batch_size,
+        patience=recipe.patience,
+        seed=recipe.seed,
+        max_steps=recipe.max_steps,
+        eval_batch_size=recipe.eval_batch_size,
+    )
+    fit(
+        recommender,
+        recommender.model,
+        SupervisedTask(recommender, rows),
+        cfg,
+        run_dir,
+        validate=lambda m: evaluate_ce(recommender, m, valid, cfg.eval_batch_size),
+        meter=meter,
+        desc=name,
+    )
+    save_recommender(recommender, folder)
+    return sum(p.numel() for p in recommender.model.parameters())
+
+
+def link_member(source: Path, target: Path) -> None:
+    """Reuse a member folder byte for byte: hardlink every file (copy where links fail)."""
+    target.mkdir(parents=True)
+    for path in sorted(source.iterdir()):
+        try:
+            os.link(path, target / path.name)
+        except OSError:
+            shutil.copy2(path, target / path.name)
+
+
+@torch.no_grad()
+def fit_aggregator(
+    run_dir: Path, members: list[str], recipe: Recipe, valid: Rows
+) -> AttentionAggregator:
+    """Fit the attention aggregator with CE on the valid labels over the members' Yes/No
+    logits (computed once); saved as `aggregator.safetensors`."""
+    from safetensors.torch import save_file
+
+    ensemble = EnsembleModel([load_recommender(run_dir / m) for m in members], None)
+    rec = ensemble.recommender
+    features, labels = [], []
+    for start in range(0, len(valid), recipe.eval_batch_size):
+        chunk = valid[start : start + recipe.eval_batch_size]
+        logits = ensemble.member_logits(rec.collate(chunk))
+        features.append(logits[..., [rec.yes_id, rec.no_id]])
+        labels += [0 if int(r["label"]) == 1 else 1 for r in chunk]  # class 0 = Yes
+    x, y = torch.cat(features), torch.tensor(labels)
+    torch.manual_seed(recipe.seed)
+    aggregator = AttentionAggregator(len(members), recipe.agg_hidden)
+    optimizer = torch.optim.Adam(aggregator.parameters(), lr=recipe.agg_lr)
+    with torch.enable_grad():
+        for _ in range(recipe.agg_epochs):
+            loss = nn.functional.cross_entropy(aggregator(x, x), y)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    save_file({k: v.contiguous() for k, v in aggregator.state_dict().items()}, run_dir / AGGREGATOR)
+    return aggregator
+
+
+def build(
+    kind: str,
+    data_dir: Path,
+    run_dir: Path,
+    shards: list[Rows],
+    forget_counts: list[int],
+    recipe: Recipe,
+    meter: Any,
+    reuse: dict[int, Path] | None = None,
+) -> dict[str, Any]:
+    """Train (or reuse from `reuse`: shard → member folder) every member, fit the aggregator
+    for RecEraser, and return the ensemble manifest fields."""
+    from e2urec.data.dataset import load_split
+
+    reuse = reuse or {}
+    members = []
+    trained = 0
+    for k, rows in enumerate(shards):
+        name = f"shard-{k}"
+        folder = run_dir / MEMBERS_DIR / name
+        if k in reuse:
+            link_member(reuse[k], folder)
+        else:
+            trained += train_member(data_dir, rows, recipe, folder, run_dir, name, meter)
+        members.append(
+            {
+                "name": name,
+                "path": f"{MEMBERS_DIR}/{name}",
+                "samples": len(rows),
+                "forget_samples": forget_counts[k],
+                "retrained": k not in reuse,
+                "sha256": sha256_file(folder / "model.safetensors"),
+            }
+        )
+    aggregate = "attention" if kind == "receraser" else "mean"
+    if aggregate == "attention":
+        valid = load_split(data_dir, "valid").to_dict("records")
+        with meter.phase("aggregator"):
+            fit_aggregator(run_dir, [m["path"] for m in members], recipe, valid)
+    per_member = trained // max(1, sum(m["retrained"] for m in members))
+    total = per_member * len(members)
+    cost = meter.summary()
+    cost.update(  # parameters trained in this run, out of the whole ensemble's
+        trainable_params=trained,
+        total_params=total,
+        trainable_pct=round(100.0 * trained / total, 4) if total else 0.0,
+    )
+    return {
+        "format": "ensemble",
+        "ensemble": kind,
+        "aggregate": aggregate,
+        "members": members,
+        "recipe": asdict(recipe),
+        "backbone": recipe.backbone,
+        "cost": cost,
+    }
+
+
+def unlearn_ensemble(ctx: Any) -> dict[str, Any]:
+    """Retrain the members whose original shard held forget samples on the prepared shard;
+    reuse the others unchanged; refit the aggregator (RecEraser)."""
+    kind = ctx.base_manifest["ensemble"]
+    recipe = Recipe(**ctx.base_manifest["recipe"])
+    recipe.seed = ctx.seed
+    old = ctx.base_manifest["members"]
+    shards = [ctx.rows(f"{kind}-{k}") for k in range(len(old))]
+    reuse = {
+        k: ctx.base_run / m["path"]
+        for k, m in enumerate(old)
+        if m["forget_samples"] == 0 and ctx.seed == ctx.base_manifest["recipe"]["seed"]
+    }
+    fields = build(
+        kind, ctx.data_dir, ctx.run_dir, shards, [0] * len(old), recipe, ctx.meter, reuse
+    )
+    fields["retrained_shards"] = [m["name"] for m in fields["members"] if m["retrained"]]
+    fields["reused_shards"] = [m["name"] for m in fields["members"] if not m["retrained"]]
+    return fields
+
+
+def train_ensemble(
+    kind: str,
+    data_dir: str | Path,
+    out: str | Path,
+    recipe: Recipe,
+    overwrite: bool = False,
+) -> dict[str, Any]:
+    """Train an original SISA or RecEraser ensemble (shards with the forget samples) into `out`;
+    returns the run manifest."""
+    from e2urec.data.dataset import read_manifest
+    from e2urec.methods import receraser, sisa
+    from e2urec.train.cost import CostMeter
+    from e2urec.train.recipes import quiet_transformers
+    from e2urec.train.runner import finish_run, start_run
+
+    rebuild = {"sisa": sisa.original_shards, "receraser": receraser.original_shards}
+    if kind not in rebuild:
+        raise E2URecError(f"unknown ensemble method {kind!r}; valid: {', '.join(sorted(rebuild))}")
+    quiet_transformers()
+    data_dir = Path(data_dir).absolute()
+    read_manifest(data_dir)
+    shards, forget_counts = rebuild[kind](data_dir)
+    config = {
+        "command": "train-ensemble",
+        "ensemble": kind,
+        "data": str(data_dir),
+        **asdict(recipe),
+    }
+    run_dir = start_run(out, config, overwrite=overwrite, resume=False)
+    meter = CostMeter()
+    fields = build(kind, data_dir, run_dir, shards, forget_counts, recipe, meter)
+    return finish_run(
+        run_dir,
+        {
+            **fields,
+            "kind": "original",
+            "family": recipe.backbone.partition(":")[0],
+            "data_dir": str(data_dir),
+            "trained_on": "train",
+            "seed": recipe.seed,
+        },
+    )

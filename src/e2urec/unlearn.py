@@ -1,0 +1,160 @@
+"""`e2urec unlearn` and `e2urec export`: check the inputs, run a registered method, write the run.
+
+unlearn: method name + `--set key=value` → the method's params dataclass (unknown names listed);
+the `--from` run must be a complete original run (trained on the full train split, of the format
+the method starts from) on the same prepared data (data manifest sha256) with a non-empty forget
+set. All of that is checked before anything is written. The method then runs inside a run folder
+opened by `runner.start_run` and closed by `runner.finish_run` with the method's manifest fields
+plus kind, method, params, base run, data, seed and cost.
+
+export: a self-contained single-format run from an adapter run (`--merge` folds the LoRA
+weights into the base model) or a copy of a single-format run.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+from e2urec.artifacts import MANIFEST, atomic_write_json, sha256_file, staged_folder
+from e2urec.config import as_dict, build, parse_set_options
+from e2urec.errors import E2URecError
+from e2urec.runs import CONFIG, MODEL_DIR, read_run_manifest
+
+
+def method_params(name: str, sets: list[str] | None) -> Any:
+    """The params dataclass of method `name` built from `--set key=value` items."""
+    from e2urec.methods import METHODS
+
+    return build(METHODS.get(name).params, parse_set_options(sets), f"method {name!r}")
+
+
+def check_base(method: Any, base_run: Path, base: dict[str, Any]) -> None:
+    """`base` must be an original run (trained on train, not unlearned) of the method's format."""
+    trained_on = base.get("trained_on")
+    if base.get("kind") == "unlearned" or trained_on != "train":
+        raise E2URecError(
+            f"--from {base_run} is not an original run (kind {base.get('kind')!r}, trained on "
+            f"{trained_on!r}); unlearning starts from a run trained on the full train split"
+        )
+    fmt = base.get("format", "single")
+    if method.base_format == "ensemble":
+        if fmt != "ensemble" or base.get("ensemble") != method.name:
+            raise E2URecError(
+                f"--from {base_run} is not a {method.name} ensemble (format {fmt!r}); build one "
+                f"with `e2urec train-ensemble --method {method.name}`"
+            )
+    elif fmt != "single":
+        raise E2URecError(
+            f"--from {base_run} has format {fmt!r}; method {method.name!r} starts from a "
+            "single-model original run (`e2urec train --on train`)"
+        )
+
+
+def check_data(data_dir: Path, base_run: Path, base: dict[str, Any]) -> str:
+    """The data manifest's sha256; the data must be the base run's and the forget set non-empty."""
+    from e2urec.data.dataset import read_manifest
+    from e2urec.data.prepare import split_file
+
+    manifest = read_manifest(data_dir)
+    sha = sha256_file(data_dir / MANIFEST)
+    if base.get("data_manifest_sha256") != sha:
+        raise E2URecError(
+            f"--data {data_dir} is not the prepared data run {base_run} was trained on "
+            "(data manifest sha256 differs)"
+        )
+    if not manifest["files"].get(split_file("forget"), {}).get("samples"):
+        raise E2URecError(f"the forget set of {data_dir} is empty: nothing to unlearn")
+    return sha
+
+
+def unlearn(
+    method: str,
+    base_run: str | Path,
+    data_dir: str | Path,
+    out: str | Path,
+    sets: list[str] | None = None,
+    seed: int | None = None,
+    overwrite: bool = False,
+) -> dict[str, Any]:
+    """Unlearn the forget set of `data_dir` from `base_run` with `method`; returns the manifest."""
+    from e2urec.methods import METHODS, UnlearnContext
+    from e2urec.train.cost import CostMeter
+    from e2urec.train.runner import finish_run, start_run
+
+    spec = METHODS.get(method)
+    params = method_params(method, sets)
+    base_run, data_dir = Path(base_run).absolute(), Path(data_dir).absolute()
+    base = read_run_manifest(base_run)
+    check_base(spec, base_run, base)
+    sha = check_data(data_dir, base_run, base)
+    seed = int(base.get("seed") or 42) if seed is None else seed
+    config = {
+        "command": "unlearn",
+        "method": method,
+        "params": as_dict(params),
+        "base_run": str(base_run),
+        "data_dir": str(data_dir),
+        "seed": seed,
+    }
+    run_dir = start_run(out, config, overwrite=overwrite, resume=False)
+    ctx = UnlearnContext(base_run, base, data_dir, run_dir, seed, CostMeter(), params)
+    fields = spec.run(ctx)
+    manifest = {
+        "kind": "unlearned",
+        "method": method,
+        "params": as_dict(params),
+        "base_run": str(base_run),
+        "backbone": base.get("backbone"),
+        "family": base.get("family"),
+        "data_dir": str(data_dir),
+        "data_manifest_sha256": sha,
+        "trained_on": "train",
+        "unlearned": "forget",
+        "seed": seed,
+        **fields,
+    }
+    return finish_run(run_dir, manifest)
+
+
+def describe_methods() -> list[str]:
+    """One line per method: name, source, description, then its parameters with defaults."""
+    from e2urec.methods import METHODS, param_defaults
+
+    lines = []
+    for name in METHODS:
+        spec = METHODS.get(name)
+        lines.append(f"{name:12s} [{spec.source}] {spec.description}")
+        defaults = ", ".join(f"{k}={v}" for k, v in param_defaults(spec.params).items())
+        defaults = defaults or "none (the original run's recipe is reused)"
+        lines.append(f"{'':12s} params: {defaults}")
+    return lines
+
+
+def export(run: str | Path, out: str | Path, merge: bool, overwrite: bool = False) -> Path:
+    """Write `run` as a self-contained single-format run in `out` (see the module docstring)."""
+    from e2urec.backbones import save_recommender
+    from e2urec.runs import load_run_model
+
+    run = Path(run).absolute()
+    manifest = read_run_manifest(run)
+    fmt = manifest.get("format", "single")
+    if fmt not in ("adapter", "single"):
+        raise E2URecError(f"cannot export a run of format {fmt!r} (only adapter or single runs)")
+    if fmt == "adapter" and not merge:
+        raise E2URecError(f"{run} holds LoRA adapters: pass --merge to fold them into the model")
+    with staged_folder(out, overwrite=overwrite) as stage:
+        if fmt == "single":
+            shutil.copytree(run / MODEL_DIR, stage / MODEL_DIR)
+        else:
+            recommender = load_run_model(run).recommender
+            recommender.model = recommender.model.merge_and_unload()
+            save_recommender(recommender, stage / MODEL_DIR)
+        if (run / CONFIG).is_file():
+            shutil.copy2(run / CONFIG, stage / CONFIG)
+        exported = {k: v for k, v in manifest.items() if k not in ("base_run",)}
+        atomic_write_json(
+            stage / MANIFEST, {**exported, "format": "single", "exported_from": str(run)}
+        )
+    return Path(out)
