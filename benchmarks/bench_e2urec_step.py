@@ -37,18 +37,22 @@ def data_rows(folder: Path) -> tuple[list[dict], list[dict], list[str]]:
     return forget, retain, corpus
 
 
-def time_steps(task, recommender, student, batches, steps: int) -> float:
+def time_steps(tasks: dict, student, batches, steps: int) -> dict:
+    """Seconds per step of each task, measured interleaved (one step of each in turn) so that
+    load from other processes affects both alike; one untimed pass over the batches first."""
     optimizer = torch.optim.AdamW([p for p in student.parameters() if p.requires_grad], lr=1e-3)
     student.train()
-    warmup = len(batches)  # one pass over the batches: the cache holds every row after it
-    for i in range(steps + warmup):
-        if i == warmup:
+    seconds = dict.fromkeys(tasks, 0.0)
+    for i in range(steps + len(batches)):
+        for name, task in tasks.items():
             began = time.perf_counter()
-        loss, _ = task.loss(student, batches[i % len(batches)], epoch=1)
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-    return (time.perf_counter() - began) / steps
+            loss, _ = task.loss(student, batches[i % len(batches)], epoch=1)
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            if i >= len(batches):  # after the warm-up pass the cache holds every row
+                seconds[name] += time.perf_counter() - began
+    return {name: total / steps for name, total in seconds.items()}
 
 
 def main() -> None:
@@ -57,7 +61,11 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch CPU threads (1: stable on a shared machine)"
+    )
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as tmp:
         forget, retain, corpus = data_rows(Path(tmp))
@@ -86,11 +94,11 @@ def main() -> None:
             batch["index"] = torch.arange(part.start, part.start + len(rows[part]))
             step[name] = batch
         batches.append(step)
-    results = {}
-    for cache in (True, False):
-        params = E2URecParams(cache_teachers=cache)
-        task = E2URecTask(recommender, forget, retain, teachers, params)
-        results[cache] = time_steps(task, recommender, student, batches, args.steps)
+    tasks = {
+        cache: E2URecTask(recommender, forget, retain, teachers, E2URecParams(cache_teachers=cache))
+        for cache in (True, False)
+    }
+    results = time_steps(tasks, student, batches, args.steps)
     total = sum(p.numel() for p in student.parameters())
     print(
         f"model: T5 d_model {args.d_model}, {args.layers}+{args.layers} layers, "
