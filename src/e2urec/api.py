@@ -16,11 +16,36 @@ def describe(what: str) -> list[str]:
         from e2urec.unlearn import describe_methods
 
         return describe_methods()
+    if what == "presets":
+        from e2urec.presets import preset_names, preset_values
+
+        return [
+            f"{name:24s} {' '.join(str(preset_values(name).get('description', '')).split())}"
+            for name in preset_names()
+        ]
     if what == "datasets":
         from e2urec.data.readers import READERS as registry
+    elif what == "backbones":
+        from e2urec.backbones import BACKBONES as registry
     else:
         raise ValueError(what)
     return [f"{name:16s} {registry.meta(name).get('description', '')}" for name in registry]
+
+
+def bench(
+    preset: str,
+    out: str | Path,
+    data_root: str | None = None,
+    seeds: int | None = None,
+    methods: list[str] | None = None,
+    config_file: str | None = None,
+    sets: list[str] | None = None,
+) -> Any:
+    """Run (or continue) the experiment of `preset` into `out`: data, Original, Retrains,
+    every method, evaluation, tables and plots. See `e2urec.bench`."""
+    from e2urec.bench import bench as run
+
+    return run(preset, out, data_root, seeds, methods, config_file, sets)
 
 
 def prepare(config: PrepareConfig, overwrite: bool = False) -> PrepareResult:

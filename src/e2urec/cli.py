@@ -574,7 +574,50 @@ def run_serve(args: argparse.Namespace) -> None:
     serve(args.deployment, host=args.host, port=args.port)
 
 
+def add_bench(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "bench",
+        help="run the paper's whole experiment from a preset (tables + plots)",
+        description="Prepare the data, train the Original, train Retrain for every seed (two "
+        "Retrains give the noise floor), run every selected unlearning method, evaluate each "
+        "against the Retrain of the same seed, and write results.json/.csv/.md and plots. "
+        "Resumable: rerunning the same command reuses every finished step. "
+        "Presets: see `e2urec list presets`.",
+    )
+    p.add_argument("--preset", required=True, help="preset name, e.g. demo or cpu-ml100k")
+    p.add_argument("--out", required=True, help="output folder (reused on a rerun)")
+    p.add_argument(
+        "--data-root",
+        help="folder holding the raw dataset (e.g. a folder with ml-100k/ inside); "
+        "default: the download cache of `e2urec data fetch`",
+    )
+    p.add_argument("--seeds", type=int, help="number of seeds (overrides the preset)")
+    p.add_argument(
+        "--methods",
+        type=lambda v: [m.strip() for m in v.split(",") if m.strip()],
+        help="comma-separated methods (default: the preset's, usually all registered)",
+    )
+    p.add_argument("--config", help="YAML file merged over the preset")
+    p.add_argument(
+        "--set", action="append", metavar="KEY=VALUE", help="override, e.g. train.epochs=2"
+    )
+    p.set_defaults(func=run_bench)
+
+
+def run_bench(args: argparse.Namespace) -> None:
+    from e2urec import api
+
+    result = api.bench(
+        args.preset, args.out, args.data_root, args.seeds, args.methods, args.config, args.set
+    )
+    print((result.out / "results.md").read_text(encoding="utf-8"))
+    print("results and plots:")
+    for name, path in result.files.items():
+        print(f"  {name:22s} {path}")
+
+
 COMMANDS = [
+    add_bench,
     add_list,
     add_data,
     add_eval,

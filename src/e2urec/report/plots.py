@@ -201,34 +201,45 @@ def read_log(log_jsonl_path: str | Path) -> list[dict]:
     return records
 
 
+NOT_CURVES = ("step", "epoch", "elapsed_s", "lr")
+
+
 def plot_training_curves(log_jsonl_path: str | Path, path: str | Path) -> Path:
-    """Every numeric key of log.jsonl except step/epoch, plotted against step."""
+    """Loss curves from a run's log.jsonl: one panel per training phase (e.g. the augmented
+    model, then the student), every numeric key against step; per-step values as lines,
+    per-epoch values (train_loss, valid_loss) as markers. Time and learning rate are left out."""
     records = read_log(log_jsonl_path)
-    series: dict[str, tuple[list[float], list[float]]] = {}
+    phases: dict[str, dict[str, tuple[list[float], list[float]]]] = {}
     for index, record in enumerate(records):
         step = record.get("step", index)
+        kind = "epoch" if record.get("event") == "epoch" else "step"
+        series = phases.setdefault(str(record.get("phase", "train")), {})
         for key, value in record.items():
-            if key in ("step", "epoch") or isinstance(value, bool):
+            if key in NOT_CURVES or isinstance(value, bool) or not isinstance(value, int | float):
                 continue
-            if isinstance(value, int | float) and math.isfinite(value):
-                xs, ys = series.setdefault(key, ([], []))
+            if math.isfinite(value):
+                xs, ys = series.setdefault(f"{key} ({kind})" if kind == "epoch" else key, ([], []))
                 xs.append(float(step))
                 ys.append(float(value))
-    if not series:
+    phases = {name: series for name, series in phases.items() if series}
+    if not phases:
         raise E2URecError(f"no numeric values to plot in {log_jsonl_path}")
-    losses = {k: v for k, v in series.items() if "loss" in k}
-    others = {k: v for k, v in series.items() if "loss" not in k}
-    panels = [(title, group) for title, group in (("loss", losses), ("other", others)) if group]
-    figure, axes = _figure(6.0 * len(panels), 4.5, ncols=len(panels))
-    for axis, (title, group) in zip(axes, panels, strict=True):
-        for key, (xs, ys) in sorted(group.items()):
-            marker = "o" if len(xs) <= 30 else None
-            axis.plot(xs, ys, marker=marker, markersize=4, linewidth=1.4, label=key)
-        values = [y for _, ys in group.values() for y in ys]
-        if title == "other" and min(values) > 0 and max(values) / min(values) > 100:
-            axis.set_yscale("log")
-        axis.set_xlabel("step")
-        axis.set_ylabel(title if title == "loss" else "value")
+    figure, axes = _figure(6.0 * len(phases), 4.5, ncols=len(phases))
+    for axis, (phase, series) in zip(axes, phases.items(), strict=True):
+        for key, (xs, ys) in sorted(series.items()):
+            per_epoch = key.endswith("(epoch)")
+            axis.plot(
+                xs,
+                ys,
+                marker="o" if per_epoch or len(xs) <= 30 else None,
+                markersize=5 if per_epoch else 3,
+                linestyle="--" if per_epoch else "-",
+                linewidth=1.4,
+                label=key,
+            )
+        axis.set_title(phase.replace("_", " "))
+        axis.set_xlabel("optimizer step")
+        axis.set_ylabel("loss")
         axis.grid(True, alpha=0.3)
         axis.legend(fontsize=8)
     figure.suptitle(f"Training curves: {Path(log_jsonl_path).parent.name or 'run'}")

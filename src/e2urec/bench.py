@@ -1,0 +1,381 @@
+"""`e2urec bench`: the paper's whole experiment as one resumable plan of steps.
+
+Plan: prepare the data → train the Original → Retrain for every seed (the reference; two
+Retrains of different seeds give the noise floor) → the SISA / RecEraser original ensembles
+when those methods are selected → every selected method for every seed → evaluate each run on
+test and forget against the Retrain of the same seed → results.json / .csv / .md and plots.
+
+Every step writes into its own folder under OUT and leaves a stamp (OUT/steps/<name>.json)
+holding the hash of its configuration and inputs; a rerun reuses a step whose stamp and output
+are intact, so a bench that crashed continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from e2urec import presets
+from e2urec.artifacts import (
+    MANIFEST,
+    atomic_write_json,
+    atomic_write_yaml,
+    read_json,
+    sha256_bytes,
+    sha256_file,
+)
+from e2urec.errors import E2URecError
+from e2urec.report.tables import NOISE_FLOOR, ORIGINAL, RETRAIN
+
+ENSEMBLE_METHODS = ("sisa", "receraser")
+EVAL_SPLITS = ("test", "forget")
+
+
+@dataclass
+class Step:
+    """One unit of the plan: a name, the folder it fills, the inputs it hashes, and its action."""
+
+    name: str
+    out: Path
+    key: dict[str, Any]
+    action: Callable[[], Any]
+    inputs: list[Path] = field(default_factory=list)  # files whose content the step depends on
+
+    def fingerprint(self) -> str:
+        digests = {str(p): sha256_file(p) for p in self.inputs}
+        blob = json.dumps({"key": self.key, "inputs": digests}, sort_keys=True, default=str)
+        return sha256_bytes(blob.encode())
+
+
+@dataclass
+class BenchResult:
+    """Where the bench wrote its results, and the rows of results.json."""
+
+    out: Path
+    rows: list[dict[str, Any]]
+    files: dict[str, Path]
+
+
+def resolve_raw(data: presets.BenchData, data_root: str | None, say: Callable[[str], None]):
+    """(dataset name, raw folder or None) to prepare: --data-root, then the download cache,
+    then the preset's fallback dataset (said out loud), else one clear error."""
+    from e2urec.data.sources import SPECS, find_cached
+
+    if data_root:
+        root = Path(data_root)
+        for candidate in (root / data.dataset, root):
+            if candidate.is_dir() and _holds_dataset(candidate, data.dataset):
+                return data.dataset, candidate
+    elif data.dataset in SPECS and (cached := find_cached(data.dataset)) is not None:
+        return data.dataset, cached
+    elif data.dataset not in SPECS and data.dataset == "synthetic":
+        return data.dataset, None
+    where = f"under --data-root {data_root}" if data_root else "in the download cache"
+    if data.fallback_dataset:
+        say(
+            f"NOTE: {data.dataset} files not found {where}; using the {data.fallback_dataset} "
+            f"dataset instead (run `e2urec data fetch {data.dataset}` or pass --data-root)"
+        )
+        return data.fallback_dataset, None
+    raise E2URecError(
+        f"{data.dataset} files not found {where}; run `e2urec data fetch {data.dataset}` "
+        "or pass --data-root FOLDER"
+    )
+
+
+def _holds_dataset(folder: Path, dataset: str) -> bool:
+    from e2urec.data.readers import READERS
+
+    try:
+        READERS.get(dataset)(folder)
+    except E2URecError:
+        return False
+    return True
+
+
+class Bench:
+    """Builds and runs the plan for one BenchConfig into folder `out`."""
+
+    def __init__(self, config: presets.BenchConfig, out: Path, data_root: str | None) -> None:
+        from e2urec.methods import METHODS
+
+        self.config = config
+        self.out = out
+        self.data_root = data_root
+        chosen = METHODS.names() if config.methods == "all" else list(config.methods)
+        for name in chosen:
+            METHODS.get(name)
+        self.methods = [m for m in chosen if m != RETRAIN]
+        self.data_dir = out / "data"
+        self.steps: list[Step] = []
+        self.started = time.monotonic()
+
+    # ------------------------------------------------------------------ plan
+    def run_dir(self, name: str) -> Path:
+        return self.out / "runs" / name
+
+    def plan(self) -> list[Step]:
+        """Every step of the experiment, in order."""
+        c, train = self.config, asdict(self.config.train)
+        backbone = train.pop("backbone")
+        data_manifest = self.data_dir / MANIFEST
+        steps = [Step("prepare data", self.data_dir, {"data": asdict(c.data)}, self._prepare)]
+
+        def train_step(name: str, on: str, seed: int) -> Step:
+            out = self.run_dir(name)
+            options = dict(train, seed=seed, overwrite=True)
+            return Step(
+                f"train {name}",
+                out,
+                {"on": on, "backbone": backbone, **options},
+                lambda: self._api().train(self.data_dir, on, backbone, out, **options),
+                [data_manifest],
+            )
+
+        steps.append(train_step(ORIGINAL, "train", c.seeds[0]))
+        steps += [train_step(f"{RETRAIN}-seed{s}", "retain", s) for s in c.seeds]
+        for method in self.methods:
+            if method in ENSEMBLE_METHODS:
+                out = self.run_dir(f"{method}-original")
+                recipe = dict(train, seed=c.seeds[0])
+                steps.append(
+                    Step(
+                        f"train {method} original ensemble",
+                        out,
+                        {"method": method, "backbone": backbone, **recipe},
+                        lambda m=method, o=out, r=recipe: self._api().train_ensemble(
+                            m, self.data_dir, backbone, o, overwrite=True, **r
+                        ),
+                        [data_manifest],
+                    )
+                )
+        for seed in c.seeds:
+            for method in self.methods:
+                steps.append(self._unlearn_step(method, seed, data_manifest))
+        steps += self._eval_steps()
+        return steps
+
+    def _unlearn_step(self, method: str, seed: int, data_manifest: Path) -> Step:
+        base = self.run_dir(f"{method}-original" if method in ENSEMBLE_METHODS else ORIGINAL)
+        out = self.run_dir(f"{method}-seed{seed}")
+        params = self.config.method_params.get(method) or {}
+        sets = [f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in params.items()]
+        return Step(
+            f"unlearn {method} (seed {seed})",
+            out,
+            {"method": method, "seed": seed, "params": params},
+            lambda: self._api().unlearn(
+                method, base, self.data_dir, out, sets=sets, seed=seed, overwrite=True
+            ),
+            [data_manifest, base / MANIFEST],
+        )
+
+    def _eval_steps(self) -> list[Step]:
+        seeds = self.config.seeds
+        pairs = [(ORIGINAL, s) for s in seeds]
+        pairs += [(f"{m}-seed{s}", s) for s in seeds for m in self.methods]
+        steps = []
+        for name, seed in pairs:
+            steps.append(self._eval_step(name, f"{RETRAIN}-seed{seed}", f"eval-{name}-vs-{seed}"))
+        for i, seed in enumerate(seeds):  # each Retrain against the next seed's: the noise floor
+            other = seeds[(i + 1) % len(seeds)]
+            if other != seed:
+                steps.append(
+                    self._eval_step(
+                        f"{RETRAIN}-seed{seed}", f"{RETRAIN}-seed{other}", f"eval-{RETRAIN}-{seed}"
+                    )
+                )
+        return steps
+
+    def _eval_step(self, run_name: str, reference_name: str, name: str) -> Step:
+        run, reference = self.run_dir(run_name), self.run_dir(reference_name)
+        out = self.out / "evals" / f"{run_name}-vs-{reference_name}.json"
+
+        def action() -> None:
+            metrics = self._api().evaluate(
+                run,
+                self.data_dir,
+                reference=reference,
+                splits=EVAL_SPLITS,
+                progress=False,
+            )
+            atomic_write_json(out, metrics)
+
+        return Step(
+            name,
+            out,
+            {"run": run_name, "reference": reference_name, "splits": EVAL_SPLITS},
+            action,
+            [self.data_dir / MANIFEST, run / MANIFEST, reference / MANIFEST],
+        )
+
+    # ------------------------------------------------------------------ actions
+    @staticmethod
+    def _api():
+        from e2urec import api
+
+        return api
+
+    def _prepare(self) -> None:
+        from e2urec.data.prepare import PrepareConfig
+
+        data = self.config.data
+        dataset, raw = resolve_raw(data, self.data_root, self.say)
+        config = PrepareConfig(
+            dataset=dataset,
+            out=str(self.data_dir),
+            raw=str(raw) if raw else None,
+            last_n=data.last_n,
+            history_len=data.history_len,
+            min_history=data.min_history,
+            forget_ratio=data.forget_ratio,
+            forget_strategy=data.forget_strategy,
+            shards=data.shards,
+            seed=data.seed,
+        )
+        self._api().prepare(config, overwrite=True)
+
+    # ------------------------------------------------------------------ running
+    def say(self, message: str) -> None:
+        sys.stderr.write(message + "\n")
+        sys.stderr.flush()
+
+    def execute(self) -> None:
+        """Run the plan, reusing steps whose stamp matches; print which step of how many."""
+        steps = self.plan()
+        stamps = self.out / "steps"
+        for number, step in enumerate(steps, 1):
+            clock = _clock(time.monotonic() - self.started)
+            header = f"[{number:>{len(str(len(steps)))}}/{len(steps)} {clock}] {step.name}"
+            stamp = stamps / f"{step.out.relative_to(self.out).as_posix().replace('/', '__')}.json"
+            ready = _step_complete(step.out)
+            if ready and stamp.is_file() and _stamp_value(stamp) == step.fingerprint():
+                self.say(f"{header}: reused")
+                continue
+            self.say(f"{header} ...")
+            began = time.monotonic()
+            step.action()
+            atomic_write_json(stamp, {"step": step.name, "fingerprint": step.fingerprint()})
+            self.say(f"{header}: done in {_clock(time.monotonic() - began)}")
+
+    # ------------------------------------------------------------------ results
+    def rows(self) -> list[dict[str, Any]]:
+        """One row per method × seed (plus Original, Retrain and noise-floor rows)."""
+        seeds = self.config.seeds
+        retrain_time = {s: _cost(self.run_dir(f"{RETRAIN}-seed{s}"))["wall_s"] for s in seeds}
+        rows = []
+        for seed in seeds:
+            rows.append(self._row(ORIGINAL, ORIGINAL, seed, f"{RETRAIN}-seed{seed}", retrain_time))
+            for method in self.methods:
+                run = f"{method}-seed{seed}"
+                rows.append(self._row(method, run, seed, f"{RETRAIN}-seed{seed}", retrain_time))
+        for i, seed in enumerate(seeds):
+            other = seeds[(i + 1) % len(seeds)]
+            if other == seed:
+                continue
+            run = f"{RETRAIN}-seed{seed}"
+            retrain = self._row(RETRAIN, run, seed, f"{RETRAIN}-seed{other}", retrain_time)
+            floor = {k: retrain.pop(k) for k in list(retrain) if k.startswith("forget_")}
+            rows.append(retrain)
+            rows.append({"method": NOISE_FLOOR, "seed": seed, "run": retrain["run"], **floor})
+        return rows
+
+    def _row(
+        self, method: str, run: str, seed: int, reference: str, retrain_time: dict[int, float]
+    ) -> dict[str, Any]:
+        metrics = read_json(self.out / "evals" / f"{run}-vs-{reference}.json", "evaluation")
+        cost = _cost(self.run_dir(run))
+        row: dict[str, Any] = {"method": method, "seed": seed, "run": str(self.run_dir(run))}
+        for split in EVAL_SPLITS:
+            entry = metrics["splits"][split]
+            for name in ("auc", "acc", "logloss"):
+                row[f"{split}_{name}"] = entry.get(name)
+        for scope, prefix in (("vocab", "forget_"), ("yes_no", "forget_yesno_")):
+            for name, value in metrics["splits"]["forget"]["distance"][scope].items():
+                row[prefix + name] = value
+        row["time_s"] = cost["wall_s"]
+        row["time_ratio"] = cost["wall_s"] / retrain_time[seed] if retrain_time[seed] else None
+        row["trainable_params"] = cost.get("trainable_params")
+        row["trainable_pct"] = cost.get("trainable_pct")
+        row["peak_memory_mb"] = cost.get("peak_memory_mb")
+        return row
+
+    def report(self) -> BenchResult:
+        """Write results.json/.csv/.md and the plots; return where they are."""
+        from e2urec.report import plots, tables
+
+        rows = self.rows()
+        atomic_write_json(self.out / "results.json", rows)
+        files = {"results.json": self.out / "results.json"}
+        files.update(tables.write_tables(rows, self.out))
+        summary = tables.summarise(rows)
+        plot_dir = self.out / "plots"
+        files["tradeoff.png"] = plots.plot_tradeoff(summary, plot_dir / "tradeoff.png")
+        files["cost.png"] = plots.plot_cost(summary, plot_dir / "cost.png")
+        if "e2urec" in self.methods:
+            log = self.run_dir(f"e2urec-seed{self.config.seeds[0]}") / "log.jsonl"
+            files["e2urec_training.png"] = plots.plot_training_curves(
+                log, plot_dir / "e2urec_training.png"
+            )
+        return BenchResult(self.out, rows, files)
+
+
+def bench(
+    preset: str,
+    out: str | Path,
+    data_root: str | None = None,
+    seeds: int | None = None,
+    methods: list[str] | None = None,
+    config_file: str | None = None,
+    sets: list[str] | None = None,
+) -> BenchResult:
+    """Run (or continue) the experiment of `preset` into `out` and write its report."""
+    config = presets.resolve(preset, config_file, sets)
+    if seeds is not None:
+        if seeds < 1:
+            raise E2URecError(f"--seeds must be at least 1, got {seeds}")
+        config.seeds = list(range(seeds))
+    if methods:
+        config.methods = methods
+    out = Path(out)
+    runner = Bench(config, out, data_root)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_yaml(out / "config.resolved.yaml", {"preset": preset, **presets.as_dict(config)})
+    runner.say(f"bench {preset}: {len(runner.plan())} steps into {out}")
+    runner.execute()
+    return runner.report()
+
+
+def _cost(run: Path) -> dict[str, Any]:
+    return read_json(run / MANIFEST, "run manifest").get("cost", {})
+
+
+def _step_complete(out: Path) -> bool:
+    if out.suffix == ".json":
+        return out.is_file()
+    manifest = out / MANIFEST
+    if not manifest.is_file():
+        return False
+    try:
+        content = json.loads(manifest.read_text(encoding="utf-8"))
+    except json.JSONDecodeError:
+        return False
+    return bool(content.get("complete", True))
+
+
+def _stamp_value(stamp: Path) -> str | None:
+    try:
+        return json.loads(stamp.read_text(encoding="utf-8")).get("fingerprint")
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def _clock(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours:02d}:{minutes:02d}:{secs:02d}"
