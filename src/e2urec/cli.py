@@ -274,7 +274,14 @@ def add_train(sub: argparse._SubParsersAction) -> None:
         default="full",
         help="full fine-tuning or LoRA r16/alpha32, merged on save (default full)",
     )
-    p.add_argument("--seed", type=int, default=42, help="model init and data order (default 42)")
+    p.add_argument("--seed", type=int, default=42, help="data order and dropout (default 42)")
+    p.add_argument(
+        "--init-seed",
+        type=int,
+        default=0,
+        help="initial weights of tiny backbones, shared by every run like a pretrained "
+        "checkpoint (default 0)",
+    )
     p.add_argument(
         "--max-length", type=int, default=512, help="max prompt+answer tokens (default 512)"
     )
@@ -299,6 +306,7 @@ def run_train(args: argparse.Namespace) -> None:
         patience=args.patience,
         finetune=args.finetune,
         seed=args.seed,
+        init_seed=args.init_seed,
         max_length=args.max_length,
         max_steps=args.max_steps,
         resume=args.resume,

@@ -41,6 +41,7 @@ class Recipe:
 
     backbone: str = "t5-tiny"
     seed: int = 42
+    init_seed: int = 0
     epochs: int = 10
     lr: float | None = None
     batch_size: int = 16
@@ -124,37 +125,18 @@ def load_ensemble_run(run: Path, manifest: dict[str, Any]) -> RunModel:
     return EnsembleModel(members, aggregator)
 
 
-def corpus(data_dir: Path) -> list[str]:
-    """The tokenizer corpus of `recipes.train` (train+valid+test prompts and targets), so that
-    ensemble members share the vocabulary of every other run on the same data."""
-    from e2urec.data.dataset import load_split
-
-    return [
-        text
-        for split in ("train", "valid", "test")
-        for frame in [load_split(data_dir, split)]
-        for text in (*frame["prompt"], *frame["target"])
-    ]
-
-
 def train_member(
     data_dir: Path, rows: Rows, recipe: Recipe, folder: Path, run_dir: Path, name: str, meter: Any
 ) -> int:
-    """Train one member from the base backbone on `rows` (early stopping on the valid split's
-    answer CE, best epoch kept), save it in `folder`; returns its parameter count."""
-    from e2urec.backbones import create_recommender, parse_spec
-    from e2urec.data.dataset import load_split
-    from e2urec.train.loop import LoopConfig, fit
-    from e2urec.train.losses import evaluate_ce
-    from e2urec.train.recipes import SupervisedTask, default_lr
+    """Train one member with the supervised recipe (`recipes.fit_supervised`) on `rows`, save
+    it in `folder`; returns its parameter count."""
+    from e2urec.backbones import parse_spec
+    from e2urec.train.loop import LoopConfig
+    from e2urec.train.recipes import default_lr, fit_supervised, split_rows
 
     if not rows:
         raise E2URecError(f"ensemble member {name} has no training rows; use fewer shards")
     family, _ = parse_spec(recipe.backbone)
-    valid = load_split(data_dir, "valid").to_dict("records")
-    recommender = create_recommender(
-        recipe.backbone, corpus(data_dir), recipe.seed, max_length=recipe.max_length
-    )
     cfg = LoopConfig(
         epochs=recipe.epochs,
         lr=default_lr(family.name, "full") if recipe.lr is None else recipe.lr,
@@ -164,13 +146,15 @@ def train_member(
         max_steps=recipe.max_steps,
         eval_batch_size=recipe.eval_batch_size,
     )
-    fit(
-        recommender,
-        recommender.model,
-        SupervisedTask(recommender, rows),
+    recommender, _ = fit_supervised(
+        data_dir,
+        rows,
+        split_rows(data_dir, "valid", "early stopping"),
+        recipe.backbone,
         cfg,
         run_dir,
-        validate=lambda m: evaluate_ce(recommender, m, valid, cfg.eval_batch_size),
+        max_length=recipe.max_length,
+        init_seed=recipe.init_seed,
         meter=meter,
         desc=name,
     )

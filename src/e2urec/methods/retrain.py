@@ -34,6 +34,7 @@ def run(ctx: UnlearnContext) -> dict[str, Any]:
         ctx.run_dir,
         finetune=base.get("finetune", "full"),
         seed=ctx.seed,
+        init_seed=base.get("init_seed", 0),
         max_length=config.get("max_length", 512),
         overwrite=True,
         **options,

@@ -83,6 +83,76 @@ def quiet_transformers() -> None:
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"transformers\.")
 
 
+def tokenizer_corpus(data_dir: str | Path) -> list[str]:
+    """Prompts and targets of train+valid+test: every run on the same prepared data (Original,
+    Retrain, shard models) builds the same tiny-backbone tokenizer from it."""
+    from e2urec.data.dataset import load_split
+
+    return [
+        text
+        for split in ("train", "valid", "test")
+        for frame in [load_split(data_dir, split)]
+        for text in (*frame["prompt"], *frame["target"])
+    ]
+
+
+def split_rows(data_dir: str | Path, name: str, purpose: str) -> list[dict[str, Any]]:
+    """Rows of split `name`; an empty split is one clear error saying what needed it."""
+    from e2urec.data.dataset import load_split
+
+    rows = load_split(data_dir, name).to_dict("records")
+    if not rows:
+        raise E2URecError(f"split {name!r} in {data_dir} is empty; {purpose} needs it")
+    return rows
+
+
+def fit_supervised(
+    data_dir: Path,
+    rows: Sequence[dict[str, Any]],
+    valid_rows: Sequence[dict[str, Any]],
+    backbone: str,
+    cfg: Any,
+    run_dir: Path,
+    *,
+    max_length: int,
+    init_seed: int,
+    meter: Any,
+    finetune: str = "full",
+    desc: str = "train",
+    resume: bool = False,
+) -> tuple[Recommender, Any]:
+    """The paper's supervised recipe on `rows`: build the backbone (weights from `init_seed`,
+    like one pretrained checkpoint shared by every run; `cfg.seed` drives data order and
+    dropout), AdamW on answer CE, early stopping on the valid split's answer CE, best epoch
+    kept. Returns the recommender holding the trained model (PEFT-wrapped for LoRA, so its
+    trainable parameters can still be counted) and the FitResult."""
+    from e2urec.backbones import create_recommender, parse_spec
+    from e2urec.train.loop import fit
+    from e2urec.train.losses import evaluate_ce
+
+    family, _ = parse_spec(backbone)
+    with meter.phase("build"):
+        recommender = create_recommender(
+            backbone, tokenizer_corpus(data_dir), init_seed, max_length=max_length
+        )
+        model = recommender.model
+        if finetune == "lora":
+            model = add_lora(model, family.lora_targets, recommender.kind)
+    result = fit(
+        recommender,
+        model,
+        SupervisedTask(recommender, rows),
+        cfg,
+        run_dir,
+        validate=lambda m: evaluate_ce(recommender, m, valid_rows, cfg.eval_batch_size),
+        resume=resume,
+        meter=meter,
+        desc=desc,
+    )
+    recommender.model = model
+    return recommender, result
+
+
 def train(
     data: str | Path,
     on: str,
@@ -95,6 +165,7 @@ def train(
     patience: int = 3,
     finetune: str = "full",
     seed: int = 42,
+    init_seed: int = 0,
     max_length: int = 512,
     max_steps: int | None = None,
     eval_batch_size: int = 64,
@@ -104,16 +175,16 @@ def train(
     """Train a recommender on split `on` of prepared folder `data`; returns the run manifest.
 
     The paper's recipe: AdamW, answer CE, early stopping on the valid split's answer CE with
-    `patience`, best epoch kept. The tokenizer corpus is train+valid+test, so every run on the
-    same data shares a vocabulary. `finetune="lora"` trains PEFT adapters and saves the merged
+    `patience`, best epoch kept. Backbone weights start from `init_seed` (the same for every
+    run, like a shared pretrained checkpoint); `seed` drives data order and dropout. The
+    tokenizer corpus is train+valid+test, so every run on the same data shares a vocabulary. `finetune="lora"` trains PEFT adapters and saves the merged
     model. The run folder gets model/ (save_recommender), log.jsonl, config.resolved.yaml and
     manifest.json (format "single", kind from `run_kind`).
     """
-    from e2urec.backbones import create_recommender, parse_spec, save_recommender
-    from e2urec.data.dataset import load_split, read_manifest
+    from e2urec.backbones import parse_spec, save_recommender
+    from e2urec.data.dataset import read_manifest
     from e2urec.train.cost import CostMeter
-    from e2urec.train.loop import LoopConfig, fit
-    from e2urec.train.losses import evaluate_ce
+    from e2urec.train.loop import LoopConfig
     from e2urec.train.runner import finish_run, process_state, start_run
 
     quiet_transformers()
@@ -125,18 +196,8 @@ def train(
     data = Path(data).absolute()
     read_manifest(data)
     family, _ = parse_spec(backbone)
-    rows = load_split(data, on).to_dict("records")
-    valid_rows = load_split(data, "valid").to_dict("records")
-    if not rows:
-        raise E2URecError(f"split {on!r} in {data} is empty")
-    if not valid_rows:
-        raise E2URecError(f"split 'valid' in {data} is empty; early stopping needs it")
-    corpus = [
-        text
-        for split in ("train", "valid", "test")
-        for frame in [load_split(data, split)]
-        for text in (*frame["prompt"], *frame["target"])
-    ]
+    rows = split_rows(data, on, "training")
+    valid_rows = split_rows(data, "valid", "early stopping")
     cfg = LoopConfig(
         epochs=epochs,
         lr=default_lr(family.name, finetune) if lr is None else lr,
@@ -154,29 +215,27 @@ def train(
         "finetune": finetune,
         "lora": dict(LORA, target_modules=family.lora_targets) if finetune == "lora" else None,
         "max_length": max_length,
+        "init_seed": init_seed,
         "loop": dataclasses.asdict(cfg),
     }
     run = start_run(out, json.loads(json.dumps(config)), overwrite=overwrite, resume=resume)
     meter = CostMeter()
-    with meter.phase("build"):
-        recommender = create_recommender(backbone, corpus, seed, max_length=max_length)
-        model = recommender.model
-        if finetune == "lora":
-            model = add_lora(model, family.lora_targets, recommender.kind)
-    result = fit(
-        recommender,
-        model,
-        SupervisedTask(recommender, rows),
+    recommender, result = fit_supervised(
+        data,
+        rows,
+        valid_rows,
+        backbone,
         cfg,
         run,
-        validate=lambda m: evaluate_ce(recommender, m, valid_rows, cfg.eval_batch_size),
-        resume=resume,
+        max_length=max_length,
+        init_seed=init_seed,
         meter=meter,
+        finetune=finetune,
+        resume=resume,
     )
-    cost = meter.summary(model)
+    cost = meter.summary(recommender.model)
     if finetune == "lora":
-        model = model.merge_and_unload()
-    recommender.model = model
+        recommender.model = recommender.model.merge_and_unload()
     if process_state().is_main_process:
         with staged_folder(run / MODEL_DIR, overwrite=True) as stage:
             save_recommender(recommender, stage)
@@ -191,6 +250,7 @@ def train(
             "data_dir": str(data),
             "trained_on": on,
             "seed": seed,
+            "init_seed": init_seed,
             "loop": dataclasses.asdict(cfg),
             "fit": {k: v for k, v in dataclasses.asdict(result).items() if k != "history"},
             "validation": "answer cross-entropy on the valid split",
