@@ -236,6 +236,46 @@ def run_eval(args: argparse.Namespace) -> None:
 
 
 # ---------------------------------------------------------------- train
+def add_recipe_arguments(p: argparse.ArgumentParser) -> None:
+    """The supervised recipe's options, shared by `train` and `train-ensemble`."""
+    p.add_argument("--epochs", type=int, default=10, help="maximum epochs (default 10)")
+    p.add_argument(
+        "--lr",
+        type=float,
+        help="AdamW learning rate (default 1e-3 for tiny backbones, 5e-5 full / 1e-4 LoRA "
+        "for pretrained ones)",
+    )
+    p.add_argument("--batch-size", type=int, default=16, help="rows per step (default 16)")
+    p.add_argument("--patience", type=int, default=3, help="epochs without improvement (default 3)")
+    p.add_argument("--seed", type=int, default=42, help="data order and dropout (default 42)")
+    p.add_argument(
+        "--init-seed",
+        type=int,
+        default=0,
+        help="initial weights of tiny backbones, shared by every run like a pretrained "
+        "checkpoint (default 0)",
+    )
+    p.add_argument(
+        "--max-length", type=int, default=512, help="max prompt+answer tokens (default 512)"
+    )
+    p.add_argument("--max-steps", type=int, help="cap on optimizer steps (default none)")
+
+
+def recipe_options(args: argparse.Namespace) -> dict:
+    """The recipe options parsed by `add_recipe_arguments`, as keyword arguments."""
+    names = (
+        "epochs",
+        "lr",
+        "batch_size",
+        "patience",
+        "seed",
+        "init_seed",
+        "max_length",
+        "max_steps",
+    )
+    return {name: getattr(args, name) for name in names}
+
+
 def add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "train",
@@ -259,33 +299,13 @@ def add_train(sub: argparse._SubParsersAction) -> None:
         help="t5-tiny | causal-tiny | t5:PATH_OR_ID | causal:PATH_OR_ID (default t5-tiny)",
     )
     p.add_argument("--out", required=True, metavar="RUN", help="run folder to write")
-    p.add_argument("--epochs", type=int, default=10, help="maximum epochs (default 10)")
-    p.add_argument(
-        "--lr",
-        type=float,
-        help="AdamW learning rate (default 1e-3 for tiny backbones, 5e-5 full / 1e-4 LoRA "
-        "for pretrained ones)",
-    )
-    p.add_argument("--batch-size", type=int, default=16, help="rows per step (default 16)")
-    p.add_argument("--patience", type=int, default=3, help="epochs without improvement (default 3)")
     p.add_argument(
         "--finetune",
         choices=["full", "lora"],
         default="full",
         help="full fine-tuning or LoRA r16/alpha32, merged on save (default full)",
     )
-    p.add_argument("--seed", type=int, default=42, help="data order and dropout (default 42)")
-    p.add_argument(
-        "--init-seed",
-        type=int,
-        default=0,
-        help="initial weights of tiny backbones, shared by every run like a pretrained "
-        "checkpoint (default 0)",
-    )
-    p.add_argument(
-        "--max-length", type=int, default=512, help="max prompt+answer tokens (default 512)"
-    )
-    p.add_argument("--max-steps", type=int, help="cap on optimizer steps (default none)")
+    add_recipe_arguments(p)
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in RUN")
     p.add_argument("--overwrite", action="store_true", help="replace an existing RUN")
     p.set_defaults(func=run_train)
@@ -300,15 +320,8 @@ def run_train(args: argparse.Namespace) -> None:
         args.on,
         args.backbone,
         args.out,
-        epochs=args.epochs,
-        lr=args.lr,
-        batch_size=args.batch_size,
-        patience=args.patience,
         finetune=args.finetune,
-        seed=args.seed,
-        init_seed=args.init_seed,
-        max_length=args.max_length,
-        max_steps=args.max_steps,
+        **recipe_options(args),
         resume=args.resume,
         overwrite=args.overwrite,
     )
@@ -380,12 +393,7 @@ def add_train_ensemble(sub: argparse._SubParsersAction) -> None:
         "--backbone", default="t5-tiny", metavar="SPEC", help="backbone spec (default t5-tiny)"
     )
     p.add_argument("--out", required=True, metavar="RUN", help="run folder to write")
-    p.add_argument("--epochs", type=int, default=10, help="maximum epochs per shard (default 10)")
-    p.add_argument("--lr", type=float, help="learning rate (default: as `e2urec train`)")
-    p.add_argument("--batch-size", type=int, default=16, help="rows per step (default 16)")
-    p.add_argument("--patience", type=int, default=3, help="epochs without improvement (default 3)")
-    p.add_argument("--max-steps", type=int, help="cap on optimizer steps per shard")
-    p.add_argument("--seed", type=int, default=42, help="seed (default 42)")
+    add_recipe_arguments(p)
     p.add_argument("--overwrite", action="store_true", help="replace an existing RUN")
     p.set_defaults(func=run_train_ensemble)
 
@@ -398,13 +406,8 @@ def run_train_ensemble(args: argparse.Namespace) -> None:
         args.data,
         args.backbone,
         args.out,
-        seed=args.seed,
-        epochs=args.epochs,
-        lr=args.lr,
-        batch_size=args.batch_size,
-        patience=args.patience,
-        max_steps=args.max_steps,
         overwrite=args.overwrite,
+        **recipe_options(args),
     )
     sizes = ", ".join(f"{m['samples']} ({m['forget_samples']} forget)" for m in manifest["members"])
     print(f"trained {args.out} ({args.method} ensemble, {manifest['aggregate']}): {sizes}")
