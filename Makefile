@@ -4,6 +4,8 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# Raw datasets (e.g. ml-100k/) are looked for here first, then in the download cache.
+DATA_ROOT ?= $(firstword $(wildcard ../shared/data))
 
 .PHONY: demo test venv clean
 
@@ -16,7 +18,7 @@ $(STAMP): pyproject.toml constraints-cpu.txt
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/e2urec bench --preset demo --out runs/demo
+	$(BIN)/e2urec bench --preset demo --out runs/demo $(if $(DATA_ROOT),--data-root $(DATA_ROOT))
 
 test: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

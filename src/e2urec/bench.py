@@ -71,11 +71,11 @@ def resolve_raw(data: presets.BenchData, data_root: str | None, say: Callable[[s
         for candidate in (root / data.dataset, root):
             if candidate.is_dir() and _holds_dataset(candidate, data.dataset):
                 return data.dataset, candidate
-    elif data.dataset in SPECS and (cached := find_cached(data.dataset)) is not None:
+    if data.dataset in SPECS and (cached := find_cached(data.dataset)) is not None:
         return data.dataset, cached
-    elif data.dataset not in SPECS and data.dataset == "synthetic":
+    if data.dataset == "synthetic":
         return data.dataset, None
-    where = f"under --data-root {data_root}" if data_root else "in the download cache"
+    where = "in the download cache" + (f" or under --data-root {data_root}" if data_root else "")
     if data.fallback_dataset:
         say(
             f"NOTE: {data.dataset} files not found {where}; using the {data.fallback_dataset} "

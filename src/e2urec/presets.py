@@ -42,6 +42,7 @@ class BenchTrain:
     batch_size: int = 16
     patience: int = 3
     max_length: int = 512
+    max_steps: int | None = None
 
 
 @dataclass

@@ -1,0 +1,92 @@
+"""`e2urec bench`: the whole plan on a tiny synthetic setting, reuse on rerun, and bad input."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from pathlib import Path
+
+import pytest
+
+from e2urec import api, cli
+from e2urec.report.tables import NOISE_FLOOR, ORIGINAL, RETRAIN
+
+METHODS = ["e2urec", "neggrad", "sisa"]
+TINY = [
+    "data.last_n=600",
+    "data.history_len=3",
+    "data.shards=2",
+    "train.epochs=1",
+    "train.max_steps=2",
+    "train.max_length=96",
+    "method_params={e2urec: {epochs: 1, aug_epochs: 1, max_steps: 2}, neggrad: {max_steps: 2}}",
+]
+
+
+@pytest.fixture(scope="module")
+def bench_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, object, str]:
+    """One tiny bench: demo preset, no ml-100k anywhere → the synthetic fallback, 2 seeds."""
+    root = tmp_path_factory.mktemp("bench")
+    monkeypatch = pytest.MonkeyPatch()
+    monkeypatch.setenv("E2UREC_CACHE", str(root / "cache"))
+    capture = root / "stderr.txt"
+    with capture.open("w") as handle, contextlib.redirect_stderr(handle):
+        result = api.bench("demo", root / "out", str(root), 2, METHODS, None, TINY)
+    monkeypatch.undo()
+    return root / "out", result, capture.read_text()
+
+
+def test_bench_writes_results_for_every_method_and_seed(bench_run) -> None:
+    out, result, log = bench_run
+    assert "using the synthetic dataset instead" in log
+    rows = json.loads((out / "results.json").read_text())
+    seen = {(row["method"], row["seed"]) for row in rows}
+    for seed in (0, 1):
+        for method in (ORIGINAL, RETRAIN, NOISE_FLOOR, *METHODS):
+            assert (method, seed) in seen
+    for row in rows:
+        if row["method"] in (ORIGINAL, *METHODS):
+            assert 0 <= row["test_auc"] <= 1 and row["forget_paper_jsd"] >= 0
+            assert row["time_ratio"] > 0 and row["trainable_params"] > 0
+    floor = [row for row in rows if row["method"] == NOISE_FLOOR]
+    assert all(row["forget_paper_jsd"] > 0 for row in floor)  # seeds differ in data order
+    table = (out / "results.md").read_text()
+    assert "noise floor" in table and "e2urec" in table and "time ÷ Retrain" in table
+    for name in ("tradeoff.png", "cost.png", "e2urec_training.png"):
+        assert result.files[name].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_rerun_reuses_every_step_and_a_changed_method_reruns_alone(bench_run, capsys) -> None:
+    out, _, _ = bench_run
+    before = (out / "results.json").read_text()
+    api.bench("demo", out, str(out.parent), 2, METHODS, None, TINY)
+    err = capsys.readouterr().err
+    steps = [line for line in err.splitlines() if line.startswith("[")]
+    assert steps and all(line.endswith(": reused") for line in steps)
+    assert json.loads((out / "results.json").read_text()) == json.loads(before)
+
+    changed = [*TINY[:-1], TINY[-1].replace("neggrad: {max_steps: 2}", "neggrad: {max_steps: 1}")]
+    api.bench("demo", out, str(out.parent), 2, METHODS, None, changed)
+    err = capsys.readouterr().err
+    redone = {line.split("] ")[1] for line in err.splitlines() if line.endswith(" ...")}
+    assert "unlearn neggrad (seed 0)" in redone and "unlearn neggrad (seed 1)" in redone
+    assert not any(name.startswith(("train", "unlearn e2urec", "unlearn sisa")) for name in redone)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--preset", "nope"], "unknown preset 'nope'"),
+        (["--preset", "demo", "--methods", "e2urec,nope"], "unknown method 'nope'"),
+        (["--preset", "demo", "--seeds", "0"], "--seeds must be at least 1"),
+        (["--preset", "demo", "--set", "train.epochz=2"], "unknown bench train parameter"),
+    ],
+)
+def test_bad_bench_input_is_one_line_and_writes_nothing(
+    tmp_path: Path, capsys, args: list[str], message: str
+) -> None:
+    out = tmp_path / "out"
+    assert cli.main(["bench", *args, "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+    assert not out.exists()
