@@ -181,18 +181,14 @@ class Bench:
         pairs += [(f"{m}-seed{s}", s) for s in seeds for m in self.methods]
         steps = []
         for name, seed in pairs:
-            steps.append(self._eval_step(name, f"{RETRAIN}-seed{seed}", f"eval-{name}-vs-{seed}"))
+            steps.append(self._eval_step(name, f"{RETRAIN}-seed{seed}"))
         for i, seed in enumerate(seeds):  # each Retrain against the next seed's: the noise floor
             other = seeds[(i + 1) % len(seeds)]
             if other != seed:
-                steps.append(
-                    self._eval_step(
-                        f"{RETRAIN}-seed{seed}", f"{RETRAIN}-seed{other}", f"eval-{RETRAIN}-{seed}"
-                    )
-                )
+                steps.append(self._eval_step(f"{RETRAIN}-seed{seed}", f"{RETRAIN}-seed{other}"))
         return steps
 
-    def _eval_step(self, run_name: str, reference_name: str, name: str) -> Step:
+    def _eval_step(self, run_name: str, reference_name: str) -> Step:
         run, reference = self.run_dir(run_name), self.run_dir(reference_name)
         out = self.out / "evals" / f"{run_name}-vs-{reference_name}.json"
 
@@ -207,7 +203,7 @@ class Bench:
             atomic_write_json(out, metrics)
 
         return Step(
-            name,
+            f"evaluate {run_name} against {reference_name}",
             out,
             {"run": run_name, "reference": reference_name, "splits": EVAL_SPLITS},
             action,
