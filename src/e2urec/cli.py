@@ -627,15 +627,15 @@ def run_bench(args: argparse.Namespace) -> None:
         print(f"  {name:22s} {path}")
 
 
-COMMANDS = [
-    add_bench,
-    add_list,
+COMMANDS = [  # in workflow order, as `e2urec --help` lists them
     add_data,
-    add_eval,
     add_train,
     add_train_ensemble,
     add_unlearn,
+    add_eval,
     add_export,
+    add_bench,
+    add_list,
     add_deploy,
     add_forget,
     add_ledger,
