@@ -81,8 +81,10 @@ def unlearn(
     """Unlearn the forget set of `data_dir` from `base_run` with `method`; returns the manifest."""
     from e2urec.methods import METHODS, UnlearnContext
     from e2urec.train.cost import CostMeter
+    from e2urec.train.recipes import quiet_transformers
     from e2urec.train.runner import finish_run, start_run
 
+    quiet_transformers()
     spec = METHODS.get(method)
     params = method_params(method, sets)
     base_run, data_dir = Path(base_run).absolute(), Path(data_dir).absolute()

@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from e2urec.artifacts import atomic_write_bytes
 from e2urec.errors import E2URecError
@@ -74,11 +75,7 @@ def plot_tradeoff(summary: pd.DataFrame, path: str | Path) -> Path:
         if not (math.isnan(x) or math.isnan(y)):
             points.append((method, x, y))
     xs = [x for _, x, _ in points]
-    ys = [y for _, _, y in points]
-    span_x = (max(xs, default=0.0) - min(xs, default=0.0)) or 1.0
-    span_y = (max(ys, default=0.0) - min(ys, default=0.0)) or 1.0
-    placed: list[tuple[float, float]] = []
-    for method, x, y in sorted(points, key=lambda point: -point[2]):
+    for method, x, y in points:
         key = method_key(method)
         marker, size = {ORIGINAL: ("*", 16), RETRAIN: ("s", 9)}.get(key, ("o", 9))
         colour = colours[method]
@@ -93,18 +90,6 @@ def plot_tradeoff(summary: pd.DataFrame, path: str | Path) -> Path:
             ecolor=colour,
             elinewidth=1,
             capsize=3,
-        )
-        crowded = any(
-            abs(x - px) / span_x < 0.15 and abs(y - py) / span_y < 0.06 for px, py in placed
-        )
-        placed.append((x, y))
-        axis.annotate(
-            method_label(method),
-            (x, y),
-            xytext=(7, -13 if crowded else 6),
-            textcoords="offset points",
-            fontsize=9,
-            fontweight="bold" if key == ORIGINAL else "normal",
         )
     floor_rows = [m for m in summary.index if method_key(m) == NOISE_FLOOR]
     floor = _stat(summary, floor_rows[0], x_col) if floor_rows else math.nan
@@ -124,23 +109,64 @@ def plot_tradeoff(summary: pd.DataFrame, path: str | Path) -> Path:
     if len(positive) == len(xs) and positive and max(positive) / min(positive) > 100:
         axis.set_xscale("log")
     axis.margins(x=0.15, y=0.15)
-    axis.annotate(
-        "better:\nlower JSD,\nhigher AUC",
-        xy=(0.80, 0.26),
-        xytext=(0.92, 0.10),
-        xycoords="axes fraction",
-        textcoords="axes fraction",
-        fontsize=8,
-        color="green",
-        ha="center",
-        va="center",
-        arrowprops={"arrowstyle": "->", "color": "green", "linewidth": 1.5},
-    )
+    _label_points(axis, [(method_label(m), x, y, method_key(m) == ORIGINAL) for m, x, y in points])
     axis.set_xlabel("forgetting: paper-JSD to Retrain on the forget set (lower is better)")
     axis.set_ylabel("test AUC (higher is better)")
-    axis.set_title("Forgetting vs utility (mean ± std over seeds)")
+    axis.set_title("Forgetting vs utility (mean ± std over seeds); better = up and to the left")
     axis.grid(True, alpha=0.3)
     return _save(figure, path)
+
+
+# Candidate label offsets (points) around a marker, with the text alignment each needs.
+LABEL_OFFSETS = [
+    ((7, 5), "left"),
+    ((7, -13), "left"),
+    ((-7, 5), "right"),
+    ((-7, -13), "right"),
+    ((0, 10), "center"),
+    ((0, -19), "center"),
+]
+
+
+def _label_points(axis, labels: list[tuple[str, float, float, bool]]) -> None:
+    """Annotate each (text, x, y, bold) point at the candidate offset whose estimated text box
+    overlaps the least area of the markers and of the labels already placed."""
+    axis.autoscale_view()
+    scale = axis.figure.dpi / 72.0  # points → pixels
+    markers = [axis.transData.transform((x, y)) for _, x, y, _ in labels]
+    taken = [(mx - 8, my - 8, mx + 8, my + 8) for mx, my in markers]
+    for (text, x, y, bold), (mx, my) in zip(labels, markers, strict=True):
+        width, height = 5.6 * len(text) * scale, 11 * scale
+        candidates = []
+        for (dx, dy), align in LABEL_OFFSETS:
+            left = mx + dx * scale - {"left": 0.0, "right": width, "center": width / 2}[align]
+            bottom = my + dy * scale
+            candidates.append(((left, bottom, left + width, bottom + height), (dx, dy), align))
+        box, offset, align = min(candidates, key=lambda c: _overlap_area(c[0], taken))
+        taken.append(box)
+        axis.annotate(
+            text,
+            (x, y),
+            xytext=offset,
+            textcoords="offset points",
+            ha=align,
+            fontsize=9,
+            fontweight="bold" if bold else "normal",
+        )
+
+
+def _overlap_area(box: tuple[float, ...], others: list[tuple[float, ...]]) -> float:
+    """Total area of `box` (left, bottom, right, top) covered by each of `others`."""
+    total = 0.0
+    for other in others:
+        dx = min(box[2], other[2]) - max(box[0], other[0])
+        dy = min(box[3], other[3]) - max(box[1], other[1])
+        total += max(dx, 0.0) * max(dy, 0.0)
+    return total
+
+
+def _tick_label(value: float, _position: object) -> str:
+    return format_count(value) if value >= 1000 else f"{value:g}"
 
 
 def plot_cost(summary: pd.DataFrame, path: str | Path) -> Path:
@@ -160,12 +186,12 @@ def plot_cost(summary: pd.DataFrame, path: str | Path) -> Path:
             "#7f7f7f" if method_key(m) in (ORIGINAL, RETRAIN) else "#1f77b4" for m in methods
         ]
         axis.barh(positions, np.nan_to_num(means), xerr=stds, color=colours, capsize=3)
-        for position, value in zip(positions, means, strict=True):
+        for position, value, std in zip(positions, means, stds, strict=True):
             if not math.isnan(value) and value > 0:
                 text = f"{value:.3g}" if column == "time_s" else format_count(value)
                 axis.annotate(
                     text,
-                    (value, position),
+                    (value + std, position),
                     xytext=(4, 0),
                     textcoords="offset points",
                     va="center",
@@ -173,6 +199,9 @@ def plot_cost(summary: pd.DataFrame, path: str | Path) -> Path:
                 )
         if (means[~np.isnan(means)] > 0).any():
             axis.set_xscale("log")
+            axis.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+            axis.xaxis.set_major_formatter(FuncFormatter(_tick_label))
+            axis.xaxis.set_minor_formatter(NullFormatter())
         axis.margins(x=0.25)
         axis.set_yticks(positions, labels if axis is axes[0] else [""] * len(labels))
         axis.invert_yaxis()
