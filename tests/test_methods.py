@@ -109,6 +109,8 @@ def test_sisa_reuses_unaffected_shards_byte_identical(world):
             sha256_file(base / m["path"] / f) == sha256_file(out / m["path"] / f) for f in files
         )
         assert same == (m["name"] not in affected)
+    other_seed = unlearn("sisa", base, world["data"], world["root"] / "sisa-seed7", seed=7)
+    assert set(other_seed["retrained_shards"]) == affected
 
 
 def test_sisa_original_shards_hold_the_forget_samples(world):

@@ -8,8 +8,9 @@ member training settings, reused when unlearning).
 Original ensembles are trained on shards that include the forget samples; `data prepare` writes
 the shards without them, so each method rebuilds its original shards from the prepared data
 (see `sisa.original_shards`, `receraser.original_shards`). Unlearning retrains, with the same
-recipe and seed, only the members whose original shard held forget samples, on the prepared
-(retained) shard, and links the other members' files unchanged (hardlink, else a copy).
+recipe (and the unlearning run's seed), only the members whose original shard held forget
+samples, on the prepared (retained) shard, and links the other members' files unchanged
+(hardlink, else a copy) whatever the seed.
 """
 
 from __future__ import annotations
@@ -268,11 +269,8 @@ def unlearn_ensemble(ctx: Any) -> dict[str, Any]:
     recipe.seed = ctx.seed
     old = ctx.base_manifest["members"]
     shards = [ctx.rows(f"{kind}-{k}") for k in range(len(old))]
-    reuse = {
-        k: ctx.base_run / m["path"]
-        for k, m in enumerate(old)
-        if m["forget_samples"] == 0 and ctx.seed == ctx.base_manifest["recipe"]["seed"]
-    }
+    # Untouched members are reused whatever the seed: only retrained members take ctx.seed.
+    reuse = {k: ctx.base_run / m["path"] for k, m in enumerate(old) if m["forget_samples"] == 0}
     fields = build(
         kind, ctx.data_dir, ctx.run_dir, shards, [0] * len(old), recipe, ctx.meter, reuse
     )

@@ -109,11 +109,11 @@ def plot_tradeoff(summary: pd.DataFrame, path: str | Path) -> Path:
     if len(positive) == len(xs) and positive and max(positive) / min(positive) > 100:
         axis.set_xscale("log")
     axis.margins(x=0.15, y=0.15)
-    _label_points(axis, [(method_label(m), x, y, method_key(m) == ORIGINAL) for m, x, y in points])
     axis.set_xlabel("forgetting: paper-JSD to Retrain on the forget set (lower is better)")
     axis.set_ylabel("test AUC (higher is better)")
     axis.set_title("Forgetting vs utility (mean ± std over seeds); better = up and to the left")
     axis.grid(True, alpha=0.3)
+    _label_points(axis, [(method_label(m), x, y, method_key(m) == ORIGINAL) for m, x, y in points])
     return _save(figure, path)
 
 
@@ -129,30 +129,42 @@ LABEL_OFFSETS = [
 
 
 def _label_points(axis, labels: list[tuple[str, float, float, bool]]) -> None:
-    """Annotate each (text, x, y, bold) point at the candidate offset whose estimated text box
-    overlaps the least area of the markers and of the labels already placed."""
-    axis.autoscale_view()
-    scale = axis.figure.dpi / 72.0  # points → pixels
-    markers = [axis.transData.transform((x, y)) for _, x, y, _ in labels]
-    taken = [(mx - 8, my - 8, mx + 8, my + 8) for mx, my in markers]
-    for (text, x, y, bold), (mx, my) in zip(labels, markers, strict=True):
-        width, height = 5.6 * len(text) * scale, 11 * scale
-        candidates = []
-        for (dx, dy), align in LABEL_OFFSETS:
-            left = mx + dx * scale - {"left": 0.0, "right": width, "center": width / 2}[align]
-            bottom = my + dy * scale
-            candidates.append(((left, bottom, left + width, bottom + height), (dx, dy), align))
-        box, offset, align = min(candidates, key=lambda c: _overlap_area(c[0], taken))
-        taken.append(box)
-        axis.annotate(
-            text,
-            (x, y),
-            xytext=offset,
-            textcoords="offset points",
-            ha=align,
-            fontsize=9,
-            fontweight="bold" if bold else "normal",
-        )
+    """Annotate each (text, x, y, bold) point at the candidate offset whose drawn text box
+    overlaps the least area of the markers and of the labels already placed, and stays inside
+    the axes. The layout is
+    drawn and frozen first, so that the boxes measured are the final ones."""
+    figure = axis.figure
+    figure.canvas.draw()
+    figure.set_layout_engine("none")
+    renderer = figure.canvas.get_renderer()
+    half = 6 * figure.dpi / 72.0  # half a marker, in pixels
+    centres = [axis.transData.transform((x, y)) for _, x, y, _ in labels]
+    taken = [(cx - half, cy - half, cx + half, cy + half) for cx, cy in centres]
+    frame = axis.get_window_extent(renderer)
+    inside = (frame.x0, frame.y0, frame.x1, frame.y1)
+    for text, x, y, bold in labels:
+        best = None
+        for offset, align in LABEL_OFFSETS:
+            annotation = axis.annotate(
+                text,
+                (x, y),
+                xytext=offset,
+                textcoords="offset points",
+                ha=align,
+                fontsize=9,
+                fontweight="bold" if bold else "normal",
+            )
+            extent = annotation.get_window_extent(renderer)
+            box = (extent.x0, extent.y0, extent.x1, extent.y1)
+            outside = _overlap_area(box, [box]) - _overlap_area(box, [inside])
+            area = _overlap_area(box, taken) + 10 * outside
+            if best is None or area < best[0]:
+                if best is not None:
+                    best[1].remove()
+                best = (area, annotation, box)
+            else:
+                annotation.remove()
+        taken.append(best[2])
 
 
 def _overlap_area(box: tuple[float, ...], others: list[tuple[float, ...]]) -> float:
