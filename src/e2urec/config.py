@@ -83,6 +83,8 @@ def _coerce(value: Any, field: dataclasses.Field, where: str) -> Any:
             return value
     elif isinstance(default, float) and isinstance(value, (int, float)):
         return float(value)
+    elif isinstance(default, float) and isinstance(value, str) and _is_float(value):
+        return float(value)  # YAML 1.1 reads "1e-3" (no dot) as a string
     elif isinstance(default, int) and isinstance(value, int) and not isinstance(value, bool):
         return value
     elif isinstance(default, str) and isinstance(value, (str, int, float)):
@@ -97,6 +99,14 @@ def _coerce(value: Any, field: dataclasses.Field, where: str) -> Any:
     raise E2URecError(
         f"{where} parameter {field.name!r} expects {type(default).__name__}, got {value!r}"
     )
+
+
+def _is_float(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def as_dict(obj: Any) -> dict[str, Any]:

@@ -125,7 +125,9 @@ class Deployment:
     def load_model(self, version: str | None = None) -> RunModel:
         """The model of `version` (default: the current one), in eval mode on the CPU."""
         from e2urec.runs import load_run_model
+        from e2urec.train.recipes import quiet_transformers
 
+        quiet_transformers()
         model = load_run_model(self.version_dir(version or self.current()))
         model.recommender.model.eval()
         return model
