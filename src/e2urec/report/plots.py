@@ -156,7 +156,8 @@ def _label_points(axis, labels: list[tuple[str, float, float, bool]]) -> None:
             )
             extent = annotation.get_window_extent(renderer)
             box = (extent.x0, extent.y0, extent.x1, extent.y1)
-            outside = _overlap_area(box, [box]) - _overlap_area(box, [inside])
+            area_of_box = (box[2] - box[0]) * (box[3] - box[1])
+            outside = area_of_box - _overlap_area(box, [inside])
             area = _overlap_area(box, taken) + 10 * outside
             if best is None or area < best[0]:
                 if best is not None:
