@@ -9,6 +9,7 @@ import os
 import platform
 import shutil
 import tempfile
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -33,20 +34,15 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write `data` to a temp file beside `path`, fsync, then rename over `path` (with the
-    permissions a plain `open` would give, not the temp file's private 0600)."""
+    """Write `data` to a temp file beside `path`, fsync, then rename over `path`. The temp file
+    is created with mode 0666 so that the umask gives it the permissions a plain `open` would
+    (mkstemp's private 0600 would stick to the result)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
-        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()

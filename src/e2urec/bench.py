@@ -279,8 +279,9 @@ class Bench:
             retrain = self._row(RETRAIN, run, seed, f"{RETRAIN}-seed{other}", retrain_time)
             floor = {k: retrain.pop(k) for k in list(retrain) if k.startswith("forget_")}
             rows.append(retrain)
-            if frozenset((seed, other)) not in pairs_seen:
-                pairs_seen.add(frozenset((seed, other)))
+            pair = frozenset((seed, other))
+            if pair not in pairs_seen:
+                pairs_seen.add(pair)
                 rows.append({"method": NOISE_FLOOR, "seed": seed, "run": retrain["run"], **floor})
         return rows
 

@@ -131,8 +131,7 @@ LABEL_OFFSETS = [
 def _label_points(axis, labels: list[tuple[str, float, float, bool]]) -> None:
     """Annotate each (text, x, y, bold) point at the candidate offset whose drawn text box
     overlaps the least area of the markers and of the labels already placed, and stays inside
-    the axes. The layout is
-    drawn and frozen first, so that the boxes measured are the final ones."""
+    the axes. The layout is drawn and frozen first, so the boxes measured are the final ones."""
     figure = axis.figure
     figure.canvas.draw()
     figure.set_layout_engine("none")
