@@ -17,6 +17,7 @@ from e2urec.methods.e2urec import (
     add_lora,
     combine,
     forced_teacher,
+    retain_rows_repeat,
 )
 from e2urec.train.losses import answer_ce, soft_ce
 
@@ -135,3 +136,15 @@ def test_teacher_cache_pads_rows_of_different_answer_lengths():
     second = cache(b)
     assert len(calls) == 1 and first.shape == (2, 3, 5)
     assert torch.equal(first, second) and torch.all(first[0, 2] == 0)
+
+
+def test_retain_cache_only_when_the_schedule_repeats_retained_rows():
+    params = E2URecParams(batch_size=16, epochs=2)
+    # 100 forget rows -> 7 steps per epoch, 14 steps draw 224 retained rows
+    assert not retain_rows_repeat(params, n_forget=100, n_retain=224, world=1)
+    assert retain_rows_repeat(params, n_forget=100, n_retain=223, world=1)
+    # two processes: 4 steps per epoch, each drawing 2 batches -> 256 rows
+    assert retain_rows_repeat(params, n_forget=100, n_retain=255, world=2)
+    assert not retain_rows_repeat(params, n_forget=100, n_retain=256, world=2)
+    capped = E2URecParams(batch_size=16, epochs=2, max_steps=3)
+    assert not retain_rows_repeat(capped, n_forget=100, n_retain=48, world=1)

@@ -46,7 +46,9 @@ class E2URecParams(TrainParams):
     (keep the last), by full fine-tuning (`aug=full`, the paper's) or LoRA merged back
     (`aug=lora`). `cache_teachers`: compute each row's teacher logits once and keep them as
     float16 full-vocabulary log-probabilities at its answer positions; false recomputes both
-    teachers at every step, as the paper's code does.
+    teachers at every step, as the paper's code does. The remembering teacher's outputs on
+    retained rows are kept only when the schedule draws some retained row twice (see
+    `retain_rows_repeat`); otherwise caching them would save no work and only hold memory.
     """
 
     lr: float = 1e-3
@@ -203,12 +205,17 @@ class E2URecTask:
         retain_rows: Sequence[dict[str, Any]],
         teachers: Teachers,
         params: E2URecParams,
+        cache_retain: bool | None = None,
     ):
+        """`cache_retain` (default: `params.cache_teachers`) keeps the remembering teacher's
+        outputs on retained rows; `run` turns it off when no retained row is drawn twice."""
         self.recommender = recommender
         self.streams = {"forget": forget_rows, "retain": retain_rows}
         self.params = params
+        if cache_retain is None:
+            cache_retain = params.cache_teachers
         self.forget_teacher = TeacherCache(teachers.forgetting, params.cache_teachers)
-        self.retain_teacher = TeacherCache(teachers.original, params.cache_teachers)
+        self.retain_teacher = TeacherCache(teachers.original, cache_retain)
 
     def loss(
         self, model: nn.Module, batches: dict[str, Batch], epoch: int
@@ -231,6 +238,18 @@ class E2URecTask:
 
 
 # ---------------------------------------------------------------- building and running
+def retain_rows_repeat(params: E2URecParams, n_forget: int, n_retain: int, world: int) -> bool:
+    """Whether the schedule draws some retained row more than once. Every step (forget-only
+    epochs too) each process draws one retain batch from an endless reshuffled cycle, so rows
+    repeat only once more than `n_retain` have been drawn."""
+    from e2urec.train.loop import steps_per_epoch
+
+    steps = steps_per_epoch(n_forget, params.batch_size, world) * params.epochs
+    if params.max_steps is not None:
+        steps = min(steps, params.max_steps)
+    return steps * world * params.batch_size > n_retain
+
+
 def lora_config(recommender: Recommender, r: int, alpha: int, dropout: float) -> Any:
     """PEFT LoRA config on the family's attention targets (q & v), for the model's kind."""
     from peft import LoraConfig, TaskType
@@ -297,12 +316,14 @@ def run(ctx: UnlearnContext) -> dict[str, Any]:
     recommender = ctx.original()
     student = add_lora(recommender, params).to(accelerator.device)
     teachers = Teachers(recommender, student, augmented, params.alpha)
-    task = E2URecTask(recommender, ctx.rows("forget"), ctx.rows("retain"), teachers, params)
+    forget_rows, retain_rows = ctx.rows("forget"), ctx.rows("retain")
+    cache_retain = params.cache_teachers and retain_rows_repeat(
+        params, len(forget_rows), len(retain_rows), accelerator.num_processes
+    )
+    task = E2URecTask(recommender, forget_rows, retain_rows, teachers, params, cache_retain)
     if params.cache_teachers:
         with ctx.meter.phase("teacher_cache"):
-            task.forget_teacher.fill(
-                recommender, ctx.rows("forget"), params.batch_size, accelerator.device
-            )
+            task.forget_teacher.fill(recommender, forget_rows, params.batch_size, accelerator.device)
         teachers.augmented = None  # cached: the augmented model is no longer needed
         del augmented
     fit(
@@ -323,6 +344,7 @@ def run(ctx: UnlearnContext) -> dict[str, Any]:
         "base_run": str(ctx.base_run.absolute()),
         "teacher_cache": {
             "enabled": params.cache_teachers,
+            "retain_enabled": cache_retain,
             "storage": "float16 full-vocabulary log-probs at answer positions",
             "forget_rows": len(task.forget_teacher.rows),
             "retain_rows": len(task.retain_teacher.rows),

@@ -105,6 +105,11 @@ class _Cycle:
         return out
 
 
+def steps_per_epoch(size: int, batch_size: int, world: int) -> int:
+    """Optimizer steps in one epoch over a main stream of `size` rows on `world` processes."""
+    return math.ceil(math.ceil(size / batch_size) / world)
+
+
 def epoch_groups(
     size: int, batch_size: int, seed: int, name: str, epoch: int, world: int
 ) -> list[list[list[int]]]:
@@ -115,7 +120,7 @@ def epoch_groups(
     """
     order = permutation(size, seed, name, "epoch", epoch)
     flat = [order[i : i + batch_size] for i in range(0, size, batch_size)]
-    steps = math.ceil(len(flat) / world)
+    steps = steps_per_epoch(size, batch_size, world)
     padded = [flat[i % len(flat)] for i in range(steps * world)]
     return [padded[s * world : (s + 1) * world] for s in range(steps)]
 
