@@ -323,7 +323,9 @@ def run(ctx: UnlearnContext) -> dict[str, Any]:
     task = E2URecTask(recommender, forget_rows, retain_rows, teachers, params, cache_retain)
     if params.cache_teachers:
         with ctx.meter.phase("teacher_cache"):
-            task.forget_teacher.fill(recommender, forget_rows, params.batch_size, accelerator.device)
+            task.forget_teacher.fill(
+                recommender, forget_rows, params.batch_size, accelerator.device
+            )
         teachers.augmented = None  # cached: the augmented model is no longer needed
         del augmented
     fit(
