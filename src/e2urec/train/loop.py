@@ -321,8 +321,7 @@ def fit(
         name: _Cycle(len(streams[name]), cfg.seed, name, *positions[name]) for name in positions
     }
     main_rows = streams[task.main]
-    steps_per_epoch = len(epoch_groups(len(main_rows), cfg.batch_size, 0, "", 0, world))
-    total = cfg.epochs * steps_per_epoch
+    total = cfg.epochs * steps_per_epoch(len(main_rows), cfg.batch_size, world)
     if cfg.max_steps is not None:
         total = min(total, cfg.max_steps)
     bar = tqdm(total=total, initial=min(step, total), desc=desc, disable=(not main) or None)
