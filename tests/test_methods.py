@@ -188,3 +188,17 @@ def test_bad_inputs_exit_2_with_one_line(world, capsys):
         assert code == 2, expected
         assert expected in err and len(err.splitlines()) == 1, err
     assert not (world["root"] / "never-written").exists()
+
+
+def test_library_calls_leave_transformers_logging_as_the_caller_set_it(world):
+    from transformers.utils import logging
+
+    logging.set_verbosity_info()
+    logging.enable_progress_bar()
+    try:
+        out = world["root"] / "quiet-neggrad"
+        unlearn("neggrad", world["original"], world["data"], out, ["max_steps=1"])
+        assert logging.get_verbosity() == logging.INFO
+        assert logging.is_progress_bar_enabled()
+    finally:
+        logging.set_verbosity_warning()

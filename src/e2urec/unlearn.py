@@ -20,6 +20,7 @@ from typing import Any
 from e2urec.artifacts import MANIFEST, atomic_write_json, sha256_file, staged_folder
 from e2urec.config import as_dict, build, parse_set_options
 from e2urec.errors import E2URecError
+from e2urec.quiet import quiet_transformers
 from e2urec.runs import CONFIG, MODEL_DIR, read_run_manifest
 
 
@@ -69,6 +70,7 @@ def check_data(data_dir: Path, base_run: Path, base: dict[str, Any]) -> str:
     return sha
 
 
+@quiet_transformers()
 def unlearn(
     method: str,
     base_run: str | Path,
@@ -81,10 +83,8 @@ def unlearn(
     """Unlearn the forget set of `data_dir` from `base_run` with `method`; returns the manifest."""
     from e2urec.methods import METHODS, UnlearnContext
     from e2urec.train.cost import CostMeter
-    from e2urec.train.recipes import quiet_transformers
     from e2urec.train.runner import finish_run, start_run
 
-    quiet_transformers()
     spec = METHODS.get(method)
     params = method_params(method, sets)
     base_run, data_dir = Path(base_run).absolute(), Path(data_dir).absolute()
@@ -134,6 +134,7 @@ def describe_methods() -> list[str]:
     return lines
 
 
+@quiet_transformers()
 def export(run: str | Path, out: str | Path, merge: bool, overwrite: bool = False) -> Path:
     """Write `run` as a self-contained single-format run in `out` (see the module docstring)."""
     from e2urec.backbones import save_recommender

@@ -46,6 +46,7 @@ from e2urec.deploy import checks
 from e2urec.deploy.ledger import LEDGER, Ledger, now
 from e2urec.deploy.store import SPLITS, STORE, Store
 from e2urec.errors import E2URecError
+from e2urec.quiet import quiet_transformers
 from e2urec.runs import MODEL_DIR, RunModel
 
 CURRENT = "current.json"
@@ -125,10 +126,9 @@ class Deployment:
     def load_model(self, version: str | None = None) -> RunModel:
         """The model of `version` (default: the current one), in eval mode on the CPU."""
         from e2urec.runs import load_run_model
-        from e2urec.train.recipes import quiet_transformers
 
-        quiet_transformers()
-        model = load_run_model(self.version_dir(version or self.current()))
+        with quiet_transformers():
+            model = load_run_model(self.version_dir(version or self.current()))
         model.recommender.model.eval()
         return model
 

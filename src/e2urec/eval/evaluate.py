@@ -17,9 +17,8 @@ vocabulary means another backbone, which is not a Retrain of the evaluated model
 
 from __future__ import annotations
 
-import contextlib
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -34,6 +33,7 @@ from e2urec.data.dataset import load_split, read_manifest
 from e2urec.errors import E2URecError
 from e2urec.eval import metrics
 from e2urec.eval.predict import Scores, check_same_vocabulary, place, score_rows
+from e2urec.quiet import quiet_transformers
 from e2urec.runs import METRICS, PREDICTIONS_DIR, load_run_model, read_run_manifest
 
 DEFAULT_SPLITS = ("test", "forget")
@@ -80,7 +80,7 @@ def evaluate(
         raise E2URecError(f"{run / METRICS} is not an e2urec metrics file; move it away first")
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    with _quiet_loading():
+    with quiet_transformers():
         model = load_run_model(run)
         ref_model = load_run_model(reference) if reference is not None else None
     if ref_model is not None:
@@ -112,20 +112,6 @@ def evaluate(
     }
     atomic_write_json(run / METRICS, result)
     return result
-
-
-@contextlib.contextmanager
-def _quiet_loading() -> Iterator[None]:
-    """Hide transformers' per-shard loading bars (restored afterwards); scoring has its own."""
-    from transformers.utils import logging as hf_logging
-
-    enabled = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if enabled:
-            hf_logging.enable_progress_bar()
 
 
 def _data_sha(manifest: dict[str, Any]) -> str | None:

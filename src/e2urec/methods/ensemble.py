@@ -28,6 +28,7 @@ from torch import nn
 from e2urec.artifacts import sha256_file
 from e2urec.backbones import Recommender, load_recommender, save_recommender
 from e2urec.errors import E2URecError
+from e2urec.quiet import quiet_transformers
 from e2urec.runs import RUN_FORMATS, RunModel
 
 MEMBERS_DIR = "members"
@@ -279,6 +280,7 @@ def unlearn_ensemble(ctx: Any) -> dict[str, Any]:
     return fields
 
 
+@quiet_transformers()
 def train_ensemble(
     kind: str,
     data_dir: str | Path,
@@ -291,13 +293,11 @@ def train_ensemble(
     from e2urec.data.dataset import read_manifest
     from e2urec.methods import receraser, sisa
     from e2urec.train.cost import CostMeter
-    from e2urec.train.recipes import quiet_transformers
     from e2urec.train.runner import finish_run, start_run
 
     rebuild = {"sisa": sisa.original_shards, "receraser": receraser.original_shards}
     if kind not in rebuild:
         raise E2URecError(f"unknown ensemble method {kind!r}; valid: {', '.join(sorted(rebuild))}")
-    quiet_transformers()
     data_dir = Path(data_dir).absolute()
     read_manifest(data_dir)
     shards, forget_counts = rebuild[kind](data_dir)

@@ -15,6 +15,7 @@ from torch import nn
 from e2urec.artifacts import staged_folder
 from e2urec.backbones import Recommender
 from e2urec.errors import E2URecError
+from e2urec.quiet import quiet_transformers
 from e2urec.runs import MODEL_DIR
 from e2urec.train.losses import answer_ce
 from e2urec.train.task import Batch
@@ -70,17 +71,6 @@ def add_lora(model: nn.Module, targets: Sequence[str] | None, kind: str) -> nn.M
         task_type=TaskType.SEQ_2_SEQ_LM if kind == "seq2seq" else TaskType.CAUSAL_LM,
     )
     return get_peft_model(model, config)
-
-
-def quiet_transformers() -> None:
-    """Silence transformers' own warnings and progress bars (ours report progress)."""
-    import warnings
-
-    from transformers.utils import logging
-
-    logging.set_verbosity_error()
-    logging.disable_progress_bar()
-    warnings.filterwarnings("ignore", category=FutureWarning, module=r"transformers\.")
 
 
 def tokenizer_corpus(data_dir: str | Path) -> list[str]:
@@ -153,6 +143,7 @@ def fit_supervised(
     return recommender, result
 
 
+@quiet_transformers()
 def train(
     data: str | Path,
     on: str,
@@ -187,7 +178,6 @@ def train(
     from e2urec.train.loop import LoopConfig
     from e2urec.train.runner import finish_run, process_state, start_run
 
-    quiet_transformers()
     if finetune not in ("full", "lora"):
         raise E2URecError(f"unknown finetune mode {finetune!r}; valid: full, lora")
     for name, value in (("epochs", epochs), ("batch size", batch_size), ("max length", max_length)):
