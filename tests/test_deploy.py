@@ -104,10 +104,12 @@ def test_deploy_forget_twice_then_ledger(dep: Path, capsys: pytest.CaptureFixtur
     assert not (dep / "requests" / one["request_id"] / "data").exists()  # no copies kept
 
     capsys.readouterr()
-    assert cli.main(["ledger", str(dep)]) == 0
+    assert cli.main(["ledger", "--deployment", str(dep)]) == 0
     out = capsys.readouterr().out
     assert one["request_id"] in out and two["request_id"] in out
     assert "hash chain verified: 3 entries; head sha256 " in out
+    head = out.rsplit("head sha256 ", 1)[1].strip()
+    assert cli.main(["ledger", "--deployment", str(dep), "--expect-head", head[:12]]) == 0
 
     assert forget(dep, str(first)) == 0  # same request again
     assert "already done" in capsys.readouterr().out
@@ -129,7 +131,7 @@ def test_tampered_ledger_is_named(dep: Path, capsys: pytest.CaptureFixture) -> N
     lines[1] = json.dumps(entry)
     path.write_text("\n".join(lines) + "\n")
     capsys.readouterr()
-    assert cli.main(["ledger", str(dep)]) == 2
+    assert cli.main(["ledger", "--deployment", str(dep)]) == 2
     err = capsys.readouterr().err
     assert "tampered: entry 3" in err and "entry 2 was changed" in err
     assert len(err.strip().splitlines()) == 1
@@ -215,3 +217,22 @@ def test_deploy_refuses_other_data(world: dict[str, Path], tmp_path: Path) -> No
     code = cli.main(["deploy", "--from", str(world["run"]), "--data", str(other),
                      "--out", str(tmp_path / "dep")])  # fmt: skip
     assert code == 2 and not (tmp_path / "dep").exists()
+
+
+def test_dropped_last_entry_is_caught_by_the_expected_head(
+    dep: Path, capsys: pytest.CaptureFixture
+) -> None:
+    from e2urec.deploy.ledger import entry_hash
+
+    book = Deployment(dep).ledger
+    book.append({"kind": "note", "users": []})
+    head = entry_hash(book.append({"kind": "note", "users": []}))
+    path = dep / "ledger.jsonl"
+    path.write_text("".join(line + "\n" for line in path.read_text().splitlines()[:-1]))
+    capsys.readouterr()
+    assert cli.main(["ledger", "--deployment", str(dep)]) == 0  # the chain alone looks fine
+    assert cli.main(["ledger", "--deployment", str(dep), "--expect-head", head]) == 2
+    err = capsys.readouterr().err
+    assert "does not contain the expected head" in err and len(err.strip().splitlines()) == 1
+    assert cli.main(["ledger", "--deployment", str(dep), "--expect-head", "xyz"]) == 2
+    assert "is not a sha256" in capsys.readouterr().err

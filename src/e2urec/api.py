@@ -174,11 +174,13 @@ def forget(deployment: str | Path, users: Sequence[int] | None, **options: Any) 
     return Deployment(deployment).forget(users, **options)
 
 
-def ledger(deployment: str | Path) -> list[dict[str, Any]]:
-    """The deployment's ledger entries, after verifying the hash chain."""
+def ledger(deployment: str | Path, expect_head: str | None = None) -> list[dict[str, Any]]:
+    """The deployment's ledger entries, after verifying the hash chain (and, with
+    `expect_head`, that an earlier recorded head hash is still one of its entries)."""
     from e2urec.deploy.deployment import Deployment
 
-    return Deployment(deployment).ledger.entries()
+    book = Deployment(deployment).ledger
+    return book.entries() if expect_head is None else book.anchored(expect_head)
 
 
 def predict(deployment: str | Path, user: int, items: Sequence[int]) -> dict[int, float]:

@@ -527,9 +527,17 @@ def add_ledger(sub: argparse._SubParsersAction) -> None:
         help="print a deployment's history and verify its hash chain",
         description="Print the ledger of DEP as a table (time, request, version, users, rows, "
         "method, MIA AUC and valid AUC before->after) after verifying its sha256 hash chain; a "
-        "tampered ledger is one error naming the first bad entry (exit 2).",
+        "tampered ledger is one error naming the first bad entry (exit 2). The chain cannot "
+        "show a removed last entry by itself: keep the printed head hash elsewhere and pass it "
+        "later as --expect-head.",
     )
-    p.add_argument("deployment", metavar="DEP", help="deployment folder")
+    p.add_argument("--deployment", required=True, metavar="DEP", help="deployment folder")
+    p.add_argument(
+        "--expect-head",
+        metavar="SHA256",
+        help="a head hash printed earlier (full or a 12+ digit prefix): fail unless it is "
+        "still an entry of the chain",
+    )
     p.set_defaults(func=run_ledger)
 
 
@@ -537,7 +545,7 @@ def run_ledger(args: argparse.Namespace) -> None:
     from e2urec import api
     from e2urec.deploy.ledger import entry_hash, table
 
-    entries = api.ledger(args.deployment)
+    entries = api.ledger(args.deployment, args.expect_head)
     print(table(entries))
     head = entry_hash(entries[-1]) if entries else "-"
     print(f"hash chain verified: {len(entries)} entries; head sha256 {head}")

@@ -3,7 +3,9 @@
 Each line is one JSON entry with `seq` (1, 2, ...) and `prev`: the sha256 of the previous
 entry's canonical JSON (sorted keys, no spaces, UTF-8; 64 zeros for the first entry). Editing,
 removing or reordering any entry but the last breaks the chain at the first bad entry, which
-`verify` names. Appending rewrites the file atomically (temp file + rename), so a crash never
+`entries` names. The last entry is protected only by a hash kept elsewhere: `anchored` checks
+that a head hash recorded earlier (printed by `e2urec ledger`) is still an entry of the chain,
+which catches a dropped tail or a chain rebuilt from scratch. Appending rewrites the file atomically (temp file + rename), so a crash never
 leaves a torn line; the chain is verified before every append.
 """
 
@@ -69,6 +71,20 @@ class Ledger:
                 )
             entries.append(entry)
             prev = entry_hash(entry)
+        return entries
+
+    def anchored(self, head: str) -> list[dict[str, Any]]:
+        """The verified entries, provided one of them hashes to `head` (a full sha256 or a
+        prefix of at least 12 hex digits, as recorded when that entry was the last)."""
+        head = head.strip().lower()
+        if len(head) < 12 or any(c not in "0123456789abcdef" for c in head):
+            raise E2URecError(f"expected head {head!r} is not a sha256 (or 12+ hex digit prefix)")
+        entries = self.entries()
+        if not any(entry_hash(e).startswith(head) for e in entries):
+            raise E2URecError(
+                f"ledger {self.path} does not contain the expected head {head}: entries up to "
+                "it were removed, or the ledger was rebuilt"
+            )
         return entries
 
     def _bad(self, number: int, what: str) -> E2URecError:
