@@ -5,8 +5,9 @@ entry's canonical JSON (sorted keys, no spaces, UTF-8; 64 zeros for the first en
 removing or reordering any entry but the last breaks the chain at the first bad entry, which
 `entries` names. The last entry is protected only by a hash kept elsewhere: `anchored` checks
 that a head hash recorded earlier (printed by `e2urec ledger`) is still an entry of the chain,
-which catches a dropped tail or a chain rebuilt from scratch. Appending rewrites the file atomically (temp file + rename), so a crash never
-leaves a torn line; the chain is verified before every append.
+which catches a dropped tail or a chain rebuilt from scratch. Appending rewrites the file
+atomically (temp file + rename), so a crash never leaves a torn line; the chain is verified
+before every append.
 """
 
 from __future__ import annotations
