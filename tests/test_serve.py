@@ -104,6 +104,10 @@ def test_predict_during_forget_then_ledger(server: Running, dep: Path) -> None:
         assert gone.status_code == 404 and "no stored history" in gone.json()["detail"]
         ledger = client.get("/ledger").json()
         assert ledger["verified"] and [e["kind"] for e in ledger["entries"]] == ["deploy", "forget"]
+        anchored = client.get("/ledger", params={"expect_head": ledger["head"][:16]})
+        assert anchored.status_code == 200 and anchored.json()["head"] == ledger["head"]
+        wrong = client.get("/ledger", params={"expect_head": "0" * 64})
+        assert wrong.status_code == 409 and "expected head" in wrong.json()["detail"]
 
 
 def test_bad_requests(server: Running, dep: Path) -> None:

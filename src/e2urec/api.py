@@ -179,8 +179,7 @@ def ledger(deployment: str | Path, expect_head: str | None = None) -> list[dict[
     `expect_head`, that an earlier recorded head hash is still one of its entries)."""
     from e2urec.deploy.deployment import Deployment
 
-    book = Deployment(deployment).ledger
-    return book.entries() if expect_head is None else book.anchored(expect_head)
+    return Deployment(deployment).ledger.entries(expect_head)
 
 
 def predict(deployment: str | Path, user: int, items: Sequence[int]) -> dict[int, float]:

@@ -579,7 +579,8 @@ def add_serve(sub: argparse._SubParsersAction) -> None:
         help="serve a deployment over HTTP (predict, forget, ledger)",
         description="FastAPI + uvicorn: POST /predict {user, items}, POST /forget {users, "
         "method?, reason?} with 'Authorization: Bearer $E2UREC_SERVE_TOKEN' (unset: forgetting "
-        "is refused), GET /ledger. Predictions go on during a forget.",
+        "is refused), GET /ledger[?expect_head=SHA256] (entries and head hash). Predictions go on "
+        "during a forget.",
     )
     p.add_argument("--deployment", required=True, metavar="DEP", help="deployment folder")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")

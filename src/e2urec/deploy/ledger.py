@@ -3,8 +3,8 @@
 Each line is one JSON entry with `seq` (1, 2, ...) and `prev`: the sha256 of the previous
 entry's canonical JSON (sorted keys, no spaces, UTF-8; 64 zeros for the first entry). Editing,
 removing or reordering any entry but the last breaks the chain at the first bad entry, which
-`entries` names. The last entry is protected only by a hash kept elsewhere: `anchored` checks
-that a head hash recorded earlier (printed by `e2urec ledger`) is still an entry of the chain,
+`entries` names. The last entry is protected only by a hash kept elsewhere: `entries(expect_head)`
+also checks that a head hash recorded earlier (printed by `e2urec ledger`) is still an entry of the chain,
 which catches a dropped tail or a chain rebuilt from scratch. Appending rewrites the file
 atomically (temp file + rename), so a crash never leaves a torn line; the chain is verified
 before every append.
@@ -46,8 +46,10 @@ class Ledger:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
 
-    def entries(self) -> list[dict[str, Any]]:
-        """Every entry, checked: parseable lines, consecutive `seq`, an unbroken hash chain."""
+    def entries(self, expect_head: str | None = None) -> list[dict[str, Any]]:
+        """Every entry, checked: parseable lines, consecutive `seq`, an unbroken hash chain, and
+        with `expect_head` (a sha256 or a 12+ hex digit prefix, recorded when that entry was
+        the last) that one entry still hashes to it."""
         if not self.path.is_file():
             raise E2URecError(f"ledger not found: {self.path}")
         entries: list[dict[str, Any]] = []
@@ -72,21 +74,19 @@ class Ledger:
                 )
             entries.append(entry)
             prev = entry_hash(entry)
+        if expect_head is not None:
+            self._check_head(expect_head, entries)
         return entries
 
-    def anchored(self, head: str) -> list[dict[str, Any]]:
-        """The verified entries, provided one of them hashes to `head` (a full sha256 or a
-        prefix of at least 12 hex digits, as recorded when that entry was the last)."""
+    def _check_head(self, head: str, entries: list[dict[str, Any]]) -> None:
         head = head.strip().lower()
         if len(head) < 12 or any(c not in "0123456789abcdef" for c in head):
             raise E2URecError(f"expected head {head!r} is not a sha256 (or 12+ hex digit prefix)")
-        entries = self.entries()
         if not any(entry_hash(e).startswith(head) for e in entries):
             raise E2URecError(
                 f"ledger {self.path} does not contain the expected head {head}: entries up to "
                 "it were removed, or the ledger was rebuilt"
             )
-        return entries
 
     def _bad(self, number: int, what: str) -> E2URecError:
         return E2URecError(f"ledger {self.path} is tampered: entry {number} {what}")

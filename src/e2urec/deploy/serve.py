@@ -26,6 +26,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from e2urec.deploy.deployment import Busy, Deployment
+from e2urec.deploy.ledger import entry_hash
 from e2urec.errors import E2URecError
 from e2urec.runs import RunModel
 
@@ -136,12 +137,13 @@ def create_app(deployment: str | Path, token: str | None = None) -> FastAPI:
         }
 
     @app.get("/ledger")
-    def ledger() -> Any:
+    def ledger(expect_head: str | None = None) -> Any:
         try:
-            entries = dep.ledger.entries()
+            entries = dep.ledger.entries(expect_head)
         except E2URecError as exc:
             return _error(409, str(exc))
-        return {"verified": True, "entries": entries}
+        head = entry_hash(entries[-1]) if entries else None
+        return {"verified": True, "head": head, "entries": entries}
 
     return app
 
