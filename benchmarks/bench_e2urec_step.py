@@ -9,6 +9,8 @@ Steady state only: filling the cache costs one teacher pass per row, so a run ga
 rows seen more than once (in the default two-epoch schedule, the forget rows).
 
     python benchmarks/bench_e2urec_step.py [--d-model 256 --layers 4 --steps 8 --batch 16]
+    python benchmarks/bench_e2urec_step.py --d-model 768 --layers 12   # T5-base geometry
+    python benchmarks/bench_e2urec_step.py --without-dropout   # isolates CPU dropout's cost
 """
 
 from __future__ import annotations
@@ -41,19 +43,27 @@ def data_rows(folder: Path) -> tuple[list[dict], list[dict], list[str]]:
 
 def time_steps(tasks: dict, student, batches, steps: int, epoch: int) -> dict:
     """Seconds per step of each task, measured interleaved (one step of each in turn) so that
-    load from other processes affects both alike; one untimed pass over the batches first."""
+    load from other processes affects both alike; one untimed pass over the batches first.
+    On a GPU each step is timed to completion (synchronized)."""
+    device = batches[0]["forget"]["input_ids"].device
+
+    def finished() -> float:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return time.perf_counter()
+
     optimizer = torch.optim.AdamW([p for p in student.parameters() if p.requires_grad], lr=1e-3)
     student.train()
     seconds = dict.fromkeys(tasks, 0.0)
     for i in range(steps + len(batches)):
         for name, task in tasks.items():
-            began = time.perf_counter()
+            began = finished()
             loss, _ = task.loss(student, batches[i % len(batches)], epoch=epoch)
             loss.backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             if i >= len(batches):  # after the warm-up pass the cache holds every row
-                seconds[name] += time.perf_counter() - began
+                seconds[name] += finished() - began
     return {name: total / steps for name, total in seconds.items()}
 
 
@@ -72,7 +82,13 @@ def main() -> None:
         help="zero the T5 and LoRA dropout (isolates PyTorch's slow CPU dropout kernel, which "
         "only the student pays, from the teachers' share of the step)",
     )
+    parser.add_argument(
+        "--device",
+        default="cuda" if torch.cuda.is_available() else "cpu",
+        help="where the models run (default: cuda when available)",
+    )
     args = parser.parse_args()
+    device = torch.device(args.device)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as tmp:
@@ -92,6 +108,7 @@ def main() -> None:
         }
     )
     recommender.model = T5ForConditionalGeneration(config)
+    recommender.model.to(device)
     augmented = copy.deepcopy(recommender.model).eval()
     params = E2URecParams(lora_dropout=0.0) if args.without_dropout else E2URecParams()
     student = add_lora(recommender, params)
@@ -103,7 +120,7 @@ def main() -> None:
         for name, rows in (("forget", forget), ("retain", retain)):
             batch = recommender.collate(rows[part])
             batch["index"] = torch.arange(part.start, part.start + len(rows[part]))
-            step[name] = batch
+            step[name] = {key: value.to(device) for key, value in batch.items()}
         batches.append(step)
     tasks = {
         cache: E2URecTask(recommender, forget, retain, teachers, E2URecParams(cache_teachers=cache))
@@ -114,8 +131,12 @@ def main() -> None:
     total = sum(p.numel() for p in student.parameters())
     print(
         f"model: T5 d_model {args.d_model}, {args.layers}+{args.layers} layers, "
-        f"{total / 1e6:.1f}M params, vocab {config.vocab_size}; batch {args.batch}+{args.batch}, "
-        f"{torch.get_num_threads()} CPU threads"
+        f"{total / 1e6:.1f}M params, vocab {config.vocab_size}; batch {args.batch}+{args.batch}; "
+        + (
+            torch.cuda.get_device_name(device)
+            if device.type == "cuda"
+            else f"{torch.get_num_threads()} CPU threads"
+        )
     )
     for name, results in (("full step", full), ("forget-only step", forget_only)):
         print(
