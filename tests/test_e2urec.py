@@ -148,3 +148,23 @@ def test_retain_cache_only_when_the_schedule_repeats_retained_rows():
     assert not retain_rows_repeat(params, n_forget=100, n_retain=256, world=2)
     capped = E2URecParams(batch_size=16, epochs=2, max_steps=3)
     assert not retain_rows_repeat(capped, n_forget=100, n_retain=48, world=1)
+
+
+def test_teachers_report_which_way_the_forgetting_teacher_pushes(setup):
+    recommender, student, augmented, params = setup
+    teachers = Teachers(recommender, student, augmented, params.alpha)
+    assert teachers.forget_p_yes() == {}
+    forget = batch(recommender, rows(4))
+    z_f, _ = teachers.forgetting(forget)
+    with torch.no_grad(), student.disable_adapter():
+        student.eval()
+        z_o, _ = recommender.target_logits(forget, student)
+    yes, no = recommender.yes_id, recommender.no_id
+    means = teachers.forget_p_yes()
+    expected = {
+        "original": torch.sigmoid(z_o[:, 0, yes] - z_o[:, 0, no]).mean(),
+        "forgetting_teacher": torch.sigmoid(z_f[:, 0, yes] - z_f[:, 0, no]).mean(),
+    }
+    for name, value in expected.items():
+        assert means[name] == pytest.approx(float(value), abs=1e-4)
+    assert means["augmented"] != pytest.approx(means["original"], abs=1e-4)

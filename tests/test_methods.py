@@ -88,7 +88,10 @@ def test_e2urec_saves_only_adapters_and_exports_merged(world):
     unlearn("e2urec", world["original"], world["data"], run, ["max_steps=2", "aug_epochs=1"])
     assert (run / "adapter" / "adapter_model.safetensors").is_file()
     assert not (run / "model").exists()
-    cache = json.loads((run / "manifest.json").read_text())["teacher_cache"]
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert set(manifest["forget_p_yes"]) == {"original", "augmented", "forgetting_teacher"}
+    assert all(0.0 < p < 1.0 for p in manifest["forget_p_yes"].values())
+    cache = manifest["teacher_cache"]
     # two steps draw 32 retained rows, fewer than the retain set holds: none is cached
     assert cache["forget_rows"] > 0 and not cache["retain_enabled"] and cache["retain_rows"] == 0
     assert cli.main(["export", str(run), "--merge", "--out", str(out)]) == 0

@@ -375,6 +375,11 @@ def run_unlearn(args: argparse.Namespace) -> None:
         f"{cost['optimizer_steps']} steps, {cost['wall_s']:.1f} s, "
         f"{cost['trainable_params']} trainable params ({cost['trainable_pct']}%)"
     )
+    if manifest.get("forget_p_yes"):
+        means = ", ".join(
+            f"{k.replace('_', ' ')} {v:.3f}" for k, v in manifest["forget_p_yes"].items()
+        )
+        print(f"forget set, mean P(Yes): {means}")
 
 
 def add_train_ensemble(sub: argparse._SubParsersAction) -> None:

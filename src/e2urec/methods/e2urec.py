@@ -166,6 +166,9 @@ class Teachers:
 
     original(batch): the student with adapters disabled (= the original model).
     forgetting(batch): forced_teacher(original, augmented, α).
+    `forget_p_yes()`: over the forget rows seen so far, the mean P(Yes) of the original, the
+    augmented model and the forgetting teacher (first answer position, softmax over Yes/No):
+    which way the forgetting teacher pushes the forget set.
     """
 
     def __init__(
@@ -179,6 +182,8 @@ class Teachers:
         self.student = student
         self.augmented = augmented
         self.alpha = alpha
+        self._p_yes_sums = dict.fromkeys(("original", "augmented", "forgetting_teacher"), 0.0)
+        self._p_yes_rows = 0
 
     def original(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         with inference(self.student), self.student.disable_adapter():
@@ -190,7 +195,22 @@ class Teachers:
         z_orig, labels = self.original(batch)
         with inference(self.augmented):
             z_aug, _ = self.recommender.target_logits(batch, self.augmented)
-        return forced_teacher(z_orig, z_aug, self.alpha), labels
+        z_forced = forced_teacher(z_orig, z_aug, self.alpha)
+        self._count_p_yes(original=z_orig, augmented=z_aug, forgetting_teacher=z_forced)
+        return z_forced, labels
+
+    def _count_p_yes(self, **logits: torch.Tensor) -> None:
+        yes, no = self.recommender.yes_id, self.recommender.no_id
+        for name, z in logits.items():
+            first = z[:, 0].float()
+            self._p_yes_sums[name] += float(torch.sigmoid(first[:, yes] - first[:, no]).sum())
+        self._p_yes_rows += len(next(iter(logits.values())))
+
+    def forget_p_yes(self) -> dict[str, float]:
+        """Mean P(Yes) on the forget rows seen so far, per model (empty before any)."""
+        if not self._p_yes_rows:
+            return {}
+        return {k: round(v / self._p_yes_rows, 4) for k, v in self._p_yes_sums.items()}
 
 
 class E2URecTask:
@@ -352,6 +372,7 @@ def run(ctx: UnlearnContext) -> dict[str, Any]:
             "retain_rows": len(task.retain_teacher.rows),
             "mb": round(cache_mb, 1),
         },
+        "forget_p_yes": teachers.forget_p_yes(),
         "cost": ctx.meter.summary(student),
     }
 
