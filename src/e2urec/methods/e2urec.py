@@ -138,12 +138,19 @@ class TeacherCache:
         rows: Sequence[dict[str, Any]],
         batch_size: int,
         device: torch.device,
+        progress: bool = True,
     ) -> None:
-        """Compute and keep the outputs of every row of a stream (positions = stream index)."""
-        for start in range(0, len(rows), batch_size):
-            batch = recommender.collate(rows[start : start + batch_size])
-            batch["index"] = torch.arange(start, start + len(batch["input_ids"]))
-            self(to_device(batch, device))
+        """Compute and keep the outputs of every row of a stream (positions = stream index);
+        with `progress`, a bar on interactive terminals."""
+        from tqdm.auto import tqdm
+
+        hidden = None if progress else True
+        with tqdm(total=len(rows), desc="teacher cache", unit="row", disable=hidden) as bar:
+            for start in range(0, len(rows), batch_size):
+                batch = recommender.collate(rows[start : start + batch_size])
+                batch["index"] = torch.arange(start, start + len(batch["input_ids"]))
+                self(to_device(batch, device))
+                bar.update(len(batch["index"]))
 
     def nbytes(self) -> int:
         """Bytes held by the cache."""
@@ -344,7 +351,11 @@ def run(ctx: UnlearnContext) -> dict[str, Any]:
     if params.cache_teachers:
         with ctx.meter.phase("teacher_cache"):
             task.forget_teacher.fill(
-                recommender, forget_rows, params.batch_size, accelerator.device
+                recommender,
+                forget_rows,
+                params.batch_size,
+                accelerator.device,
+                progress=accelerator.is_main_process,
             )
         teachers.augmented = None  # cached: the augmented model is no longer needed
         del augmented
