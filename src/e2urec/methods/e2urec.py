@@ -207,10 +207,12 @@ class Teachers:
         return z_forced, labels
 
     def _count_p_yes(self, **logits: torch.Tensor) -> None:
+        from e2urec.eval.metrics import p_yes_from_logits
+
         yes, no = self.recommender.yes_id, self.recommender.no_id
         for name, z in logits.items():
             first = z[:, 0].float()
-            self._p_yes_sums[name] += float(torch.sigmoid(first[:, yes] - first[:, no]).sum())
+            self._p_yes_sums[name] += float(p_yes_from_logits(first[:, yes], first[:, no]).sum())
         self._p_yes_rows += len(next(iter(logits.values())))
 
     def forget_p_yes(self) -> dict[str, float]:
@@ -269,11 +271,9 @@ def retain_rows_repeat(params: E2URecParams, n_forget: int, n_retain: int, world
     """Whether the schedule draws some retained row more than once. Every step (forget-only
     epochs too) each process draws one retain batch from an endless reshuffled cycle, so rows
     repeat only once more than `n_retain` have been drawn."""
-    from e2urec.train.loop import steps_per_epoch
+    from e2urec.train.loop import planned_steps
 
-    steps = steps_per_epoch(n_forget, params.batch_size, world) * params.epochs
-    if params.max_steps is not None:
-        steps = min(steps, params.max_steps)
+    steps = planned_steps(n_forget, params.batch_size, params.epochs, params.max_steps, world)
     return steps * world * params.batch_size > n_retain
 
 

@@ -110,6 +110,15 @@ def steps_per_epoch(size: int, batch_size: int, world: int) -> int:
     return math.ceil(math.ceil(size / batch_size) / world)
 
 
+def planned_steps(
+    size: int, batch_size: int, epochs: int, max_steps: int | None, world: int
+) -> int:
+    """Optimizer steps of a whole fit: `epochs` epochs over the main stream, capped by
+    `max_steps`."""
+    steps = epochs * steps_per_epoch(size, batch_size, world)
+    return steps if max_steps is None else min(steps, max_steps)
+
+
 def epoch_groups(
     size: int, batch_size: int, seed: int, name: str, epoch: int, world: int
 ) -> list[list[list[int]]]:
@@ -321,9 +330,7 @@ def fit(
         name: _Cycle(len(streams[name]), cfg.seed, name, *positions[name]) for name in positions
     }
     main_rows = streams[task.main]
-    total = cfg.epochs * steps_per_epoch(len(main_rows), cfg.batch_size, world)
-    if cfg.max_steps is not None:
-        total = min(total, cfg.max_steps)
+    total = planned_steps(len(main_rows), cfg.batch_size, cfg.epochs, cfg.max_steps, world)
     bar = tqdm(total=total, initial=min(step, total), desc=desc, disable=(not main) or None)
     began = time.perf_counter()
     log = open(log_path, "a", encoding="utf-8") if main else None
