@@ -28,7 +28,7 @@ from e2urec.backbones import create_recommender
 from e2urec.data.dataset import load_split
 from e2urec.data.prepare import PrepareConfig, prepare
 from e2urec.data.synthetic import generate, write_ml1m
-from e2urec.methods.e2urec import E2URecParams, E2URecTask, Teachers, add_lora
+from e2urec.methods.e2urec import E2URecParams, E2URecTask, Teachers, add_lora, to_device
 
 
 def data_rows(folder: Path) -> tuple[list[dict], list[dict], list[str]]:
@@ -120,7 +120,7 @@ def main() -> None:
         for name, rows in (("forget", forget), ("retain", retain)):
             batch = recommender.collate(rows[part])
             batch["index"] = torch.arange(part.start, part.start + len(rows[part]))
-            step[name] = {key: value.to(device) for key, value in batch.items()}
+            step[name] = to_device(batch, device)
         batches.append(step)
     tasks = {
         cache: E2URecTask(recommender, forget, retain, teachers, E2URecParams(cache_teachers=cache))
