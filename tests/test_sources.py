@@ -1,12 +1,11 @@
-"""`e2urec data fetch`: a local HTTP server serves zips made here; checksums, cache, offline."""
+"""`e2urec data fetch`: a local HTTP server (conftest `server`) serves zips made here;
+checksums, cache, offline."""
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
-import http.server
 import io
-import threading
 import zipfile
 from pathlib import Path
 
@@ -36,38 +35,9 @@ def ml1m_zip() -> bytes:
 
 
 @pytest.fixture
-def server(tmp_path):
-    """A real HTTP server on 127.0.0.1 serving files from tmp_path/www."""
-    root = tmp_path / "www"
-    root.mkdir()
-
-    class Handler(http.server.SimpleHTTPRequestHandler):
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, directory=str(root), **kwargs)
-
-        def log_message(self, *args):
-            pass
-
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    yield root, f"http://127.0.0.1:{httpd.server_address[1]}/movielens"
-    httpd.shutdown()
-    httpd.server_close()
-
-
-@pytest.fixture
-def env(tmp_path, monkeypatch, server):
+def env(serve_zip):
     """Cache in tmp_path, downloads from the local server, ml-1m pinned to the fixture zip."""
-    root, url = server
-    data = ml1m_zip()
-    (root / "movielens").mkdir()
-    (root / "movielens" / "ml-1m.zip").write_bytes(data)
-    spec = dataclasses.replace(sources.SPECS["ml-1m"], sha256=hashlib.sha256(data).hexdigest())
-    monkeypatch.setitem(sources.SPECS, "ml-1m", spec)
-    monkeypatch.setenv("E2UREC_DATA_URL", url)
-    monkeypatch.setenv("E2UREC_CACHE", str(tmp_path / "cache"))
-    return root / "movielens", tmp_path / "cache"
+    return serve_zip("ml-1m", ml1m_zip())
 
 
 def test_fetch_downloads_verifies_and_unzips(env):

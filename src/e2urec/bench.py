@@ -62,29 +62,40 @@ class BenchResult:
 
 
 def resolve_raw(data: presets.BenchData, data_root: str | None, say: Callable[[str], None]):
-    """(dataset name, raw folder or None) to prepare: --data-root, then the download cache,
-    then the preset's fallback dataset (said out loud), else one clear error."""
-    from e2urec.data.sources import SPECS, find_cached
+    """(dataset name, raw folder or None) to prepare: --data-root, then the download cache, then
+    (with `data.fetch`) a download into the cache, then the preset's fallback dataset (said in
+    one line, with why), else one clear error."""
+    from e2urec.data import sources
 
     if data_root:
         root = Path(data_root)
         for candidate in (root / data.dataset, root):
             if candidate.is_dir() and _holds_dataset(candidate, data.dataset):
                 return data.dataset, candidate
-    if data.dataset in SPECS and (cached := find_cached(data.dataset)) is not None:
+    downloadable = data.dataset in sources.SPECS
+    if downloadable and (cached := sources.find_cached(data.dataset)) is not None:
         return data.dataset, cached
     if data.dataset == "synthetic":
         return data.dataset, None
     where = "in the download cache" + (f" or under --data-root {data_root}" if data_root else "")
+    problem = f"{data.dataset} files not found {where}"
+    if data.fetch and downloadable and sources.offline_env():
+        problem += " and E2UREC_OFFLINE is set"
+    elif data.fetch and downloadable:
+        url, cache = sources.dataset_url(data.dataset), sources.cache_dir()
+        say(f"{problem}; downloading {url} into {cache} (sha256-checked)")
+        try:
+            return data.dataset, sources.fetch(data.dataset)
+        except E2URecError as exc:  # its first clause says what failed; the rest is a hint
+            problem = f"{data.dataset} not downloaded: {str(exc).split('; ')[0]}"
     if data.fallback_dataset:
         say(
-            f"NOTE: {data.dataset} files not found {where}; using the {data.fallback_dataset} "
-            f"dataset instead (run `e2urec data fetch {data.dataset}` or pass --data-root)"
+            f"NOTE: {problem}; using the {data.fallback_dataset} dataset instead "
+            f"(run `e2urec data fetch {data.dataset}` or pass --data-root)"
         )
         return data.fallback_dataset, None
     raise E2URecError(
-        f"{data.dataset} files not found {where}; run `e2urec data fetch {data.dataset}` "
-        "or pass --data-root FOLDER"
+        f"{problem}; run `e2urec data fetch {data.dataset}` or pass --data-root FOLDER"
     )
 
 

@@ -151,7 +151,9 @@ def add_data_fetch(dsub: argparse._SubParsersAction) -> None:
     p.add_argument("name", metavar="NAME", help="ml-1m or ml-100k")
     p.add_argument("--cache", metavar="DIR", help="cache folder (default $E2UREC_CACHE)")
     p.add_argument(
-        "--offline", action="store_true", help="never download; use only what the cache holds"
+        "--offline",
+        action="store_true",
+        help="never download; use only what the cache holds (also E2UREC_OFFLINE=1)",
     )
     p.set_defaults(func=run_data_fetch)
 

@@ -18,10 +18,13 @@ from e2urec.errors import E2URecError
 
 @dataclass
 class BenchData:
-    """How to prepare the data (see `e2urec data prepare`); `fallback_dataset` is used when the
-    dataset's files are not found (the demo falls back to the synthetic set)."""
+    """How to prepare the data (see `e2urec data prepare`). Raw files are looked for under
+    --data-root, then in the download cache; with `fetch` a downloadable dataset missing from
+    both is downloaded into the cache (not when $E2UREC_OFFLINE is set); `fallback_dataset` is
+    used when the files are still not there (the demo falls back to the synthetic set)."""
 
     dataset: str = "ml-100k"
+    fetch: bool = False
     fallback_dataset: str = ""
     last_n: int = 100_000
     history_len: int = 10

@@ -5,7 +5,7 @@ The cache is `$E2UREC_CACHE` (default `~/.cache/e2urec`); a fetched dataset live
 `/<file>`, stream to a temporary file, are checked against the pinned sha256 and are unzipped into
 a staging folder that is renamed into place only when complete, so an interrupted or corrupted
 download leaves nothing in the cache. A zip placed by hand at `<cache>/<file>` is used (after the
-same check) instead of downloading.
+same check) instead of downloading. `$E2UREC_OFFLINE=1` (or `offline=True`) never downloads.
 
 The pinned sha256 values were not computed here from a fresh download: they are the values that
 several independent public projects publish for these GroupLens archives (each also matches the
@@ -90,6 +90,11 @@ def find_cached(name: str, cache: str | Path | None = None) -> Path | None:
     return None
 
 
+def offline_env() -> bool:
+    """Whether `$E2UREC_OFFLINE` asks never to download (1, true or yes)."""
+    return os.environ.get("E2UREC_OFFLINE", "").strip().lower() in ("1", "true", "yes")
+
+
 def manual_hint(name: str, cache: Path) -> str:
     """Where to place the files by hand when downloading is not possible."""
     item = spec(name)
@@ -103,7 +108,8 @@ def manual_hint(name: str, cache: Path) -> str:
 def fetch(
     name: str, cache: str | Path | None = None, offline: bool = False, progress: bool = True
 ) -> Path:
-    """The cached folder of `name`, downloading, verifying and unzipping it first if needed."""
+    """The cached folder of `name`, downloading, verifying and unzipping it first if needed
+    (never with `offline` or `$E2UREC_OFFLINE`)."""
     item = spec(name)
     cache = cache_dir(cache)
     found = find_cached(name, cache)
@@ -112,10 +118,10 @@ def fetch(
     placed = cache / item.filename
     if placed.is_file():
         return unpack(placed, item, cache)
-    if offline:
+    if offline or offline_env():
         raise E2URecError(
-            f"{name} is not in the cache {cache} and --offline was given; "
-            + manual_hint(name, cache)
+            f"{name} is not in the cache {cache} and offline mode is on (--offline or "
+            "E2UREC_OFFLINE); " + manual_hint(name, cache)
         )
     cache.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{item.filename}.", suffix=".part", dir=cache)
