@@ -36,6 +36,7 @@ from torch import nn
 
 from e2urec.artifacts import atomic_write_json, atomic_write_text, read_json, staged_folder
 from e2urec.backbones import Recommender
+from e2urec.config import check_ranges
 from e2urec.errors import E2URecError
 from e2urec.runs import LOG
 from e2urec.train.cost import CostMeter
@@ -58,6 +59,21 @@ class LoopConfig:
     seed: int = 42
     max_steps: int | None = None
     eval_batch_size: int = 64
+
+    def check(self, where: str = "") -> None:
+        """One clear error for the first setting out of range (before anything is written)."""
+        check_ranges(self, LOOP_RANGES, where)
+
+
+LOOP_RANGES = {
+    "epochs": "count",
+    "lr": "positive",
+    "batch_size": "count",
+    "weight_decay": "non-negative",
+    "patience": "count",
+    "max_steps": "count",
+    "eval_batch_size": "count",
+}
 
 
 @dataclass
@@ -244,6 +260,7 @@ def fit(
     resume: bool = False,
     desc: str = "train",
     meter: CostMeter | None = None,
+    stop: Callable[[nn.Module, int], bool] | None = None,
 ) -> FitResult:
     """Train `model` on `task` (see the module docstring); returns what happened.
 
@@ -255,6 +272,9 @@ def fit(
     (`runner.process_state().device`, where a task's other models belong). `desc` names this phase in log.jsonl, the
     progress bar and the checkpoint folder (a run may fit several phases). `meter` (optional)
     accumulates wall time under phase `desc` and the optimizer steps and samples.
+    `stop(model, step) -> bool` (optional) runs after every optimizer step on the unwrapped
+    model (in train mode; it must restore any mode it changes); True ends training there (the
+    processes agree: any one saying True stops all) and the last weights are kept.
     """
     from accelerate import Accelerator
     from tqdm.auto import tqdm
@@ -269,8 +289,7 @@ def fit(
         accelerator.process_index,
         accelerator.is_main_process,
     )
-    if cfg.patience < 1:
-        raise E2URecError(f"patience must be at least 1, got {cfg.patience}")
+    cfg.check()
     streams = task.streams
     for name, rows in streams.items():
         if not rows:
@@ -377,6 +396,10 @@ def fit(
                         "elapsed_s": round(time.perf_counter() - began, 3),
                     }
                 )
+                if stop is not None and _any_process(accelerator, stop(unwrap(model), step)):
+                    stopped = True
+                    write({"event": "stop", "step": step, "epoch": epoch})
+                    break
             record: dict[str, Any] = {
                 "epoch": epoch,
                 "step": step,
@@ -467,6 +490,14 @@ def fit(
         samples - start_samples,
     )
     return result
+
+
+def _any_process(accelerator: Any, decision: bool) -> bool:
+    """True on every process when `decision` is True on any of them."""
+    if accelerator.num_processes == 1:
+        return decision
+    flag = torch.tensor(float(decision), device=accelerator.device)
+    return bool(accelerator.reduce(flag, "sum") > 0)
 
 
 def _finish(
