@@ -382,6 +382,15 @@ def run_unlearn(args: argparse.Namespace) -> None:
             f"{k.replace('_', ' ')} {v:.3f}" for k, v in manifest["forget_p_yes"].items()
         )
         print(f"forget set, mean P(Yes): {means}")
+    if manifest.get("direction_check", "").startswith("skipped"):
+        print(f"direction check {manifest['direction_check']}")
+    if manifest.get("holdout_p_yes"):
+        print(f"holdout users, mean P(Yes): original {manifest['holdout_p_yes']['original']:.3f}")
+    if manifest.get("stop", {}).get("rule") == "membership":
+        stop = manifest["stop"]
+        print(f"stopped at step {stop['step']} by {stop['stopped_by']}: {stop['reason']}")
+    for warning in manifest.get("warnings", []):
+        print(f"warning: {warning}", file=sys.stderr)
 
 
 def add_train_ensemble(sub: argparse._SubParsersAction) -> None:

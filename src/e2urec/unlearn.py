@@ -91,6 +91,8 @@ def unlearn(
     base = read_run_manifest(base_run)
     check_base(spec, base_run, base)
     sha = check_data(data_dir, base_run, base)
+    if hasattr(params, "check_data"):  # a method setting that needs a split the data lacks
+        params.check_data(data_dir)
     seed = int(base.get("seed") or 42) if seed is None else seed
     config = {
         "command": "unlearn",

@@ -8,6 +8,11 @@ with its adapters disabled). Loss per step, as in the paper's code:
 the cross-entropy over the full vocabulary at every answer position; during the first
 `forget_epochs` epochs the loss is `H(p_f, p_student)_forget` alone.
 
+Teachers other than the paper's (`teacher=`, see TEACHERS) and a stop rule that needs no
+Retrain (`stop=membership`, see MembershipMonitor) address the measured failure of the paper's
+teacher at small scale: the augmented model mostly recalibrates the forgotten users' Yes-bias
+and the forcing term mirrors that recalibration instead of removing memorised answers.
+
 The run saves only the adapters (`adapter/`, PEFT safetensors) and points at the original run
 (manifest "format": "adapter", "base_run"); the "adapter" run format is registered here.
 """
@@ -18,8 +23,9 @@ import contextlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -28,6 +34,7 @@ from torch.nn.utils.rnn import pad_sequence
 from e2urec.backbones import BACKBONES, IGNORE, Recommender
 from e2urec.errors import E2URecError
 from e2urec.methods.base import Method, TrainParams, UnlearnContext, register
+from e2urec.registry import Registry
 from e2urec.runs import RUN_FORMATS, RunModel, SingleModel, load_run_model
 
 ADAPTER_DIR = "adapter"
@@ -49,7 +56,27 @@ class E2URecParams(TrainParams):
     teachers at every step, as the paper's code does. The remembering teacher's outputs on
     retained rows are kept only when the schedule draws some retained row twice (see
     `retain_rows_repeat`); otherwise caching them would save no work and only hold memory.
+
+    `teacher`: the forgetting teacher (TEACHERS: paper, contrastive, label, holdout); `alpha`
+    is its strength (for label: the fixed amount subtracted). `stop`: `budget` (the epochs
+    above) or `membership`: every `check_every` steps (and once before training), on seeded
+    samples of `check_rows` forget and holdout rows, stop when the loss-based MIA AUC (forget
+    vs holdout) lies within `mia_tol` of the target (`mia_target=chance`: 0.5; `holdout`: the
+    original's AUC of one half of the holdout sample against the other) or the KS test of
+    their answer margins gives p ≥ `ks_alpha` (`stop_needs=any`; `all` needs both), capped by
+    the epoch budget. Holdout-based options need a prepared `holdout` split.
     """
+
+    RANGES: ClassVar[dict[str, str]] = {
+        "alpha": "non-negative",
+        "forget_epochs": "non-negative",
+        "lora_r": "count",
+        "lora_alpha": "positive",
+        "lora_dropout": "fraction",
+        "aug_lr": "positive",
+        "mia_tol": "unit",
+        "ks_alpha": "unit",
+    }
 
     lr: float = 1e-3
     epochs: int = 2
@@ -63,21 +90,160 @@ class E2URecParams(TrainParams):
     aug_lr: float = 5e-5
     aug_epochs: int = 2
     cache_teachers: bool = True
+    teacher: str = "paper"
+    stop: str = "budget"
+    check_every: int = 20
+    check_rows: int = 256
+    mia_tol: float = 0.02
+    mia_target: str = "chance"
+    ks_alpha: float = 0.05
+    stop_needs: str = "any"
+
+    def __post_init__(self) -> None:
+        self.check()
 
     def check(self) -> None:
         """One clear error for the first value out of range."""
-        if self.aug not in ("full", "lora"):
-            raise E2URecError(f"e2urec parameter aug must be full or lora, got {self.aug!r}")
+        TEACHERS.get(self.teacher)
+        choices = {
+            "aug": ("full", "lora"),
+            "stop": STOPS,
+            "mia_target": ("chance", "holdout"),
+            "stop_needs": ("any", "all"),
+        }
+        for name, valid in choices.items():
+            if getattr(self, name) not in valid:
+                raise E2URecError(
+                    f"e2urec parameter {name} must be one of {', '.join(valid)}, "
+                    f"got {getattr(self, name)!r}"
+                )
         if not 0.0 <= self.weight <= 1.0:
             raise E2URecError(f"e2urec parameter weight must lie in [0, 1], got {self.weight}")
         if self.epochs < 1 or self.aug_epochs < 1:
             raise E2URecError("e2urec parameters epochs and aug_epochs must be at least 1")
+        if self.check_every < 1 or self.check_rows < 4:
+            raise E2URecError(
+                "e2urec parameters check_every must be at least 1 and check_rows at least 4"
+            )
+        if not 0.0 < self.ks_alpha < 1.0 or self.mia_tol < 0.0:
+            raise E2URecError("e2urec parameters ks_alpha must lie in (0, 1), mia_tol ≥ 0")
+
+    def needs_holdout(self) -> str | None:
+        """Which setting needs the holdout split (None: none does)."""
+        if self.stop == "membership":
+            return "stop=membership"
+        if TEACHERS.get(self.teacher).holdout:
+            return f"teacher={self.teacher}"
+        return None
+
+    def check_data(self, data_dir: Path) -> None:
+        """A setting that needs the holdout split fails clearly when the data has none."""
+        setting = self.needs_holdout()
+        if setting is not None and not holdout_available(data_dir):
+            raise E2URecError(
+                f"e2urec {setting} needs a holdout split: prepare the data with --holdout-ratio "
+                f"({data_dir} has no non-empty holdout split)"
+            )
 
 
 # ---------------------------------------------------------------- the loss, piece by piece
 def forced_teacher(z_orig: torch.Tensor, z_aug: torch.Tensor, alpha: float) -> torch.Tensor:
     """Forgetting-teacher logits: z_orig − α·ReLU(z_aug − z_orig)."""
     return z_orig - alpha * F.relu(z_aug - z_orig)
+
+
+def contrastive_teacher(
+    z_orig: torch.Tensor, z_aug: torch.Tensor, z_ctrl: torch.Tensor, alpha: float
+) -> torch.Tensor:
+    """z_orig − α·ReLU((z_aug − z_orig) − (z_ctrl − z_orig)): only the shift that tuning on the
+    forget set adds beyond tuning a control copy on as many retained rows (the shift both share,
+    e.g. a generic recalibration, cancels)."""
+    return z_orig - alpha * F.relu((z_aug - z_orig) - (z_ctrl - z_orig))
+
+
+def answer_tokens(
+    labels: torch.Tensor, yes_id: int, no_id: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row, the trained answer token (first answer position) and the other answer token."""
+    trained = labels[:, 0]
+    return trained, torch.where(trained == yes_id, no_id, yes_id)
+
+
+def answer_margin(z: torch.Tensor, trained: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+    """log P(trained answer) − log P(other answer) at the first answer position, per row."""
+    first = z[:, 0].float()
+    return first.gather(1, trained[:, None])[:, 0] - first.gather(1, other[:, None])[:, 0]
+
+
+def lower_answer_logit(
+    z: torch.Tensor, trained: torch.Tensor, amount: torch.Tensor
+) -> torch.Tensor:
+    """A copy of z [B, T, V] with each row's trained-answer logit at the first answer position
+    lowered by `amount` [B]; every other logit unchanged."""
+    out = z.clone()
+    rows = torch.arange(len(z), device=z.device)
+    out[rows, 0, trained] = out[rows, 0, trained] - amount.to(z.dtype)
+    return out
+
+
+def label_teacher(z_orig: torch.Tensor, trained: torch.Tensor, alpha: float) -> torch.Tensor:
+    """UNDIAL's adjusted logits (Dong et al., arXiv 2402.10052: the original's logits with the
+    trained token's logit lowered by a fixed γ), at the one token that carries the answer: the
+    first answer position (the "." and end tokens after it are the same for Yes and No rows)."""
+    return lower_answer_logit(z_orig, trained, torch.full_like(trained, alpha, dtype=z_orig.dtype))
+
+
+def quantile_match(
+    margins: torch.Tensor, forget_sorted: torch.Tensor, holdout_sorted: torch.Tensor
+) -> torch.Tensor:
+    """Q_holdout(F_forget(m)): each margin's mid-rank quantile among the (sorted) forget
+    margins, read off the (sorted) holdout margins by linear interpolation; monotone in m."""
+    forget_sorted = forget_sorted.to(margins.device, torch.float32)
+    holdout_sorted = holdout_sorted.to(margins.device, torch.float32)
+    margins = margins.float().contiguous()
+    below = torch.searchsorted(forget_sorted, margins, right=False)
+    at_most = torch.searchsorted(forget_sorted, margins, right=True)
+    quantile = (below + at_most).float() / (2 * len(forget_sorted))
+    position = quantile * (len(holdout_sorted) - 1)
+    low = position.floor().long().clamp(0, len(holdout_sorted) - 1)
+    high = (low + 1).clamp(max=len(holdout_sorted) - 1)
+    weight = position - low.float()
+    return holdout_sorted[low] * (1 - weight) + holdout_sorted[high] * weight
+
+
+def holdout_teacher(
+    z_orig: torch.Tensor, trained: torch.Tensor, other: torch.Tensor, target: torch.Tensor
+) -> torch.Tensor:
+    """Lower each row's trained-answer logit so its margin is min(margin, target): forget rows
+    more sure of their trained answer than the matched holdout quantile are pulled down to it,
+    the others are left as the original has them (never pushed towards the trained answer)."""
+    excess = F.relu(answer_margin(z_orig, trained, other) - target.float())
+    return lower_answer_logit(z_orig, trained, excess)
+
+
+@dataclass(frozen=True)
+class TeacherSpec:
+    """A forgetting teacher: the frozen models it reads beside the original, whether it needs
+    the holdout users' margins, and its formula (recorded in the run's manifest)."""
+
+    models: tuple[str, ...]
+    holdout: bool
+    formula: str
+
+
+TEACHERS: Registry[TeacherSpec] = Registry("e2urec teacher")
+for _name, _spec in {
+    "paper": TeacherSpec(("augmented",), False, "z_orig − α·ReLU(z_aug − z_orig)"),
+    "contrastive": TeacherSpec(
+        ("augmented", "control"), False, "z_orig − α·ReLU((z_aug − z_orig) − (z_ctrl − z_orig))"
+    ),
+    "label": TeacherSpec((), False, "z_orig with the trained answer's logit lowered by α"),
+    "holdout": TeacherSpec(
+        (), True, "z_orig with the trained answer's margin lowered to the holdout quantile"
+    ),
+}.items():
+    TEACHERS.register(_name)(_spec)
+STOPS = ("budget", "membership")
 
 
 def combine(
@@ -146,10 +312,8 @@ class TeacherCache:
 
         hidden = None if progress else True
         with tqdm(total=len(rows), desc="teacher cache", unit="row", disable=hidden) as bar:
-            for start in range(0, len(rows), batch_size):
-                batch = recommender.collate(rows[start : start + batch_size])
-                batch["index"] = torch.arange(start, start + len(batch["input_ids"]))
-                self(to_device(batch, device))
+            for batch in row_batches(recommender, rows, batch_size, device):
+                self(batch)
                 bar.update(len(batch["index"]))
 
     def nbytes(self) -> int:
@@ -168,14 +332,26 @@ def to_device(batch: Batch, device: torch.device) -> Batch:
     return {k: v.to(device) for k, v in batch.items()}
 
 
+def row_batches(
+    recommender: Recommender, rows: Sequence[dict[str, Any]], batch_size: int, device: Any
+) -> Iterator[Batch]:
+    """Consecutive batches of `rows` on `device`, each with its rows' positions as `index`."""
+    for start in range(0, len(rows), batch_size):
+        batch = recommender.collate(rows[start : start + batch_size])
+        batch["index"] = torch.arange(start, start + len(batch["input_ids"]))
+        yield to_device(batch, device)
+
+
 class Teachers:
-    """The two frozen teachers of E2URec as functions of a batch.
+    """The frozen teachers of E2URec as functions of a batch.
 
     original(batch): the student with adapters disabled (= the original model).
-    forgetting(batch): forced_teacher(original, augmented, α).
-    `forget_p_yes()`: over the forget rows seen so far, the mean P(Yes) of the original, the
-    augmented model and the forgetting teacher (first answer position, softmax over Yes/No):
-    which way the forgetting teacher pushes the forget set.
+    forgetting(batch): the forgetting teacher named `teacher` (see TEACHERS), from the original
+    and the frozen models it needs (`augmented`, `control`); the holdout teacher needs
+    `matched` = (sorted forget margins, sorted holdout margins) of the original.
+    `forget_p_yes()`: over the forget rows seen so far (each row counted once), the mean P(Yes)
+    of the original, the frozen models and the forgetting teacher (first answer position,
+    softmax over Yes/No): which way the forgetting teacher pushes the forget set.
     """
 
     def __init__(
@@ -184,36 +360,77 @@ class Teachers:
         student: nn.Module,
         augmented: nn.Module | None,
         alpha: float,
+        teacher: str = "paper",
+        control: nn.Module | None = None,
+        matched: tuple[torch.Tensor, torch.Tensor] | None = None,
     ):
         self.recommender = recommender
         self.student = student
-        self.augmented = augmented
+        self.frozen = {"augmented": augmented, "control": control}
         self.alpha = alpha
-        self._p_yes_sums = dict.fromkeys(("original", "augmented", "forgetting_teacher"), 0.0)
+        self.teacher = teacher
+        self.spec = TEACHERS.get(teacher)
+        self.matched = matched
+        if self.spec.holdout and matched is None:
+            raise ValueError(f"teacher {teacher!r} needs the matched forget/holdout margins")
+        self._p_yes_sums: dict[str, float] = {}
         self._p_yes_rows = 0
+        self._counted: set[int] = set()
+
+    @property
+    def augmented(self) -> nn.Module | None:
+        return self.frozen["augmented"]
+
+    def release(self) -> None:
+        """Drop the frozen models (their outputs are cached)."""
+        self.frozen = dict.fromkeys(self.frozen)
 
     def original(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         with inference(self.student), self.student.disable_adapter():
             return self.recommender.target_logits(batch, self.student)
 
+    def _frozen(self, name: str, batch: Batch) -> torch.Tensor:
+        model = self.frozen[name]
+        if model is None:
+            raise RuntimeError(f"the {name} model was released after caching")
+        with inference(model):
+            return self.recommender.target_logits(batch, model)[0]
+
     def forgetting(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.augmented is None:
-            raise RuntimeError("the augmented model was released after caching")
         z_orig, labels = self.original(batch)
-        with inference(self.augmented):
-            z_aug, _ = self.recommender.target_logits(batch, self.augmented)
-        z_forced = forced_teacher(z_orig, z_aug, self.alpha)
-        self._count_p_yes(original=z_orig, augmented=z_aug, forgetting_teacher=z_forced)
+        frozen = {name: self._frozen(name, batch) for name in self.spec.models}
+        trained, other = answer_tokens(labels, self.recommender.yes_id, self.recommender.no_id)
+        if self.teacher == "paper":
+            z_forced = forced_teacher(z_orig, frozen["augmented"], self.alpha)
+        elif self.teacher == "contrastive":
+            z_forced = contrastive_teacher(
+                z_orig, frozen["augmented"], frozen["control"], self.alpha
+            )
+        elif self.teacher == "label":
+            z_forced = label_teacher(z_orig, trained, self.alpha)
+        else:  # holdout
+            assert self.matched is not None
+            target = quantile_match(answer_margin(z_orig, trained, other), *self.matched)
+            z_forced = holdout_teacher(z_orig, trained, other, target)
+        self._count_p_yes(batch, original=z_orig, **frozen, forgetting_teacher=z_forced)
         return z_forced, labels
 
-    def _count_p_yes(self, **logits: torch.Tensor) -> None:
+    def _count_p_yes(self, batch: Batch, **logits: torch.Tensor) -> None:
         from e2urec.eval.metrics import p_yes_from_logits
 
+        keep = list(range(len(batch["input_ids"])))
+        if "index" in batch:  # rows already counted (a recomputed teacher) are skipped
+            index = batch["index"].tolist()
+            keep = [k for k, i in enumerate(index) if i not in self._counted]
+            self._counted.update(index)
+        if not keep:
+            return
         yes, no = self.recommender.yes_id, self.recommender.no_id
         for name, z in logits.items():
-            first = z[:, 0].float()
-            self._p_yes_sums[name] += float(p_yes_from_logits(first[:, yes], first[:, no]).sum())
-        self._p_yes_rows += len(next(iter(logits.values())))
+            first = z[keep, 0].float()
+            p_yes = float(p_yes_from_logits(first[:, yes], first[:, no]).sum())
+            self._p_yes_sums[name] = self._p_yes_sums.get(name, 0.0) + p_yes
+        self._p_yes_rows += len(keep)
 
     def forget_p_yes(self) -> dict[str, float]:
         """Mean P(Yes) on the forget rows seen so far, per model (empty before any)."""
@@ -266,6 +483,194 @@ class E2URecTask:
         return combine(h_forget, ce_retain, h_retain, self.params.weight), logs
 
 
+# ---------------------------------------------------------------- holdout users and membership
+NO_HOLDOUT = "needs a holdout split: prepare the data with --holdout-ratio"
+
+
+def holdout_available(data_dir: Path) -> bool:
+    """Whether the prepared data has a non-empty `holdout` split."""
+    from e2urec.data.dataset import read_manifest
+    from e2urec.data.prepare import split_file
+
+    manifest = read_manifest(data_dir)
+    files = manifest.get("files", {})
+    return "holdout" in manifest.get("splits", []) and bool(
+        files.get(split_file("holdout"), {}).get("samples")
+    )
+
+
+def answer_stats(
+    logits: torch.Tensor, labels: torch.Tensor, yes_id: int, no_id: int
+) -> dict[str, torch.Tensor]:
+    """Per row at the first answer position: `loss` = −log P(trained answer) over the full
+    vocabulary, `margin` = log P(trained answer) − log P(other answer), `p_yes` = P(Yes) of the
+    softmax over the two answer tokens."""
+    trained, other = answer_tokens(labels, yes_id, no_id)
+    first = logits[:, 0].float()
+    log_p = torch.log_softmax(first, dim=-1)
+    return {
+        "loss": -log_p.gather(1, trained[:, None])[:, 0],
+        "margin": answer_margin(logits, trained, other),
+        "p_yes": torch.sigmoid(first[:, yes_id] - first[:, no_id]),
+    }
+
+
+def score_rows(
+    recommender: Recommender,
+    forward: Callable[[Batch], tuple[torch.Tensor, torch.Tensor]],
+    rows: Sequence[dict[str, Any]],
+    batch_size: int,
+    device: Any,
+) -> dict[str, np.ndarray]:
+    """`answer_stats` of `forward(batch) -> (logits, labels)` over every row (numpy, float64);
+    the caller sets eval mode and no gradients."""
+    parts: dict[str, list[torch.Tensor]] = {}
+    for batch in row_batches(recommender, rows, batch_size, device):
+        logits, labels = forward(batch)
+        for name, values in answer_stats(
+            logits, labels, recommender.yes_id, recommender.no_id
+        ).items():
+            parts.setdefault(name, []).append(values.detach().cpu())
+    return {name: torch.cat(values).double().numpy() for name, values in parts.items()}
+
+
+def membership_stats(forget: dict[str, np.ndarray], holdout: dict[str, np.ndarray]) -> dict:
+    """Loss-based MIA AUC of forget (members) vs holdout rows, and the two-sample KS test of
+    their answer margins (statistic and p-value)."""
+    from scipy.stats import ks_2samp
+
+    from e2urec.eval.metrics import mia_auc
+
+    ks = ks_2samp(forget["margin"], holdout["margin"])
+    return {
+        "mia_auc": round(mia_auc(forget["loss"], holdout["loss"]), 4),
+        "ks_stat": round(float(ks.statistic), 4),
+        "ks_p": round(float(ks.pvalue), 4),
+    }
+
+
+def membership_verdict(
+    mia: float, ks_p: float, target: float, tol: float, ks_alpha: float, needs: str = "any"
+) -> str | None:
+    """Why the forget rows count as no more recognisable than holdout rows (None: they do not):
+    |MIA AUC − target| ≤ tol, the KS test not rejecting (p ≥ ks_alpha); `needs` any or all."""
+    passed = []
+    if abs(mia - target) <= tol:
+        passed.append(f"MIA AUC {mia:.3f} within {tol:g} of {target:.3f}")
+    if ks_p >= ks_alpha:
+        passed.append(f"KS p {ks_p:.3f} ≥ {ks_alpha:g}")
+    enough = len(passed) == 2 if needs == "all" else bool(passed)
+    return "; ".join(passed) if enough else None
+
+
+def direction_warning(teacher: str, forget_p_yes: dict[str, float], holdout: float) -> str | None:
+    """A warning when the forgetting teacher moves the forget set's mean P(Yes) further from the
+    holdout users' mean (under the original) than the original has it; None otherwise."""
+    original, forced = forget_p_yes.get("original"), forget_p_yes.get("forgetting_teacher")
+    if original is None or forced is None or abs(forced - holdout) <= abs(original - holdout):
+        return None
+    return (
+        f"the {teacher} forgetting teacher moves the forget set's mean P(Yes) away from the "
+        f"holdout users' mean ({original:.3f} -> {forced:.3f}; holdout users {holdout:.3f} "
+        "under the original)"
+    )
+
+
+def sample_rows(
+    rows: Sequence[dict[str, Any]], size: int, seed: int, name: str
+) -> list[dict[str, Any]]:
+    """A seeded sample of `size` rows (all rows, shuffled, when there are fewer)."""
+    from e2urec.train.loop import permutation
+
+    return [rows[i] for i in permutation(len(rows), seed, "e2urec", name)[:size]]
+
+
+class MembershipMonitor:
+    """`stop=membership`: are the forget rows still more recognisable than holdout users' rows?
+
+    `start(forward)` measures the original (step 0) on seeded samples of `check_rows` forget
+    and holdout rows and fixes the target AUC (0.5, or with `mia_target=holdout` the original's
+    AUC of the holdout sample's first half against its second); it returns True when the
+    forget rows already pass. As fit's `stop` hook it measures the student every `check_every`
+    steps and returns True when `membership_verdict` passes. `summary(steps)` is the manifest's
+    record of why and when training stopped, with every check.
+    """
+
+    def __init__(
+        self,
+        recommender: Recommender,
+        forget_rows: Sequence[dict[str, Any]],
+        holdout_rows: Sequence[dict[str, Any]],
+        params: E2URecParams,
+        seed: int,
+        device: Any,
+    ):
+        self.recommender = recommender
+        self.params = params
+        self.device = device
+        self.forget = sample_rows(forget_rows, params.check_rows, seed, "check-forget")
+        self.holdout = sample_rows(holdout_rows, params.check_rows, seed, "check-holdout")
+        self.target = 0.5
+        self.holdout_auc: float | None = None
+        self.checks: list[dict[str, Any]] = []
+        self.stopped: dict[str, Any] | None = None
+
+    def _judge(self, step: int, forward: Callable[[Batch], Any]) -> bool:
+        size = self.params.batch_size
+        forget = score_rows(self.recommender, forward, self.forget, size, self.device)
+        holdout = score_rows(self.recommender, forward, self.holdout, size, self.device)
+        if self.holdout_auc is None:
+            from e2urec.eval.metrics import mia_auc
+
+            half = len(self.holdout) // 2
+            losses = holdout["loss"]
+            self.holdout_auc = round(mia_auc(losses[:half], losses[half:]), 4)
+            if self.params.mia_target == "holdout":
+                self.target = self.holdout_auc
+        stats = membership_stats(forget, holdout)
+        p = self.params
+        reason = membership_verdict(
+            stats["mia_auc"], stats["ks_p"], self.target, p.mia_tol, p.ks_alpha, p.stop_needs
+        )
+        self.checks.append({"step": step, **stats, "passed": reason is not None})
+        if reason is not None and self.stopped is None:
+            self.stopped = {"step": step, "reason": reason, **stats}
+        return reason is not None
+
+    def start(self, forward: Callable[[Batch], Any]) -> bool:
+        """Measure the original (forward under eval mode, no gradients) as step 0."""
+        return self._judge(0, forward)
+
+    def __call__(self, model: nn.Module, step: int) -> bool:
+        if step % self.params.check_every:
+            return False
+        with inference(model):
+            return self._judge(step, lambda b: self.recommender.target_logits(b, model))
+
+    def finish(self, model: nn.Module, steps: int) -> None:
+        """After a run the budget ended, measure the final student once (if not yet)."""
+        if self.stopped is None and self.checks[-1]["step"] != steps:
+            with inference(model):
+                self._judge(steps, lambda b: self.recommender.target_logits(b, model))
+            if self.stopped is not None and self.stopped["step"] == steps:
+                self.stopped = None  # passing at the very end is the budget's stop, not the rule's
+
+    def summary(self, steps: int) -> dict[str, Any]:
+        """Why and when training stopped, the target, the sample sizes and every check."""
+        last = self.stopped or {k: v for k, v in self.checks[-1].items() if k != "passed"}
+        return {
+            "rule": "membership",
+            "stopped_by": "membership" if self.stopped else "budget",
+            "reason": self.stopped["reason"] if self.stopped else "step budget reached",
+            **{k: v for k, v in last.items() if k != "step"},
+            "step": self.stopped["step"] if self.stopped else steps,
+            "target_auc": self.target,
+            "holdout_halves_auc": self.holdout_auc,
+            "rows": {"forget": len(self.forget), "holdout": len(self.holdout)},
+            "checks": self.checks,
+        }
+
+
 # ---------------------------------------------------------------- building and running
 def retain_rows_repeat(params: E2URecParams, n_forget: int, n_retain: int, world: int) -> bool:
     """Whether the schedule draws some retained row more than once. Every step (forget-only
@@ -298,8 +703,16 @@ def add_lora(recommender: Recommender, params: E2URecParams) -> nn.Module:
     return recommender.model
 
 
-def augmented_model(ctx: UnlearnContext, params: E2URecParams, accelerator: Any) -> nn.Module:
-    """The original tuned on the forget set (`aug_epochs` passes, keep the last), frozen."""
+def tuned_copy(
+    ctx: UnlearnContext,
+    params: E2URecParams,
+    accelerator: Any,
+    rows: Sequence[dict[str, Any]],
+    desc: str,
+) -> nn.Module:
+    """The original tuned on `rows` with the augmented model's recipe (`aug`, `aug_lr`,
+    `aug_epochs`, keep the last), frozen: the augmented model (forget rows) or the contrastive
+    teacher's control (as many retained rows). Its wall time is phase `desc` of the cost."""
     from e2urec.train.loop import LoopConfig, fit
     from e2urec.train.recipes import SupervisedTask
 
@@ -313,7 +726,7 @@ def augmented_model(ctx: UnlearnContext, params: E2URecParams, accelerator: Any)
         seed=ctx.seed,
         max_steps=params.max_steps,
     )
-    task = SupervisedTask(recommender, ctx.rows("forget"))
+    task = SupervisedTask(recommender, rows)
     fit(
         recommender,
         recommender.model,
@@ -322,7 +735,7 @@ def augmented_model(ctx: UnlearnContext, params: E2URecParams, accelerator: Any)
         ctx.run_dir,
         accelerator=accelerator,
         meter=ctx.meter,
-        desc="augmented_model",
+        desc=desc,
     )
     model = recommender.model.merge_and_unload() if params.aug == "lora" else recommender.model
     model.eval()
@@ -330,20 +743,89 @@ def augmented_model(ctx: UnlearnContext, params: E2URecParams, accelerator: Any)
     return model
 
 
+def augmented_model(ctx: UnlearnContext, params: E2URecParams, accelerator: Any) -> nn.Module:
+    """The original tuned on the forget set (`aug_epochs` passes, keep the last), frozen."""
+    return tuned_copy(ctx, params, accelerator, ctx.rows("forget"), "augmented_model")
+
+
+def frozen_models(
+    ctx: UnlearnContext, params: E2URecParams, accelerator: Any
+) -> dict[str, nn.Module]:
+    """The tuned copies the teacher reads (TEACHERS[teacher].models), on the device."""
+    needed = TEACHERS.get(params.teacher).models
+    models = {}
+    if "augmented" in needed:
+        models["augmented"] = augmented_model(ctx, params, accelerator)
+    if "control" in needed:
+        forget = ctx.rows("forget")
+        control_rows = sample_rows(ctx.rows("retain"), len(forget), ctx.seed, "control")
+        models["control"] = tuned_copy(ctx, params, accelerator, control_rows, "control_model")
+    return {name: model.to(accelerator.device) for name, model in models.items()}
+
+
 def run(ctx: UnlearnContext) -> dict[str, Any]:
     """Train the E2URec student; save its adapters; return the manifest fields."""
     from accelerate import Accelerator
 
-    from e2urec.train.loop import fit
+    from e2urec.train.loop import derive_seed, fit
 
     params: E2URecParams = ctx.params
     params.check()
+    params.check_data(ctx.data_dir)
     accelerator = Accelerator()
-    augmented = augmented_model(ctx, params, accelerator).to(accelerator.device)
-    recommender = ctx.original()
-    student = add_lora(recommender, params).to(accelerator.device)
-    teachers = Teachers(recommender, student, augmented, params.alpha)
+    device = accelerator.device
     forget_rows, retain_rows = ctx.rows("forget"), ctx.rows("retain")
+    holdout_rows = ctx.rows("holdout") if holdout_available(ctx.data_dir) else None
+    recommender = ctx.original()  # loading draws no random numbers: the LoRA init is unchanged
+    recommender.model.to(device)
+
+    def original(batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        return recommender.target_logits(batch, recommender.model)
+
+    fields: dict[str, Any] = {
+        "format": "adapter",
+        "base_run": str(ctx.base_run.absolute()),
+        "teacher": {"name": params.teacher, "formula": TEACHERS.get(params.teacher).formula},
+    }
+    holdout = monitor = matched = None
+    if holdout_rows is not None:
+        with ctx.meter.phase("holdout_scores"), inference(recommender.model):
+            holdout = score_rows(recommender, original, holdout_rows, params.batch_size, device)
+        fields["holdout_p_yes"] = {"original": round(float(holdout["p_yes"].mean()), 4)}
+    if params.stop == "membership":
+        assert holdout_rows is not None  # check_data
+        monitor = MembershipMonitor(
+            recommender, forget_rows, holdout_rows, params, ctx.seed, device
+        )
+        with ctx.meter.phase("membership_checks"), inference(recommender.model):
+            already = monitor.start(original)
+        if already:  # nothing measurable to forget: the student is the original
+            torch.manual_seed(derive_seed(ctx.seed, "lora"))
+            student = add_lora(recommender, params)
+            return {**fields, **save_student(ctx, student), "stop": monitor.summary(0)}
+    if TEACHERS.get(params.teacher).holdout:
+        assert holdout is not None  # check_data
+        with ctx.meter.phase("holdout_scores"), inference(recommender.model):
+            forget = score_rows(recommender, original, forget_rows, params.batch_size, device)
+        matched = (
+            torch.tensor(np.sort(forget["margin"])),
+            torch.tensor(np.sort(holdout["margin"])),
+        )
+
+    frozen = frozen_models(ctx, params, accelerator)
+    if not frozen:  # nothing was trained before: seed the adapters' initialisation here
+        torch.manual_seed(derive_seed(ctx.seed, "lora"))
+    student = add_lora(recommender, params).to(device)
+    teachers = Teachers(
+        recommender,
+        student,
+        frozen.get("augmented"),
+        params.alpha,
+        teacher=params.teacher,
+        control=frozen.get("control"),
+        matched=matched,
+    )
+    del frozen
     cache_retain = params.cache_teachers and retain_rows_repeat(
         params, len(forget_rows), len(retain_rows), accelerator.num_processes
     )
@@ -354,12 +836,11 @@ def run(ctx: UnlearnContext) -> dict[str, Any]:
                 recommender,
                 forget_rows,
                 params.batch_size,
-                accelerator.device,
+                device,
                 progress=accelerator.is_main_process,
             )
-        teachers.augmented = None  # cached: the augmented model is no longer needed
-        del augmented
-    fit(
+        teachers.release()  # cached: the tuned copies are no longer needed
+    result = fit(
         recommender,
         student,
         task,
@@ -368,14 +849,14 @@ def run(ctx: UnlearnContext) -> dict[str, Any]:
         accelerator=accelerator,
         meter=ctx.meter,
         desc="student",
+        stop=monitor,
     )
-    with ctx.meter.phase("save"):
-        student.save_pretrained(ctx.run_dir / ADAPTER_DIR, safe_serialization=True)
+    if monitor is not None:
+        with ctx.meter.phase("membership_checks"):
+            monitor.finish(student, result.steps)
     cache_mb = (task.forget_teacher.nbytes() + task.retain_teacher.nbytes()) / 2**20
-    return {
-        "format": "adapter",
-        "base_run": str(ctx.base_run.absolute()),
-        "teacher_cache": {
+    fields.update(
+        teacher_cache={
             "enabled": params.cache_teachers,
             "retain_enabled": cache_retain,
             "storage": "float16 full-vocabulary log-probs at answer positions",
@@ -383,9 +864,30 @@ def run(ctx: UnlearnContext) -> dict[str, Any]:
             "retain_rows": len(task.retain_teacher.rows),
             "mb": round(cache_mb, 1),
         },
-        "forget_p_yes": teachers.forget_p_yes(),
-        "cost": ctx.meter.summary(student),
-    }
+        forget_p_yes=teachers.forget_p_yes(),
+    )
+    if holdout is None:
+        fields["direction_check"] = f"skipped: {NO_HOLDOUT}"
+    else:
+        warning = direction_warning(
+            params.teacher, fields["forget_p_yes"], fields["holdout_p_yes"]["original"]
+        )
+        fields["direction_check"] = "away from the holdout users" if warning else "ok"
+        if warning:
+            fields["warnings"] = [warning]
+    fields["stop"] = (
+        monitor.summary(result.steps)
+        if monitor is not None
+        else {"rule": "budget", "stopped_by": "budget", "step": result.steps}
+    )
+    return {**fields, **save_student(ctx, student)}
+
+
+def save_student(ctx: UnlearnContext, student: nn.Module) -> dict[str, Any]:
+    """Save the student's adapters (PEFT safetensors); the manifest's cost field."""
+    with ctx.meter.phase("save"):
+        student.save_pretrained(ctx.run_dir / ADAPTER_DIR, safe_serialization=True)
+    return {"cost": ctx.meter.summary(student)}
 
 
 @RUN_FORMATS.register("adapter")
