@@ -54,6 +54,8 @@ def test_original_retrain_and_shard_recipe(paper) -> None:
 
 def test_e2urec_values(paper) -> None:
     p = params(paper, "e2urec")
+    assert p.teacher == "paper"  # utils.py: compute_forced_kl, z_orig - alpha*ReLU(z_aug - z_orig)
+    assert p.stop == "budget"  # unlearning_e2urec.py: stops by step count, never by a check
     assert p.lr == 1e-3  # train_e2urec.sh: unlearning_e2urec.py --lr 0.001
     assert p.batch_size == 16  # train_e2urec.sh: --batch_size 16
     assert p.weight == 0.6  # train_e2urec.sh: --weight 0.6
