@@ -174,6 +174,31 @@ def forget(deployment: str | Path, users: Sequence[int] | None, **options: Any) 
     return Deployment(deployment).forget(users, **options)
 
 
+def enqueue(
+    deployment: str | Path, users: Sequence[int], **options: Any
+) -> tuple[dict[str, Any], bool]:
+    """Record a deletion request in the deployment's queue (options: method, sets, reason,
+    request_id, limit); returns its record and whether it is new. See `e2urec.deploy.queue`."""
+    from e2urec.deploy.deployment import Deployment
+
+    return Deployment(deployment).enqueue(users, **options)
+
+
+def work(deployment: str | Path, once: bool = False, **options: Any) -> list[dict[str, Any]]:
+    """Serve the deployment's queue (options: max_users, max_wait, say): with `once`, what is
+    queued, then return the served requests' records; else until interrupted. See
+    `e2urec.deploy.worker`."""
+    import threading
+
+    from e2urec.deploy.worker import Worker
+
+    with Worker(deployment, **options) as worker:
+        if once:
+            return worker.drain()
+        worker.run(threading.Event())
+    return []
+
+
 def ledger(deployment: str | Path, expect_head: str | None = None) -> list[dict[str, Any]]:
     """The deployment's ledger entries, after verifying the hash chain (and, with
     `expect_head`, that an earlier recorded head hash is still one of its entries)."""

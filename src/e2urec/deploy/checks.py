@@ -68,14 +68,28 @@ def measure(
     if members and nonmembers:
         member_loss, _ = losses_and_p_yes(run_model, members)
         nonmember_loss, _ = losses_and_p_yes(run_model, nonmembers)
-        result["mia_auc"] = metrics.mia_auc(member_loss, nonmember_loss)
+        result["mia_auc"] = mia_or_none(member_loss, nonmember_loss)
     if valid:
         _, p_yes = losses_and_p_yes(run_model, valid)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            value = metrics.auc([r["label"] for r in valid], p_yes)
-        result["valid_auc"] = None if math.isnan(value) else value
+        result["valid_auc"] = auc_or_none([r["label"] for r in valid], p_yes)
     return result
+
+
+def mia_or_none(member_losses: np.ndarray, nonmember_losses: np.ndarray) -> float | None:
+    """Membership-inference AUC, or None without members or non-members."""
+    if not len(member_losses) or not len(nonmember_losses):
+        return None
+    return metrics.mia_auc(member_losses, nonmember_losses)
+
+
+def auc_or_none(labels: Sequence[int], p_yes: np.ndarray) -> float | None:
+    """AUC of P(Yes), or None when undefined (no rows, or one class only)."""
+    if not len(labels):
+        return None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        value = metrics.auc(list(labels), p_yes)
+    return None if math.isnan(value) else value
 
 
 def before_after(before: dict[str, Any], after: dict[str, Any]) -> dict[str, dict[str, Any]]:

@@ -6,6 +6,7 @@ A deployment folder DEP holds:
   store.sqlite      the data the current version was trained on (see `store`)
   ledger.jsonl      the hash-chained history (see `ledger`)
   requests/ID/      a deletion request in progress (request.json is kept as a receipt)
+  requests/pass-N/  a queued pass in progress (see `worker`); the queue itself is in the store
 
 A deletion request (`forget`) runs these steps; each is skipped when a previous, interrupted
 attempt already did it, so rerunning the same request id finishes the job:
@@ -19,7 +20,8 @@ attempt already did it, so rerunning the same request id finishes the job:
   7. the version renamed into versions/ (a version folder appears whole or not at all);
   8. the users' rows removed from the store in one transaction; 9. current.json switched;
   10. the ledger entry appended; 11. the request's copies of personal data deleted.
-One request runs at a time (a lock file); a new request is refused while another is unfinished.
+One request runs at a time (a lock file); a new request is refused while another is unfinished,
+or while queued requests (`enqueue`, served by `e2urec.deploy.worker`) wait.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import contextlib
 import fcntl
 import json
 import os
+import re
 import shutil
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -37,6 +40,7 @@ from typing import Any
 from e2urec.artifacts import (
     MANIFEST,
     atomic_write_json,
+    model_sha256,
     read_json,
     sha256_bytes,
     sha256_file,
@@ -44,6 +48,7 @@ from e2urec.artifacts import (
 )
 from e2urec.deploy import checks
 from e2urec.deploy.ledger import LEDGER, Ledger, now
+from e2urec.deploy.queue import QUEUE_LIMIT, Queue, ledger_record
 from e2urec.deploy.store import SPLITS, STORE, Store
 from e2urec.errors import E2URecError
 from e2urec.quiet import quiet_transformers
@@ -56,6 +61,7 @@ REQUEST = "request.json"
 VERSION_INFO = "version.json"
 LOCK = ".forget.lock"
 CHECK_ROWS = 2000
+REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 
 def _say(message: str) -> None:
@@ -63,7 +69,7 @@ def _say(message: str) -> None:
 
 
 class Busy(E2URecError):
-    """Another deletion request holds the deployment's lock."""
+    """Another deletion request or a queue worker holds the deployment's lock."""
 
 
 @dataclass
@@ -88,15 +94,6 @@ def parse_ids(text: str, what: str) -> list[int]:
     return sorted(set(ids))
 
 
-def model_sha256(model_dir: Path) -> str:
-    """sha256 of a model folder's safetensors weights (one file: that file's hash)."""
-    files = sorted(model_dir.glob("*.safetensors"))
-    if len(files) == 1:
-        return sha256_file(files[0])
-    lines = "".join(f"{f.name} {sha256_file(f)}\n" for f in files)
-    return sha256_bytes(lines.encode())
-
-
 def request_id_for(users: Sequence[int], method: str) -> str:
     """The default request id: sha256 of the sorted users and the method, 16 hex digits."""
     payload = json.dumps({"users": sorted(users), "method": method}, sort_keys=True)
@@ -114,6 +111,14 @@ class Deployment:
             )
         self.store = Store(self.path / STORE)
         self.ledger = Ledger(self.path / LEDGER)
+        self._queue: Queue | None = None
+
+    @property
+    def queue(self) -> Queue:
+        """The deployment's durable request queue (tables created on first use)."""
+        if self._queue is None:
+            self._queue = Queue(self.store)
+        return self._queue
 
     def current(self) -> str:
         """The name of the version that serves (vNNNN)."""
@@ -180,17 +185,32 @@ class Deployment:
 
     # ---------------------------------------------------------------- deletion
     @contextlib.contextmanager
-    def lock(self) -> Iterator[None]:
-        """Hold the deployment's forget lock; another holder → one clear error."""
-        with open(self.path / LOCK, "a") as handle:
+    def lock(self, holder: str = "a forget request") -> Iterator[None]:
+        """Hold the deployment's forget lock (the lock file names `holder` and the pid while
+        held); another holder → one clear error naming it. The OS drops the lock of a killed
+        process."""
+        with open(self.path / LOCK, "a+") as handle:
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                raise Busy(f"another forget request is running on {self.path}") from None
+                handle.seek(0)
+                who = handle.read().strip() or "another process"
+                raise Busy(f"deployment {self.path} is busy: {who} holds it") from None
             try:
+                handle.truncate(0)
+                handle.write(f"{holder} (pid {os.getpid()})")
+                handle.flush()
                 yield
             finally:
+                handle.truncate(0)
+                handle.flush()
                 fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def finish_pending(self, say: Callable[[str], None] = _say) -> None:
+        """Finish every interrupted synchronous request (the caller holds the lock)."""
+        for request in self.pending():
+            say(f"finishing interrupted request {request['request_id']} first")
+            self._run(request, CHECK_ROWS, say)
 
     def pending(self) -> list[dict[str, Any]]:
         """request.json of every unfinished request."""
@@ -228,12 +248,7 @@ class Deployment:
                 return self._run(request, check_rows, say)
             users = sorted(set(int(u) for u in users))
             method_params(method, sets)
-            unknown = sorted(set(users) - self.store.known_users(users))
-            if unknown:
-                raise E2URecError(
-                    f"unknown user id(s), never in this deployment's data: "
-                    f"{', '.join(map(str, unknown))}; nothing was changed"
-                )
+            self._check_known(users)
             request_id = request_id or request_id_for(users, method)
             done = self.ledger.find(request_id)
             if done is not None:
@@ -257,12 +272,91 @@ class Deployment:
                     f"request {others[0]} is unfinished; finish it first with "
                     f"`e2urec forget --deployment {self.path} --request-id {others[0]}`"
                 )
+            waiting = self.queue.unfinished()
+            if waiting:
+                raise E2URecError(
+                    f"{waiting} queued deletion request(s) wait on {self.path}; add this one "
+                    f"with --enqueue, or serve them first with `e2urec work --deployment "
+                    f"{self.path} --once`"
+                )
             with_data = sorted(self.store.users_with_training_data(users))
             without = sorted(set(users) - set(with_data))
             if not with_data:
                 return self._no_training_data(request_id, users, method, reason, say)
             request = self._new_request(request_id, users, with_data, without, method, sets, reason)
             return self._run(request, check_rows, say)
+
+    def _check_known(self, users: list[int]) -> None:
+        unknown = sorted(set(users) - self.store.known_users(users))
+        if unknown:
+            raise E2URecError(
+                f"unknown user id(s), never in this deployment's data: "
+                f"{', '.join(map(str, unknown))}; nothing was changed"
+            )
+
+    # ---------------------------------------------------------------- the queue
+    def enqueue(
+        self,
+        users: Sequence[int],
+        method: str = "e2urec",
+        sets: list[str] | None = None,
+        reason: str | None = None,
+        request_id: str | None = None,
+        limit: int = QUEUE_LIMIT,
+    ) -> tuple[dict[str, Any], bool]:
+        """Check a deletion request and record it in the queue (one transaction); returns its
+        record and whether it is new (see `queue.Queue.enqueue`). Unknown users, an empty list,
+        bad method settings or a malformed request id refuse the whole request."""
+        from e2urec.methods import METHODS
+        from e2urec.unlearn import method_params
+
+        users = sorted(set(int(u) for u in users))
+        if not users:
+            raise E2URecError("no users given: a deletion request names at least one user")
+        spec = METHODS.get(method)
+        if spec.base_format != "single":
+            raise E2URecError(
+                f"method {method!r} starts from a {spec.base_format} original; a deployment "
+                "serves a single model"
+            )
+        params = method_params(method, sets)
+        check = getattr(params, "check", None)
+        if callable(check):
+            check()
+        if request_id is not None and not REQUEST_ID.fullmatch(request_id):
+            raise E2URecError(
+                f"request id {request_id!r}: use 1-64 letters, digits, '.', '_' or '-'"
+            )
+        self._check_known(users)
+        request_id = request_id or request_id_for(users, method)
+        done = None if self.queue.get(request_id) else self.ledger.find(request_id)
+        return self.queue.enqueue(
+            request_id, users, method, list(sets or []), reason, limit, done_elsewhere=done
+        )
+
+    def request(self, request_id: str) -> dict[str, Any] | None:
+        """The record of a queued request (state, version, checks, ...), or of a synchronous
+        one from its ledger entry; None if unknown."""
+        record = self.queue.get(request_id)
+        if record is not None:
+            return record
+        entry = self.ledger.find(request_id)
+        return None if entry is None else ledger_record(entry)
+
+    def next_version(self) -> str:
+        """The name the next new version gets (vNNNN after the highest existing one)."""
+        numbers = [int(p.name[1:]) for p in (self.path / VERSIONS).glob("v[0-9]*")]
+        return f"v{max(numbers, default=0) + 1:04d}"
+
+    def switch(self, version: str, users: Sequence[int], request_id: str) -> None:
+        """Remove `users`' rows from the store (one transaction), then point current.json at
+        `version` (atomic); each step is a no-op when already done."""
+        self.store.remove_users(users)
+        if self.current() != version:
+            atomic_write_json(
+                self.path / CURRENT,
+                {"version": version, "updated": now(), "request_id": request_id},
+            )
 
     def _already(self, entry: dict[str, Any]) -> ForgetResult:
         self._cleanup(entry["request_id"])
@@ -316,7 +410,6 @@ class Deployment:
         sets: list[str] | None,
         reason: str | None,
     ) -> dict[str, Any]:
-        numbers = [int(p.name[1:]) for p in (self.path / VERSIONS).glob("v[0-9]*")]
         request = {
             "request_id": request_id,
             "status": "started",
@@ -328,7 +421,7 @@ class Deployment:
             "sets": list(sets or []),
             "reason": reason,
             "parent_version": self.current(),
-            "version": f"v{max(numbers, default=0) + 1:04d}",
+            "version": self.next_version(),
             "rows_to_remove": self._rows_of(users),
             "data_sha256_before": self.store.data_sha256(),
         }
@@ -363,7 +456,7 @@ class Deployment:
         if not final.exists():
             if not (data / MANIFEST).is_file():
                 say(f"[{rid}] materialising the request data")
-                self._materialise(request, data)
+                self.write_data(data, request["users"], request["unlearned_users"], rid)
             if not (base / MANIFEST).is_file():
                 self._base_view(request, data, base)
             if not _complete(run):
@@ -391,12 +484,7 @@ class Deployment:
             final.parent.mkdir(parents=True, exist_ok=True)
             os.replace(staged, final)
         info = read_json(final / VERSION_INFO, "version record")
-        self.store.remove_users(request["users"])
-        if self.current() != request["version"]:
-            atomic_write_json(
-                self.path / CURRENT,
-                {"version": request["version"], "updated": now(), "request_id": rid},
-            )
+        self.switch(request["version"], request["users"], rid)
         entry = self.ledger.find(rid) or self.ledger.append(
             {
                 "kind": "forget",
@@ -422,13 +510,22 @@ class Deployment:
         say(f"[{rid}] done: version {request['version']} serves")
         return ForgetResult("done", rid, entry, notes)
 
-    def _materialise(self, request: dict[str, Any], out: Path) -> None:
+    def write_data(
+        self,
+        out: Path,
+        users: Sequence[int] = (),
+        forget_users: Sequence[int] = (),
+        label: str | None = None,
+    ) -> Path:
+        """A prepared data folder of the store's rows: train = its train rows, forget =
+        `forget_users`' train rows, retain = train without `users`' rows, valid and test without
+        `users`' rows (`label` is recorded as the manifest's deployment_request)."""
         import pandas as pd
 
         from e2urec.data.prepare import BASE_SPLITS, FORMAT, split_file, split_stats
 
-        users = set(request["users"])
-        forget_users = set(request["unlearned_users"])
+        users = set(users)
+        forget_users = set(forget_users)
         train = self.store.rows("train")
         remaining = {
             s: [r for r in self.store.rows(s) if r["user_id"] not in users] for s in SPLITS
@@ -462,9 +559,10 @@ class Deployment:
                     "splits": list(BASE_SPLITS),
                     "files": files,
                     "forgotten_users": sorted(forget_users),
-                    "deployment_request": request["request_id"],
+                    "deployment_request": label,
                 },
             )
+        return out
 
     def _base_view(self, request: dict[str, Any], data: Path, out: Path) -> None:
         parent = self.version_dir(request["parent_version"])

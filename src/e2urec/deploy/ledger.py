@@ -93,12 +93,20 @@ class Ledger:
 
     def append(self, fields: dict[str, Any]) -> dict[str, Any]:
         """Append an entry with `fields` (plus seq, prev and time when absent); returns it."""
+        return self.extend([fields])[0]
+
+    def extend(self, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Append one entry per item of `items` in one atomic rewrite (all appear or none)."""
         entries = self.entries() if self.path.exists() else []
-        prev = entry_hash(entries[-1]) if entries else GENESIS
-        entry = {"time": now(), **fields, "seq": len(entries) + 1, "prev": prev}
-        text = "".join(canonical(e).decode() + "\n" for e in [*entries, entry])
+        added = []
+        for fields in items:
+            prev = entry_hash(entries[-1]) if entries else GENESIS
+            entry = {"time": now(), **fields, "seq": len(entries) + 1, "prev": prev}
+            entries.append(entry)
+            added.append(entry)
+        text = "".join(canonical(e).decode() + "\n" for e in entries)
         atomic_write_text(self.path, text)
-        return entry
+        return added
 
     def find(self, request_id: str) -> dict[str, Any] | None:
         """The entry of request `request_id`, if one was appended."""

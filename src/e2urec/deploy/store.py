@@ -73,6 +73,25 @@ class Store:
         finally:
             conn.close()
 
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """A connection whose block is one write transaction taken at its start (BEGIN
+        IMMEDIATE: concurrent writers wait for each other instead of failing on upgrade)."""
+        if not self.path.is_file():
+            raise E2URecError(f"deployment store not found: {self.path}")
+        conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+        finally:
+            conn.close()
+
     # ---------------------------------------------------------------- building
     @classmethod
     def create(
@@ -180,13 +199,25 @@ class Store:
 
     def data_sha256(self) -> str:
         """sha256 of the personal rows (samples, ratings, profiles) in a canonical order."""
-        digest = hashlib.sha256()
+        return self.data_sha256_without(())[0]
+
+    def data_sha256_without(self, users: Iterable[int]) -> tuple[str, str]:
+        """(data_sha256 now, data_sha256 once `users`' rows are removed), in one scan."""
+        users = set(users)
+        now, after = hashlib.sha256(), hashlib.sha256()
         with self.connect() as conn:
             for table, order in PERSONAL.items():
-                digest.update(f"#{table}\n".encode())
+                columns = [c[1] for c in conn.execute(f"PRAGMA table_info({table})")]
+                user = columns.index("user_id")
+                header = f"#{table}\n".encode()
+                now.update(header)
+                after.update(header)
                 for row in conn.execute(f"SELECT * FROM {table} ORDER BY {order}"):
-                    digest.update(json.dumps(row, ensure_ascii=False).encode("utf-8") + b"\n")
-        return digest.hexdigest()
+                    line = json.dumps(row, ensure_ascii=False).encode("utf-8") + b"\n"
+                    now.update(line)
+                    if row[user] not in users:
+                        after.update(line)
+        return now.hexdigest(), after.hexdigest()
 
     # ---------------------------------------------------------------- deleting
     def remove_users(self, users: Iterable[int]) -> dict[str, int]:

@@ -1,0 +1,497 @@
+"""The queue worker: serves queued deletion requests in order, in coalesced passes, warm.
+
+A `Worker` holds the deployment's lock for its whole life (one worker per deployment; a
+synchronous `forget` is refused meanwhile) and keeps in memory what every pass needs: the
+serving model, the store's train rows, a fixed seeded sample of validation rows and of held-out
+test rows, and the serving model's outputs on both samples (P(Yes) and first-answer loss per
+row, computed once per version). A pass (see `queue.Queue.claim`) runs:
+
+  1. the data hashes before and after (one scan of the store), recorded on the pass;
+  2. the unlearning method over the union of the pass's users, in memory (the method's run
+     folder is requests/pass-N/run; its result is merged into one model);
+  3. checks sized to the request: membership-inference AUC of each request's own users' rows
+     against the held-out sample, validation AUC on the validation sample, before (cached
+     outputs of the serving model) and after (the new model);
+  4. the new version written whole to versions/vNNNN (staged, then one rename): the commit point;
+  5. the users' rows removed from the store, current.json switched, one ledger entry per request
+     (all in one atomic ledger rewrite), the requests marked done (one transaction).
+
+A crash before step 4 leaves no version: the restarted worker runs the pass again. A crash after
+it finishes steps 5 from what the version folder records (its checks), so a version is never
+half switched and every accepted request ends done. An error before the commit point (the
+method failing) marks the pass's requests failed with the reason; a tampered ledger stops the
+worker before any pass starts.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import shutil
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from e2urec.artifacts import MANIFEST, atomic_write_json, read_json, sha256_file, staged_folder
+from e2urec.deploy import checks
+from e2urec.deploy.deployment import REQUESTS, VERSION_INFO, VERSIONS, Deployment, model_sha256
+from e2urec.deploy.queue import Pass, iso
+from e2urec.errors import E2URecError
+from e2urec.methods.base import UnlearnContext
+from e2urec.quiet import quiet_transformers
+from e2urec.runs import CONFIG, MODEL_DIR, SingleModel
+
+MAX_USERS = 64
+VALID_ROWS = 500
+HOLDOUT_ROWS = 300
+SEED = 0
+log = logging.getLogger("e2urec.worker")
+
+
+def _quiet(message: str) -> None:
+    """Default progress output: nothing."""
+
+
+class WarmContext(UnlearnContext):
+    """An `UnlearnContext` over the worker's memory: `original()` copies the serving model, the
+    rows are given, and a prepared data folder is written only if a method reads
+    `data_dir` (e.g. retrain)."""
+
+    source: Any
+    materialise: Callable[[], Path]
+    _data_dir: Path | None
+
+    @property  # type: ignore[override]
+    def data_dir(self) -> Path:
+        if self._data_dir is None:
+            self._data_dir = self.materialise()
+        return self._data_dir
+
+    @data_dir.setter
+    def data_dir(self, value: Path | None) -> None:
+        self._data_dir = value
+
+    __repr__ = object.__repr__  # the dataclass repr would read data_dir and write the folder
+
+    def original(self) -> Any:
+        """A copy of the serving model, every parameter trainable (as a loaded one)."""
+        recommender = copy.copy(self.source)
+        recommender.model = copy.deepcopy(self.source.model).requires_grad_(True)
+        return recommender
+
+
+class Warm:
+    """The serving version in memory: model, train rows, check samples and their outputs."""
+
+    def __init__(self, dep: Deployment, valid_rows: int, holdout_rows: int) -> None:
+        self.version = dep.current()
+        self.model = dep.load_model(self.version)
+        self.manifest = read_json(dep.version_dir(self.version) / MANIFEST, "version manifest")
+        self.train = dep.store.rows("train")
+        self.valid = checks.sample(dep.store.rows("valid"), valid_rows, SEED)
+        self.holdout = checks.sample(dep.store.rows("test"), holdout_rows, SEED)
+        self.valid_p_yes = checks.losses_and_p_yes(self.model, self.valid)[1]
+        self.holdout_loss = checks.losses_and_p_yes(self.model, self.holdout)[0]
+
+    def advance(
+        self,
+        version: str,
+        model: SingleModel,
+        manifest: dict[str, Any],
+        users: set[int],
+        outputs: tuple[np.ndarray, np.ndarray],
+    ) -> None:
+        """Serve `version`: drop `users`' rows; `outputs` = the new model's valid P(Yes) and
+        holdout losses on the kept sample rows."""
+        self.version, self.model, self.manifest = version, model, manifest
+        self.train = [r for r in self.train if r["user_id"] not in users]
+        self.valid = [r for r in self.valid if r["user_id"] not in users]
+        self.holdout = [r for r in self.holdout if r["user_id"] not in users]
+        self.valid_p_yes, self.holdout_loss = outputs
+
+    def kept(self, users: set[int]) -> tuple[np.ndarray, np.ndarray]:
+        """Masks of the valid and holdout sample rows not belonging to `users`."""
+        return (
+            np.array([r["user_id"] not in users for r in self.valid], dtype=bool),
+            np.array([r["user_id"] not in users for r in self.holdout], dtype=bool),
+        )
+
+
+class Worker:
+    """Serves a deployment's queue (see the module docstring). Use as a context manager:
+    entering takes the lock, finishes an interrupted synchronous request and loads the warm
+    state; `step()` serves one pass, `drain()` all queued requests, `run(stop)` until `stop`.
+
+    max_users: most users in one pass (the first request always fits); max_wait: seconds the
+    oldest queued request may wait for others to join its pass (0: take what is queued).
+    on_switch(version, model) is called after each switch (serve swaps its model there).
+    """
+
+    def __init__(
+        self,
+        deployment: str | Path | Deployment,
+        max_users: int = MAX_USERS,
+        max_wait: float = 0.0,
+        valid_rows: int = VALID_ROWS,
+        holdout_rows: int = HOLDOUT_ROWS,
+        say: Callable[[str], None] = _quiet,
+        on_switch: Callable[[str, SingleModel], None] | None = None,
+    ) -> None:
+        if max_users < 1:
+            raise E2URecError(f"max users per pass must be at least 1, got {max_users}")
+        if max_wait < 0:
+            raise E2URecError(f"max wait must be at least 0 seconds, got {max_wait}")
+        self.dep = deployment if isinstance(deployment, Deployment) else Deployment(deployment)
+        self.max_users, self.max_wait = max_users, max_wait
+        self.valid_rows, self.holdout_rows = valid_rows, holdout_rows
+        self.say, self.on_switch = say, on_switch
+        self._lock: Any = None
+        self.warm: Warm | None = None
+        self.data_sha256: str | None = None
+
+    def __enter__(self) -> Worker:
+        self._lock = self.dep.lock("a queue worker")
+        self._lock.__enter__()
+        try:
+            self.dep.finish_pending(self.say)
+            for leftover in (self.dep.path / VERSIONS).glob(".*.partial"):
+                shutil.rmtree(leftover, ignore_errors=True)
+            with quiet_transformers():
+                self.warm = Warm(self.dep, self.valid_rows, self.holdout_rows)
+        except BaseException:
+            self._lock.__exit__(None, None, None)
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._lock.__exit__(*exc)
+
+    # ---------------------------------------------------------------- the loop
+    def ready(self) -> bool:
+        """Whether a pass should start now: one is interrupted, or queued requests exist and
+        the oldest waited `max_wait` seconds or their users fill a pass."""
+        queue = self.dep.queue
+        if queue.running_pass() is not None:
+            return True
+        queued = queue.requests(("queued",))
+        if not queued:
+            return False
+        users = {u for r in queued for u in r["users"]}
+        waited = time.time() - min(r["created_s"] for r in queued)
+        return waited >= self.max_wait or len(users) >= self.max_users
+
+    def step(self, wait: bool = True) -> list[dict[str, Any]]:
+        """Serve one pass if one is ready (`wait=False`: ignore `max_wait`); returns the
+        records of its requests (empty: nothing to do)."""
+        if wait and not self.ready():
+            return []
+        queue = self.dep.queue
+        work = queue.running_pass()
+        if work is None:
+            self.dep.ledger.entries()  # a tampered ledger stops the worker before any pass
+            work = queue.claim(self.max_users, self.dep.current(), self.dep.next_version())
+            if work is None:
+                return []
+        self.serve_pass(work)
+        return [queue.get(r["request_id"]) or {} for r in work.requests]
+
+    def drain(self) -> list[dict[str, Any]]:
+        """Serve passes until nothing is queued; returns every served request's record."""
+        served = []
+        while True:
+            records = self.step(wait=False)
+            if not records:
+                return served
+            served.extend(records)
+
+    def run(self, stop: threading.Event, poll: float = 0.2) -> None:
+        """Serve passes until `stop` is set; errors are logged and retried after a pause."""
+        while not stop.is_set():
+            try:
+                if self.step():
+                    continue
+            except Exception as exc:  # noqa: BLE001 (a server's worker must keep running)
+                log.error("e2urec worker: %s", exc)
+                stop.wait(5.0)
+            stop.wait(poll)
+
+    # ---------------------------------------------------------------- one pass
+    def serve_pass(self, work: Pass) -> None:
+        """Run pass `work` to the end (see the module docstring)."""
+        began = time.perf_counter()
+        folder = self.dep.path / REQUESTS / f"pass-{work.pass_id}"
+        final = self.dep.version_dir(work.version)
+        timings: dict[str, float] = {}
+        ids = ", ".join(r["request_id"] for r in work.requests)
+        self.say(
+            f"pass {work.pass_id}: {len(work.requests)} request(s) ({ids}), users {work.users}"
+        )
+        if work.data_sha256_before is None:
+            with _timed(timings, "hash"):
+                before, after = self.dep.store.data_sha256_without(work.users)
+            self.dep.queue.set_hashes(work.pass_id, before, after)
+            work.data_sha256_before, work.data_sha256_after = before, after
+        built = None
+        if work.unlearned_users and not final.exists():
+            try:
+                built = self._build(work, folder, final, timings)
+            except Exception as exc:
+                reason = (
+                    str(exc) if isinstance(exc, E2URecError) else f"{type(exc).__name__}: {exc}"
+                )
+                self.dep.queue.fail(work, reason)
+                shutil.rmtree(folder, ignore_errors=True)
+                self.say(f"pass {work.pass_id} failed: {reason}")
+                return
+        with _timed(timings, "commit"):
+            self._commit(work, final, timings, began)
+        shutil.rmtree(folder, ignore_errors=True)
+        self._advance(work, built)
+        self.say(
+            f"pass {work.pass_id}: version {work.version} serves "
+            f"({time.perf_counter() - began:.1f} s)"
+        )
+
+    def _build(
+        self, work: Pass, folder: Path, final: Path, timings: dict[str, float]
+    ) -> tuple[SingleModel, dict[str, Any], tuple[np.ndarray, np.ndarray]]:
+        """Unlearn, check and write the new version whole; returns (model, manifest, the new
+        model's sample outputs)."""
+        warm = self.warm
+        assert warm is not None
+        users, unlearned = set(work.users), set(work.unlearned_users)
+        forget = [r for r in warm.train if r["user_id"] in unlearned]
+        retain = [r for r in warm.train if r["user_id"] not in users]
+        with _timed(timings, "checks_before"), quiet_transformers():
+            member_before = checks.losses_and_p_yes(warm.model, forget)[0]
+        with _timed(timings, "unlearn"), quiet_transformers():
+            fields, model = self._unlearn(work, folder, forget, retain)
+        valid_kept, holdout_kept = warm.kept(users)
+        valid = [r for r, k in zip(warm.valid, valid_kept, strict=True) if k]
+        holdout = [r for r, k in zip(warm.holdout, holdout_kept, strict=True) if k]
+        with _timed(timings, "checks_after"), quiet_transformers():
+            member_after = checks.losses_and_p_yes(model, forget)[0]
+            valid_after = checks.losses_and_p_yes(model, valid)[1]
+            holdout_after = checks.losses_and_p_yes(model, holdout)[0]
+        labels = [r["label"] for r in valid]
+        valid_auc = {
+            "before": checks.auc_or_none(labels, warm.valid_p_yes[valid_kept]),
+            "after": checks.auc_or_none(labels, valid_after),
+        }
+        holdout_before = warm.holdout_loss[holdout_kept]
+        owners = np.array([r["user_id"] for r in forget])
+        per_request = {}
+        for request in work.requests:
+            mine = np.isin(owners, request["users"])
+            per_request[request["request_id"]] = {
+                "mia_auc": {
+                    "before": checks.mia_or_none(member_before[mine], holdout_before),
+                    "after": checks.mia_or_none(member_after[mine], holdout_after),
+                },
+                "valid_auc": valid_auc,
+                "members": int(mine.sum()),
+                "nonmembers": len(holdout),
+                "valid_rows": len(valid),
+            }
+        with _timed(timings, "save"), quiet_transformers():
+            manifest = self._save(work, final, model, fields, per_request, folder)
+        return model, manifest, (valid_after, holdout_after)
+
+    def _unlearn(
+        self, work: Pass, folder: Path, forget: list[dict], retain: list[dict]
+    ) -> tuple[dict[str, Any], SingleModel]:
+        """Run the method in memory from the serving model; returns its manifest fields and
+        the resulting model merged into one."""
+        from e2urec.config import as_dict
+        from e2urec.methods import METHODS
+        from e2urec.train.cost import CostMeter
+        from e2urec.train.runner import start_run
+        from e2urec.unlearn import method_params
+
+        warm = self.warm
+        assert warm is not None
+        spec = METHODS.get(work.method)
+        params = method_params(work.method, work.sets)
+        seed = int(warm.manifest.get("seed") or 42)
+        run_dir = folder / "run"
+        config = {"command": "forget-pass", "method": work.method, "params": as_dict(params)}
+        start_run(run_dir, config, overwrite=True, resume=False)
+        data = folder / "data"
+        ctx = WarmContext(
+            base_run=self.dep.version_dir(warm.version),
+            base_manifest=warm.manifest,
+            data_dir=None,
+            run_dir=run_dir,
+            seed=seed,
+            meter=CostMeter(),
+            params=params,
+            _rows={"train": warm.train, "forget": forget, "retain": retain},
+        )
+        ctx.source = warm.model.recommender
+        ctx.materialise = lambda: self.dep.write_data(
+            data, work.users, work.unlearned_users, f"pass-{work.pass_id}"
+        )
+        fields = spec.run(ctx)
+        return {**fields, "params": as_dict(params)}, SingleModel(
+            _merged(fields, run_dir, warm.model.recommender)
+        )
+
+    def _save(
+        self,
+        work: Pass,
+        final: Path,
+        model: SingleModel,
+        fields: dict[str, Any],
+        per_request: dict[str, Any],
+        folder: Path,
+    ) -> dict[str, Any]:
+        """Write the new version folder whole (staged, one rename); returns its manifest."""
+        from e2urec.backbones import save_recommender
+
+        warm = self.warm
+        assert warm is not None
+        parent = self.dep.version_dir(warm.version)
+        inherited = {
+            k: warm.manifest[k]
+            for k in ("backbone", "family", "seed", "init_seed", "finetune", "loop")
+            if k in warm.manifest
+        }
+        manifest = {
+            **inherited,
+            "format": "single",
+            "kind": "unlearned",
+            "method": work.method,
+            "params": fields.get("params"),
+            "trained_on": "train",
+            "unlearned": "forget",
+            "cost": fields.get("cost"),
+            "deployment_pass": work.pass_id,
+            "parent_version": warm.version,
+            "complete": True,
+        }
+        adapter = folder / "run" / "adapter" / "adapter_model.safetensors"
+        with staged_folder(final) as stage:
+            save_recommender(model.recommender, stage / MODEL_DIR)
+            if (parent / CONFIG).is_file():
+                shutil.copy2(parent / CONFIG, stage / CONFIG)
+            atomic_write_json(stage / MANIFEST, manifest)
+            atomic_write_json(
+                stage / VERSION_INFO,
+                {
+                    "version": work.version,
+                    "parent_version": warm.version,
+                    "pass": work.pass_id,
+                    "requests": [r["request_id"] for r in work.requests],
+                    "created": iso(time.time()),
+                    "method": work.method,
+                    "model_sha256": model_sha256(stage / MODEL_DIR),
+                    "adapter_sha256": sha256_file(adapter) if adapter.is_file() else None,
+                    "checks": per_request,
+                },
+            )
+        return manifest
+
+    def _commit(self, work: Pass, final: Path, timings: dict[str, float], began: float) -> None:
+        """Switch to the pass's version and record it (each step skipped when already done)."""
+        dep = self.dep
+        info = read_json(final / VERSION_INFO, "version record")
+        checks_by_id = info.get("checks", {}) if work.unlearned_users else {}
+        dep.switch(work.version, work.users, f"pass-{work.pass_id}")
+        recorded = {
+            e["request_id"]: e["seq"]
+            for e in dep.ledger.entries()
+            if e.get("pass", {}).get("id") == work.pass_id
+        }
+        ids = [r["request_id"] for r in work.requests]
+        fresh = []
+        for request in work.requests:
+            if request["request_id"] in recorded:
+                continue
+            missing = sorted(set(request["users"]) - set(work.unlearned_users))
+            fresh.append(
+                {
+                    "kind": "forget",
+                    "request_id": request["request_id"],
+                    "users": request["users"],
+                    "no_training_data": missing,
+                    "rows_removed": request["rows_removed"],
+                    "data_sha256_before": work.data_sha256_before,
+                    "data_sha256_after": work.data_sha256_after,
+                    "method": work.method if work.unlearned_users else None,
+                    "params": work.sets,
+                    "reason": request["reason"],
+                    "parent_version": work.parent_version,
+                    "version": work.version,
+                    "model_sha256": info.get("model_sha256"),
+                    "adapter_sha256": info.get("adapter_sha256") if work.unlearned_users else None,
+                    "checks": checks_by_id.get(request["request_id"]),
+                    "queued": request["created"],
+                    "pass": {"id": work.pass_id, "requests": ids, "users": work.users},
+                }
+            )
+        for entry in dep.ledger.extend(fresh) if fresh else []:
+            recorded[entry["request_id"]] = entry["seq"]
+        timings["total"] = time.perf_counter() - began
+        dep.queue.finish(work, checks_by_id, recorded, _rounded(timings))
+
+    def _advance(self, work: Pass, built: Any) -> None:
+        """Bring the warm state to the pass's version (from memory when this worker built it)."""
+        warm = self.warm
+        assert warm is not None
+        users = set(work.users)
+        if built is not None:
+            model, manifest, outputs = built
+            warm.advance(work.version, model, manifest, users, outputs)
+        elif work.version == warm.version:  # nothing unlearned: only rows left the store
+            valid_kept, holdout_kept = warm.kept(users)
+            outputs = (warm.valid_p_yes[valid_kept], warm.holdout_loss[holdout_kept])
+            warm.advance(warm.version, warm.model, warm.manifest, users, outputs)
+        else:  # built by a worker that was killed: load it
+            with quiet_transformers():
+                self.warm = warm = Warm(self.dep, self.valid_rows, self.holdout_rows)
+        if self.on_switch is not None:
+            self.on_switch(warm.version, warm.model)
+
+
+def _merged(fields: dict[str, Any], run_dir: Path, source: Any) -> Any:
+    """The method's result as one recommender: LoRA adapters folded into a copy of `source`,
+    or the whole model it saved."""
+    from e2urec.backbones import load_recommender
+
+    fmt = fields.get("format")
+    if fmt == "adapter":
+        from peft import PeftModel
+
+        from e2urec.methods.e2urec import ADAPTER_DIR
+
+        recommender = copy.copy(source)
+        model = PeftModel.from_pretrained(copy.deepcopy(source.model), run_dir / ADAPTER_DIR)
+        recommender.model = model.merge_and_unload()
+    elif fmt == "single":
+        recommender = load_recommender(run_dir / MODEL_DIR)
+    else:
+        raise E2URecError(f"a deployment cannot serve a {fmt!r} run; use a single-model method")
+    recommender.model.eval()
+    return recommender
+
+
+class _timed:
+    """Add the block's wall seconds to `timings[name]`."""
+
+    def __init__(self, timings: dict[str, float], name: str) -> None:
+        self.timings, self.name = timings, name
+
+    def __enter__(self) -> None:
+        self.began = time.perf_counter()
+
+    def __exit__(self, *exc: object) -> None:
+        spent = time.perf_counter() - self.began
+        self.timings[self.name] = self.timings.get(self.name, 0.0) + spent
+
+
+def _rounded(timings: dict[str, float]) -> dict[str, float]:
+    return {k: round(v, 3) for k, v in timings.items()}
