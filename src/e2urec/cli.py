@@ -298,7 +298,8 @@ def add_train(sub: argparse._SubParsersAction) -> None:
         "--backbone",
         default="t5-tiny",
         metavar="SPEC",
-        help="t5-tiny | causal-tiny | t5:PATH_OR_ID | causal:PATH_OR_ID (default t5-tiny)",
+        help="t5-tiny | causal-tiny | t5:PATH_OR_ID | causal:PATH_OR_ID | bert:PATH_OR_ID | "
+        "minilm (default t5-tiny)",
     )
     p.add_argument("--out", required=True, metavar="RUN", help="run folder to write")
     p.add_argument(
