@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from e2urec.errors import E2URecError
+from e2urec.errors import E2URecError, first_line
 
 MANIFEST = "manifest.json"
 
@@ -32,6 +32,44 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
 
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+WEIGHTS = "*.safetensors"
+
+
+def weights_sha256(folder: str | Path, skip: tuple[str, ...] = ()) -> dict[str, str]:
+    """sha256 of every safetensors file under `folder`, keyed by its path relative to `folder`
+    (posix, sorted); files inside sub-folders named in `skip` are left out."""
+    folder = Path(folder)
+    hashes = {}
+    for path in sorted(folder.rglob(WEIGHTS)):
+        relative = path.relative_to(folder)
+        if not skip or relative.parts[0] not in skip:
+            hashes[relative.as_posix()] = sha256_file(path)
+    return hashes
+
+
+def model_sha256(model_dir: str | Path) -> str:
+    """sha256 of a model folder's safetensors weights (one file: that file's hash; several: the
+    hash of their "name sha256" lines)."""
+    hashes = weights_sha256(model_dir)
+    if len(hashes) == 1:
+        return next(iter(hashes.values()))
+    return sha256_bytes("".join(f"{name} {sha}\n" for name, sha in hashes.items()).encode())
+
+
+def check_safetensors(path: str | Path) -> None:
+    """Refuse a weight file whose safetensors header cannot be read (truncated, corrupted, not
+    safetensors at all) with one error naming the file."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            handle.keys()
+    except Exception as exc:  # safetensors raises its own error type (and OSError)
+        raise E2URecError(
+            f"weight file {path} cannot be read (truncated or corrupted?): {first_line(exc)}"
+        ) from None
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
@@ -93,17 +131,23 @@ def environment_versions() -> dict[str, str]:
     return versions
 
 
+def check_output(final: str | Path, overwrite: bool) -> None:
+    """An existing output folder is one clear error unless `overwrite` (see `staged_folder`)."""
+    if Path(final).exists() and not overwrite:
+        raise E2URecError(f"output folder already exists: {final} (pass --overwrite to replace it)")
+
+
 @contextlib.contextmanager
 def staged_folder(final: str | Path, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary folder beside `final`; on success it replaces `final` in one rename.
 
-    If the block raises, the temporary folder is removed and `final` is left untouched, so an
-    interrupted job never leaves a folder that looks complete. An existing `final` is replaced
-    only when `overwrite` is true.
+    If the block raises, the temporary folder (and any parent folder made for `final`) is
+    removed and `final` is left untouched, so an interrupted job never leaves a folder that
+    looks complete. An existing `final` is replaced only when `overwrite` is true.
     """
     final = Path(final)
-    if final.exists() and not overwrite:
-        raise E2URecError(f"output folder already exists: {final} (pass --overwrite to replace it)")
+    check_output(final, overwrite)
+    created = [p for p in (final.parent, *final.parent.parents) if not p.exists()]
     final.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".partial", dir=final.parent))
     try:
@@ -119,4 +163,7 @@ def staged_folder(final: str | Path, overwrite: bool = False) -> Iterator[Path]:
             os.replace(staging, final)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
+        for parent in created:  # deepest first: the folders made for `final` go again
+            with contextlib.suppress(OSError):
+                parent.rmdir()
         raise

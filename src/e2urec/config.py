@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from pathlib import Path
 from typing import Any
 
@@ -107,6 +108,29 @@ def _is_float(text: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+RANGES = {  # rule name → (test, what the value must be)
+    "positive": (lambda v: v > 0, "positive"),
+    "non-negative": (lambda v: v >= 0, "at least 0"),
+    "count": (lambda v: v >= 1 and float(v).is_integer(), "an integer of at least 1"),
+    "unit": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+    "fraction": (lambda v: 0 <= v < 1, "in [0, 1)"),
+}
+
+
+def check_ranges(values: Any, rules: dict[str, str], where: str = "") -> None:
+    """One clear error for the first value out of its range. `values` is a mapping or an object
+    with attributes; `rules` maps a name to a rule of RANGES; None values are not checked.
+    The error reads "{where}{name} must be ..., got ..."."""
+    for name, rule in rules.items():
+        value = values.get(name) if isinstance(values, dict) else getattr(values, name)
+        if value is None:
+            continue
+        test, wanted = RANGES[rule]
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if not number or not math.isfinite(value) or not test(value):
+            raise E2URecError(f"{where}{name} must be {wanted}, got {value!r}")
 
 
 def as_dict(obj: Any) -> dict[str, Any]:

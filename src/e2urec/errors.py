@@ -3,3 +3,9 @@
 
 class E2URecError(Exception):
     """A problem with the user's input or environment, explained in one line."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (its type name when the message is empty)."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
