@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from e2urec.artifacts import atomic_write_json, read_json
+from e2urec.artifacts import atomic_write_json, check_safetensors, read_json
 from e2urec.backbones.base import ANSWERS, IGNORE, Family, Recommender, batches
 from e2urec.backbones.families import BACKBONES
-from e2urec.errors import E2URecError
+from e2urec.errors import E2URecError, first_line
 
 BACKBONE_FILE = "e2urec_backbone.json"
 
@@ -26,9 +26,13 @@ __all__ = [
 
 
 def parse_spec(spec: str) -> tuple[Family, str | None]:
-    """ "name" or "name:PATH_OR_HUB_ID" → (family, argument)."""
+    """ "name" or "name:PATH_OR_HUB_ID" → (family, argument). An argument written as a local
+    path (starting with /, ., or ~) that does not exist is one clear error."""
     name, _, arg = spec.partition(":")
-    return BACKBONES.get(name.strip()), (arg.strip() or None)
+    family, arg = BACKBONES.get(name.strip()), (arg.strip() or None)
+    if arg and arg.startswith(("/", ".", "~")) and not Path(arg).expanduser().exists():
+        raise E2URecError(f"backbone {spec!r}: model folder not found: {arg}")
+    return family, arg
 
 
 def create_recommender(
@@ -58,15 +62,38 @@ def save_recommender(recommender: Recommender, folder: str | Path) -> None:
 
 
 def load_recommender(folder: str | Path) -> Recommender:
-    """Load what `save_recommender` wrote (safetensors only; pickled weights are refused)."""
+    """Load what `save_recommender` wrote (safetensors only; pickled weights are refused).
+
+    Weights that cannot be read or do not fit the model (missing, unexpected or mis-shaped
+    tensors, which transformers would otherwise re-initialize) are one error naming the file.
+    """
     from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
     folder = Path(folder)
     info = read_json(folder / BACKBONE_FILE, "model record")
     auto = AutoModelForSeq2SeqLM if info["kind"] == "seq2seq" else AutoModelForCausalLM
-    if not (folder / "model.safetensors").is_file() and not any(folder.glob("*.safetensors")):
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
         raise E2URecError(f"no safetensors weights in {folder}")
-    model = auto.from_pretrained(folder, use_safetensors=True)
+    for path in files:
+        check_safetensors(path)
+    weights = files[0] if len(files) == 1 else folder
+    try:
+        model, loading = auto.from_pretrained(  # mis-shaped tensors are listed, then refused
+            folder, use_safetensors=True, output_loading_info=True, ignore_mismatched_sizes=True
+        )
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise E2URecError(f"cannot load the weights in {weights}: {first_line(exc)}") from None
+    wrong = {k: sorted(loading.get(k) or ()) for k in ("missing_keys", "unexpected_keys")}
+    wrong["mismatched_keys"] = sorted(  # (name, shape in the file, shape in the model)
+        f"{k[0]} (file {list(k[1])}, model {list(k[2])})" if isinstance(k, tuple) else str(k)
+        for k in loading.get("mismatched_keys") or ()
+    )
+    problems = [f"{k.replace('_', ' ')} {', '.join(v[:3])}" for k, v in wrong.items() if v]
+    if problems:
+        raise E2URecError(
+            f"the weights in {weights} do not fit the model it records: {'; '.join(problems)}"
+        )
     tokenizer = AutoTokenizer.from_pretrained(folder)
     recommender = Recommender(model, tokenizer, info["kind"], info.get("max_length", 512))
     recommender.family = info["family"]

@@ -2,9 +2,12 @@
 
 start_run: check the output folder, then write `config.resolved.yaml` and a manifest with
   `complete: false`. A complete run is replaced only with `overwrite`; an incomplete one (an
-  interrupted job) needs `resume` (same config, continue from its checkpoint) or `overwrite`.
+  interrupted job) needs `resume` (same config, continue from its checkpoint; only commands
+  that can resume offer it) or `overwrite`. Callers check every other input first, so a
+  refused command leaves no run folder behind.
 finish_run: write the final `manifest.json` atomically with `complete: true`, the data
-  manifest hash, library versions and seed, then drop the training checkpoint.
+  manifest hash, the sha256 of every weight file (`weights_sha256`, checked when the run is
+  loaded), library versions and seed, then drop the training checkpoint.
 
 Under `accelerate launch` every process runs the same checks (so all raise the same error),
 only the main process writes, and the processes wait for each other afterwards.
@@ -26,6 +29,7 @@ from e2urec.artifacts import (
     environment_versions,
     read_json,
     sha256_file,
+    weights_sha256,
 )
 from e2urec.errors import E2URecError
 from e2urec.runs import CONFIG
@@ -77,7 +81,9 @@ def _config_differences(old: dict[str, Any], new: dict[str, Any], prefix: str = 
     return diffs
 
 
-def _check(out: Path, config: dict[str, Any], overwrite: bool, resume: bool) -> str:
+def _check(
+    out: Path, config: dict[str, Any], overwrite: bool, resume: bool, can_resume: bool
+) -> str:
     """What to do with `out`: "create", "replace" or "resume" (or one clear error)."""
     if overwrite and resume:
         raise E2URecError("--overwrite and --resume exclude each other")
@@ -93,10 +99,8 @@ def _check(out: Path, config: dict[str, Any], overwrite: bool, resume: bool) -> 
     if manifest.get("complete"):
         raise E2URecError(f"a complete run already exists in {out}; pass --overwrite to replace it")
     if not resume:
-        raise E2URecError(
-            f"an interrupted run exists in {out}; pass --resume to continue it "
-            "or --overwrite to start again"
-        )
+        offer = "pass --resume to continue it or --overwrite" if can_resume else "pass --overwrite"
+        raise E2URecError(f"an interrupted run exists in {out}; {offer} to start again")
     old = (
         yaml.safe_load((out / CONFIG).read_text(encoding="utf-8"))
         if (out / CONFIG).is_file()
@@ -108,11 +112,19 @@ def _check(out: Path, config: dict[str, Any], overwrite: bool, resume: bool) -> 
     return "resume"
 
 
-def start_run(out: str | Path, config: dict[str, Any], overwrite: bool, resume: bool) -> Path:
-    """Prepare run folder `out` for a job with `config` (see the module docstring)."""
+def start_run(
+    out: str | Path,
+    config: dict[str, Any],
+    overwrite: bool,
+    resume: bool,
+    can_resume: bool = True,
+) -> Path:
+    """Prepare run folder `out` for a job with `config` (see the module docstring);
+    `can_resume`: whether the command offers --resume (the error for an interrupted run says
+    only what the command accepts)."""
     out = Path(out).absolute()
     state = process_state()
-    action = _check(out, config, overwrite, resume)
+    action = _check(out, config, overwrite, resume, can_resume)
     state.wait_for_everyone()  # all processes judge the folder before the main one changes it
     if state.is_main_process and action != "resume":
         if action == "replace":
@@ -128,7 +140,8 @@ def finish_run(run_dir: str | Path, manifest_fields: dict[str, Any]) -> dict[str
     """Write the final manifest (complete=true) and remove the checkpoint; returns the manifest.
 
     Adds `data_manifest_sha256` (from `data_dir`/manifest.json when `data_dir` is given),
-    `versions`, `processes` and timestamps to `manifest_fields`.
+    `weights_sha256` (every safetensors file of the run but the checkpoint's), `versions`,
+    `processes` and timestamps to `manifest_fields`.
     """
     run_dir = Path(run_dir)
     state = process_state()
@@ -144,7 +157,8 @@ def finish_run(run_dir: str | Path, manifest_fields: dict[str, Any]) -> dict[str
         finished_at=_now(),
         complete=True,
     )
-    if state.is_main_process:
+    if state.is_main_process:  # only the main process wrote the weights: it hashes them
+        manifest["weights_sha256"] = weights_sha256(run_dir, skip=(CHECKPOINT_DIR,))
         atomic_write_json(run_dir / MANIFEST, manifest)
         shutil.rmtree(run_dir / CHECKPOINT_DIR, ignore_errors=True)
     state.wait_for_everyone()
