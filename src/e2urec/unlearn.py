@@ -1,11 +1,13 @@
 """`e2urec unlearn` and `e2urec export`: check the inputs, run a registered method, write the run.
 
-unlearn: method name + `--set key=value` → the method's params dataclass (unknown names listed);
-the `--from` run must be a complete original run (trained on the full train split, of the format
-the method starts from) on the same prepared data (data manifest sha256) with a non-empty forget
-set. All of that is checked before anything is written. The method then runs inside a run folder
-opened by `runner.start_run` and closed by `runner.finish_run` with the method's manifest fields
-plus kind, method, params, base run, data, seed and cost.
+unlearn: method name + `--set key=value` → the method's params dataclass (unknown names listed,
+values out of range refused); the `--from` run must be a complete original run (trained on the
+full train split, of the format the method starts from, its weight files unchanged) on the same
+prepared data (data manifest sha256) with a non-empty forget set, whose forget and retain splits
+are read. All of that is checked before anything is written. The method then runs inside a run
+folder opened by `runner.start_run` and closed by `runner.finish_run` with the method's manifest
+fields plus kind, method, params, base run, data, seed and cost. An interrupted unlearning run
+is started again with --overwrite (there is no --resume).
 
 export: a self-contained single-format run from an adapter run (`--merge` folds the LoRA
 weights into the base model) or a copy of a single-format run.
@@ -17,18 +19,28 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from e2urec.artifacts import MANIFEST, atomic_write_json, sha256_file, staged_folder
+from e2urec.artifacts import (
+    MANIFEST,
+    atomic_write_json,
+    check_output,
+    sha256_file,
+    staged_folder,
+    weights_sha256,
+)
 from e2urec.config import as_dict, build, parse_set_options
 from e2urec.errors import E2URecError
 from e2urec.quiet import quiet_transformers
-from e2urec.runs import CONFIG, MODEL_DIR, read_run_manifest
+from e2urec.runs import CONFIG, MODEL_DIR, check_weights, read_run_manifest
 
 
 def method_params(name: str, sets: list[str] | None) -> Any:
-    """The params dataclass of method `name` built from `--set key=value` items."""
-    from e2urec.methods import METHODS
+    """The params dataclass of method `name` built from `--set key=value` items, with every
+    value checked against its range (`methods.check_params`)."""
+    from e2urec.methods import METHODS, check_params
 
-    return build(METHODS.get(name).params, parse_set_options(sets), f"method {name!r}")
+    params = build(METHODS.get(name).params, parse_set_options(sets), f"method {name!r}")
+    check_params(params, f"method {name!r} parameter ")
+    return params
 
 
 def check_base(method: Any, base_run: Path, base: dict[str, Any]) -> None:
@@ -90,6 +102,7 @@ def unlearn(
     base_run, data_dir = Path(base_run).absolute(), Path(data_dir).absolute()
     base = read_run_manifest(base_run)
     check_base(spec, base_run, base)
+    check_weights(base_run, base)
     sha = check_data(data_dir, base_run, base)
     if hasattr(params, "check_data"):  # a method setting that needs a split the data lacks
         params.check_data(data_dir)
@@ -102,8 +115,11 @@ def unlearn(
         "data_dir": str(data_dir),
         "seed": seed,
     }
-    run_dir = start_run(out, config, overwrite=overwrite, resume=False)
+    run_dir = Path(out).absolute()
     ctx = UnlearnContext(base_run, base, data_dir, run_dir, seed, CostMeter(), params)
+    for split in ("forget", "retain"):  # read (and so checked) before the run folder exists
+        ctx.rows(split)
+    start_run(run_dir, config, overwrite=overwrite, resume=False, can_resume=False)
     fields = spec.run(ctx)
     manifest = {
         "kind": "unlearned",
@@ -149,17 +165,28 @@ def export(run: str | Path, out: str | Path, merge: bool, overwrite: bool = Fals
         raise E2URecError(f"cannot export a run of format {fmt!r} (only adapter or single runs)")
     if fmt == "adapter" and not merge:
         raise E2URecError(f"{run} holds LoRA adapters: pass --merge to fold them into the model")
+    check_output(out, overwrite)  # refused before the model is loaded
+    if fmt == "single":
+        check_weights(run, manifest)
+        recommender = None
+    else:
+        recommender = load_run_model(run).recommender
+        recommender.model = recommender.model.merge_and_unload()
     with staged_folder(out, overwrite=overwrite) as stage:
-        if fmt == "single":
+        if recommender is None:
             shutil.copytree(run / MODEL_DIR, stage / MODEL_DIR)
         else:
-            recommender = load_run_model(run).recommender
-            recommender.model = recommender.model.merge_and_unload()
             save_recommender(recommender, stage / MODEL_DIR)
         if (run / CONFIG).is_file():
             shutil.copy2(run / CONFIG, stage / CONFIG)
-        exported = {k: v for k, v in manifest.items() if k not in ("base_run",)}
+        exported = {k: v for k, v in manifest.items() if k not in ("base_run", "weights_sha256")}
         atomic_write_json(
-            stage / MANIFEST, {**exported, "format": "single", "exported_from": str(run)}
+            stage / MANIFEST,
+            {
+                **exported,
+                "format": "single",
+                "exported_from": str(run),
+                "weights_sha256": weights_sha256(stage),
+            },
         )
     return Path(out)

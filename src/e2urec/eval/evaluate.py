@@ -26,13 +26,12 @@ from typing import Any
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
-import torch
 
 from e2urec.artifacts import MANIFEST, atomic_write_bytes, atomic_write_json, read_json, sha256_file
 from e2urec.data.dataset import load_split, read_manifest
 from e2urec.errors import E2URecError
 from e2urec.eval import metrics
-from e2urec.eval.predict import Scores, check_same_vocabulary, place, score_rows
+from e2urec.eval.predict import Scores, check_same_vocabulary, place, resolve_device, score_rows
 from e2urec.quiet import quiet_transformers
 from e2urec.runs import METRICS, PREDICTIONS_DIR, load_run_model, read_run_manifest
 
@@ -56,6 +55,7 @@ def evaluate(
     `device` defaults to CUDA when available.
     """
     run, data = Path(run), Path(data)
+    device = resolve_device(device)
     run_manifest = read_run_manifest(run)
     data_manifest = read_manifest(data)
     data_sha = sha256_file(data / MANIFEST)
@@ -79,7 +79,6 @@ def evaluate(
     if not isinstance(previous, dict) or not isinstance(previous.get("splits", {}), dict):
         raise E2URecError(f"{run / METRICS} is not an e2urec metrics file; move it away first")
 
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     with quiet_transformers():
         model = load_run_model(run)
         ref_model = load_run_model(reference) if reference is not None else None

@@ -40,6 +40,20 @@ def model_device(run_model: RunModel) -> torch.device:
     return next(run_model.recommender.model.parameters()).device
 
 
+def resolve_device(device: str | None) -> torch.device:
+    """`device` (None: cuda when available, else cpu) as a torch device; a malformed name or a
+    CUDA device this machine lacks is one clear error."""
+    name = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise E2URecError(f"unknown device {name!r}; use e.g. cpu, cuda or cuda:1") from None
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if resolved.type == "cuda" and (resolved.index or 0) >= count:
+        raise E2URecError(f"device {name!r} is not available: this machine has {count} CUDA GPU(s)")
+    return resolved
+
+
 def place(run_model: RunModel, device: str | torch.device) -> None:
     """Move a loaded run to `device` and put it in eval mode.
 

@@ -13,6 +13,13 @@ from e2urec.methods import (  # noqa: F401  (each import registers its method)
     retrain,
     sisa,
 )
-from e2urec.methods.base import METHODS, Method, TrainParams, UnlearnContext, param_defaults
+from e2urec.methods.base import (
+    METHODS,
+    Method,
+    TrainParams,
+    UnlearnContext,
+    check_params,
+    param_defaults,
+)
 
-__all__ = ["METHODS", "Method", "TrainParams", "UnlearnContext", "param_defaults"]
+__all__ = ["METHODS", "Method", "TrainParams", "UnlearnContext", "check_params", "param_defaults"]

@@ -12,9 +12,10 @@ import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from e2urec.backbones import Recommender, load_recommender
+from e2urec.config import check_ranges
 from e2urec.registry import Registry
 
 
@@ -49,6 +50,17 @@ def param_defaults(params: type) -> dict[str, Any]:
     return {f.name: f.default for f in dataclasses.fields(params)}
 
 
+def check_params(params: Any, where: str) -> None:
+    """One clear error for the first setting out of range, before anything is written: the loop
+    settings of TrainParams, the ranges a params class declares in `RANGES`, then its own
+    `check()` if it has one. Errors start with `where`, e.g. "method 'npo' parameter "."""
+    if isinstance(params, TrainParams):
+        params.loop_config(0).check(where)
+    check_ranges(params, getattr(params, "RANGES", {}), where)
+    if callable(getattr(params, "check", None)):
+        params.check()
+
+
 @dataclass
 class UnlearnContext:
     """What a method gets: the original run, the data, its run folder, seed, cost meter, params."""
@@ -79,7 +91,13 @@ class UnlearnContext:
 
 @dataclass
 class TrainParams:
-    """Optimisation settings shared by the trained methods; each method overrides defaults."""
+    """Optimisation settings shared by the trained methods; each method overrides defaults.
+
+    A method's params class declares the ranges of its own settings in `RANGES` (field → rule
+    of `config.RANGES`); `check_params` tests them and the loop settings.
+    """
+
+    RANGES: ClassVar[dict[str, str]] = {}
 
     lr: float = 5e-5
     batch_size: int = 16

@@ -27,6 +27,7 @@ from torch import nn
 
 from e2urec.artifacts import sha256_file
 from e2urec.backbones import Recommender, load_recommender, save_recommender
+from e2urec.config import check_ranges
 from e2urec.errors import E2URecError
 from e2urec.quiet import quiet_transformers
 from e2urec.runs import RUN_FORMATS, RunModel
@@ -54,6 +55,34 @@ class Recipe:
     agg_hidden: int = 16
     agg_epochs: int = 200
     agg_lr: float = 0.01
+
+    def loop_config(self) -> Any:
+        """The members' loop settings (`recipes.recipe_loop`: checked, lr default by family)."""
+        from e2urec.train.recipes import recipe_loop
+
+        return recipe_loop(
+            self.backbone,
+            lr=self.lr,
+            epochs=self.epochs,
+            batch_size=self.batch_size,
+            patience=self.patience,
+            seed=self.seed,
+            max_steps=self.max_steps,
+            eval_batch_size=self.eval_batch_size,
+        )
+
+    def check(self) -> None:
+        """One clear error for the first setting out of range (before anything is written)."""
+        self.loop_config()
+        check_ranges(
+            self,
+            {
+                "max_length": "count",
+                "agg_hidden": "count",
+                "agg_epochs": "count",
+                "agg_lr": "positive",
+            },
+        )
 
 
 class AttentionAggregator(nn.Module):
@@ -127,38 +156,39 @@ def load_ensemble_run(run: Path, manifest: dict[str, Any]) -> RunModel:
     return EnsembleModel(members, aggregator)
 
 
-def train_member(
-    data_dir: Path, rows: Rows, recipe: Recipe, folder: Path, run_dir: Path, name: str, meter: Any
-) -> int:
-    """Train one member with the supervised recipe (`recipes.fit_supervised`) on `rows`, save
-    it in `folder`; returns its parameter count."""
-    from e2urec.backbones import parse_spec
-    from e2urec.train.loop import LoopConfig
-    from e2urec.train.recipes import default_lr, fit_supervised, split_rows
-
+def require_rows(name: str, rows: Rows) -> None:
+    """A member without training rows is one clear error."""
     if not rows:
         raise E2URecError(f"ensemble member {name} has no training rows; use fewer shards")
-    family, _ = parse_spec(recipe.backbone)
-    cfg = LoopConfig(
-        epochs=recipe.epochs,
-        lr=default_lr(family.name, "full") if recipe.lr is None else recipe.lr,
-        batch_size=recipe.batch_size,
-        patience=recipe.patience,
-        seed=recipe.seed,
-        max_steps=recipe.max_steps,
-        eval_batch_size=recipe.eval_batch_size,
-    )
+
+
+def train_member(
+    data_dir: Path,
+    rows: Rows,
+    recipe: Recipe,
+    folder: Path,
+    run_dir: Path,
+    name: str,
+    meter: Any,
+    built: Any = None,
+) -> int:
+    """Train one member with the supervised recipe (`recipes.fit_supervised`, starting from
+    `built` when given) on `rows`, save it in `folder`; returns its parameter count."""
+    from e2urec.train.recipes import fit_supervised, split_rows
+
+    require_rows(name, rows)
     recommender, _ = fit_supervised(
         data_dir,
         rows,
         split_rows(data_dir, "valid", "early stopping"),
         recipe.backbone,
-        cfg,
+        recipe.loop_config(),
         run_dir,
         max_length=recipe.max_length,
         init_seed=recipe.init_seed,
         meter=meter,
         desc=name,
+        built=built,
     )
     save_recommender(recommender, folder)
     return sum(p.numel() for p in recommender.model.parameters())
@@ -213,9 +243,11 @@ def build(
     recipe: Recipe,
     meter: Any,
     reuse: dict[int, Path] | None = None,
+    built: Any = None,
 ) -> dict[str, Any]:
-    """Train (or reuse from `reuse`: shard → member folder) every member, fit the aggregator
-    for RecEraser, and return the ensemble manifest fields."""
+    """Train (or reuse from `reuse`: shard → member folder) every member (the first trained one
+    from `built`, a `recipes.build_backbone` result, when given), fit the aggregator for
+    RecEraser, and return the ensemble manifest fields."""
     from e2urec.data.dataset import load_split
 
     reuse = reuse or {}
@@ -227,7 +259,8 @@ def build(
         if k in reuse:
             link_member(reuse[k], folder)
         else:
-            trained += train_member(data_dir, rows, recipe, folder, run_dir, name, meter)
+            trained += train_member(data_dir, rows, recipe, folder, run_dir, name, meter, built)
+            built = None  # a built backbone starts one member only
         members.append(
             {
                 "name": name,
@@ -289,27 +322,40 @@ def train_ensemble(
     overwrite: bool = False,
 ) -> dict[str, Any]:
     """Train an original SISA or RecEraser ensemble (shards with the forget samples) into `out`;
-    returns the run manifest."""
+    returns the run manifest. The recipe, the data and the backbone (built for the first
+    member) are checked before the run folder is created."""
     from e2urec.data.dataset import read_manifest
     from e2urec.methods import receraser, sisa
     from e2urec.train.cost import CostMeter
+    from e2urec.train.recipes import build_backbone, split_rows
     from e2urec.train.runner import finish_run, start_run
 
     rebuild = {"sisa": sisa.original_shards, "receraser": receraser.original_shards}
     if kind not in rebuild:
         raise E2URecError(f"unknown ensemble method {kind!r}; valid: {', '.join(sorted(rebuild))}")
+    recipe.check()
     data_dir = Path(data_dir).absolute()
     read_manifest(data_dir)
     shards, forget_counts = rebuild[kind](data_dir)
+    for k, rows in enumerate(shards):
+        require_rows(f"shard-{k}", rows)
+    split_rows(data_dir, "valid", "early stopping")
+    meter = CostMeter()
+    built = build_backbone(
+        data_dir,
+        recipe.backbone,
+        init_seed=recipe.init_seed,
+        max_length=recipe.max_length,
+        meter=meter,
+    )
     config = {
         "command": "train-ensemble",
         "ensemble": kind,
         "data": str(data_dir),
         **asdict(recipe),
     }
-    run_dir = start_run(out, config, overwrite=overwrite, resume=False)
-    meter = CostMeter()
-    fields = build(kind, data_dir, run_dir, shards, forget_counts, recipe, meter)
+    run_dir = start_run(out, config, overwrite=overwrite, resume=False, can_resume=False)
+    fields = build(kind, data_dir, run_dir, shards, forget_counts, recipe, meter, built=built)
     return finish_run(
         run_dir,
         {

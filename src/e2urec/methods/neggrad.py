@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from e2urec.methods.base import Method, TrainParams, UnlearnContext, register
 from e2urec.methods.gradient import GradientTask, train_original
@@ -16,6 +16,8 @@ class NegGradParams(TrainParams):
     Stopping rule: `epochs` passes over the forget set (a retain batch alongside each forget
     batch), keep the last state.
     """
+
+    RANGES: ClassVar[dict[str, str]] = {"forget_weight": "non-negative"}
 
     forget_weight: float = 0.2
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -23,6 +23,8 @@ class NPOParams(TrainParams):
 
     Stopping rule: `epochs` passes over the forget set, keep the last state.
     """
+
+    RANGES: ClassVar[dict[str, str]] = {"beta": "positive", "retain_weight": "non-negative"}
 
     beta: float = 0.1
     retain_weight: float = 1.0

@@ -7,18 +7,22 @@ import dataclasses
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from e2urec.artifacts import staged_folder
 from e2urec.backbones import Recommender
+from e2urec.config import check_ranges
 from e2urec.errors import E2URecError
 from e2urec.quiet import quiet_transformers
 from e2urec.runs import MODEL_DIR
 from e2urec.train.losses import answer_ce
 from e2urec.train.task import Batch
+
+if TYPE_CHECKING:
+    from e2urec.train.loop import LoopConfig
 
 
 class SupervisedTask:
@@ -86,6 +90,49 @@ def tokenizer_corpus(data_dir: str | Path) -> list[str]:
     ]
 
 
+def recipe_loop(
+    backbone: str, finetune: str = "full", lr: float | None = None, **loop: Any
+) -> LoopConfig:
+    """The supervised recipe's LoopConfig for `backbone` (`lr` None: `default_lr`), checked
+    before anything is written: an unknown backbone family or fine-tuning mode, or a loop
+    setting out of range, is one clear error."""
+    from e2urec.backbones import parse_spec
+    from e2urec.train.loop import LoopConfig
+
+    if finetune not in ("full", "lora"):
+        raise E2URecError(f"unknown finetune mode {finetune!r}; valid: full, lora")
+    family, _ = parse_spec(backbone)
+    cfg = LoopConfig(lr=default_lr(family.name, finetune) if lr is None else lr, **loop)
+    cfg.check()
+    return cfg
+
+
+def build_backbone(
+    data_dir: str | Path,
+    backbone: str,
+    *,
+    init_seed: int,
+    max_length: int,
+    meter: Any,
+    finetune: str = "full",
+) -> tuple[Recommender, nn.Module]:
+    """The recipe's starting point, timed as phase "build": the backbone with weights from
+    `init_seed` (a tiny family's tokenizer trained on `tokenizer_corpus`) and the model to
+    train (PEFT LoRA-wrapped for `finetune="lora"`). Loading problems are one clear error."""
+    from e2urec.backbones import create_recommender, parse_spec
+
+    check_ranges({"max_length": max_length}, {"max_length": "count"})
+    family, _ = parse_spec(backbone)
+    with meter.phase("build"):
+        recommender = create_recommender(
+            backbone, tokenizer_corpus(data_dir), init_seed, max_length=max_length
+        )
+        model = recommender.model
+        if finetune == "lora":
+            model = add_lora(model, family.lora_targets, recommender.kind)
+    return recommender, model
+
+
 def split_rows(data_dir: str | Path, name: str, purpose: str) -> list[dict[str, Any]]:
     """Rows of split `name`; an empty split is one clear error saying what needed it."""
     from e2urec.data.dataset import load_split
@@ -110,24 +157,25 @@ def fit_supervised(
     finetune: str = "full",
     desc: str = "train",
     resume: bool = False,
+    built: tuple[Recommender, nn.Module] | None = None,
 ) -> tuple[Recommender, Any]:
-    """The paper's supervised recipe on `rows`: build the backbone (weights from `init_seed`,
-    like one pretrained checkpoint shared by every run; `cfg.seed` drives data order and
-    dropout), AdamW on answer CE, early stopping on the valid split's answer CE, best epoch
-    kept. Returns the recommender holding the trained model (PEFT-wrapped for LoRA, so its
-    trainable parameters can still be counted) and the FitResult."""
-    from e2urec.backbones import create_recommender, parse_spec
+    """The paper's supervised recipe on `rows`: build the backbone (`build_backbone`, unless
+    `built` holds its result already; weights from `init_seed`, like one pretrained checkpoint
+    shared by every run; `cfg.seed` drives data order and dropout), AdamW on answer CE, early
+    stopping on the valid split's answer CE, best epoch kept. Returns the recommender holding
+    the trained model (PEFT-wrapped for LoRA, so its trainable parameters can still be counted)
+    and the FitResult."""
     from e2urec.train.loop import fit
     from e2urec.train.losses import evaluate_ce
 
-    family, _ = parse_spec(backbone)
-    with meter.phase("build"):
-        recommender = create_recommender(
-            backbone, tokenizer_corpus(data_dir), init_seed, max_length=max_length
-        )
-        model = recommender.model
-        if finetune == "lora":
-            model = add_lora(model, family.lora_targets, recommender.kind)
+    recommender, model = built or build_backbone(
+        data_dir,
+        backbone,
+        init_seed=init_seed,
+        max_length=max_length,
+        meter=meter,
+        finetune=finetune,
+    )
     result = fit(
         recommender,
         model,
@@ -168,34 +216,36 @@ def train(
     The paper's recipe: AdamW, answer CE, early stopping on the valid split's answer CE with
     `patience`, best epoch kept. Backbone weights start from `init_seed` (the same for every
     run, like a shared pretrained checkpoint); `seed` drives data order and dropout. The
-    tokenizer corpus is train+valid+test, so every run on the same data shares a vocabulary. `finetune="lora"` trains PEFT adapters and saves the merged
-    model. The run folder gets model/ (save_recommender), log.jsonl, config.resolved.yaml and
-    manifest.json (format "single", kind from `run_kind`).
+    tokenizer corpus is train+valid+test, so every run on the same data shares a vocabulary.
+    `finetune="lora"` trains PEFT adapters and saves the merged model. The run folder gets
+    model/ (save_recommender), log.jsonl, config.resolved.yaml and manifest.json (format
+    "single", kind from `run_kind`). Every input (settings, data, the backbone, built here) is
+    checked before the run folder is created.
     """
     from e2urec.backbones import parse_spec, save_recommender
     from e2urec.data.dataset import read_manifest
     from e2urec.train.cost import CostMeter
-    from e2urec.train.loop import LoopConfig
     from e2urec.train.runner import finish_run, process_state, start_run
 
-    if finetune not in ("full", "lora"):
-        raise E2URecError(f"unknown finetune mode {finetune!r}; valid: full, lora")
-    for name, value in (("epochs", epochs), ("batch size", batch_size), ("max length", max_length)):
-        if value < 1:
-            raise E2URecError(f"{name} must be at least 1, got {value}")
-    data = Path(data).absolute()
-    read_manifest(data)
-    family, _ = parse_spec(backbone)
-    rows = split_rows(data, on, "training")
-    valid_rows = split_rows(data, "valid", "early stopping")
-    cfg = LoopConfig(
+    cfg = recipe_loop(
+        backbone,
+        finetune,
+        lr,
         epochs=epochs,
-        lr=default_lr(family.name, finetune) if lr is None else lr,
         batch_size=batch_size,
         patience=patience,
         seed=seed,
         max_steps=max_steps,
         eval_batch_size=eval_batch_size,
+    )
+    data = Path(data).absolute()
+    read_manifest(data)
+    family, _ = parse_spec(backbone)
+    rows = split_rows(data, on, "training")
+    valid_rows = split_rows(data, "valid", "early stopping")
+    meter = CostMeter()
+    built = build_backbone(
+        data, backbone, init_seed=init_seed, max_length=max_length, meter=meter, finetune=finetune
     )
     config = {
         "command": "train",
@@ -209,7 +259,6 @@ def train(
         "loop": dataclasses.asdict(cfg),
     }
     run = start_run(out, json.loads(json.dumps(config)), overwrite=overwrite, resume=resume)
-    meter = CostMeter()
     recommender, result = fit_supervised(
         data,
         rows,
@@ -222,6 +271,7 @@ def train(
         meter=meter,
         finetune=finetune,
         resume=resume,
+        built=built,
     )
     cost = meter.summary(recommender.model)
     if finetune == "lora":
