@@ -600,9 +600,19 @@ def add_serve(sub: argparse._SubParsersAction) -> None:
         "during a forget.",
     )
     p.add_argument("--deployment", required=True, metavar="DEP", help="deployment folder")
-    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    p.add_argument("--port", type=_port, default=8000, help="port (default 8000)")
     p.add_argument("--host", default="127.0.0.1", help="address (default 127.0.0.1)")
     p.set_defaults(func=run_serve)
+
+
+def _port(value: str) -> int:
+    try:
+        port = int(value)
+    except ValueError:
+        port = -1
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port number 0-65535, got {value!r}")
+    return port
 
 
 def run_serve(args: argparse.Namespace) -> None:
@@ -696,7 +706,10 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write(f"e2urec: error: {exc}\n")
         return EXIT_USAGE
     except KeyboardInterrupt:
-        sys.stderr.write("e2urec: interrupted; nothing half-written was kept\n")
+        sys.stderr.write(
+            "e2urec: interrupted; no half-written file was kept (a run folder already "
+            "started stays, marked incomplete)\n"
+        )
         return 130
     return 0
 
