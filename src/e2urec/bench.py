@@ -16,7 +16,7 @@ import json
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -171,11 +171,29 @@ class Bench:
         steps += self._eval_steps()
         return steps
 
+    def method_sets(self, method: str) -> tuple[dict[str, Any], list[str]]:
+        """The preset's parameters of `method` and the `--set key=value` items they become."""
+        params = self.config.method_params.get(method) or {}
+        sets = [f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in params.items()]
+        return params, sets
+
+    def check(self) -> None:
+        """Refuse settings out of range before anything is written: the data preparation, the
+        training recipe (checked as the ensembles' Recipe) and every method's parameters."""
+        from e2urec.data.prepare import PrepareConfig
+        from e2urec.methods.ensemble import Recipe
+        from e2urec.unlearn import method_params
+
+        data = _fields_of(PrepareConfig, asdict(self.config.data))
+        PrepareConfig(**{**data, "out": str(self.data_dir)}).validate()
+        Recipe(**_fields_of(Recipe, asdict(self.config.train))).check("train.")
+        for method in self.methods:
+            method_params(method, self.method_sets(method)[1])
+
     def _unlearn_step(self, method: str, seed: int, data_manifest: Path) -> Step:
         base = self.run_dir(f"{method}-original" if method in ENSEMBLE_METHODS else ORIGINAL)
         out = self.run_dir(f"{method}-seed{seed}")
-        params = self.config.method_params.get(method) or {}
-        sets = [f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in params.items()]
+        params, sets = self.method_sets(method)
         return Step(
             f"unlearn {method} (seed {seed})",
             out,
@@ -355,11 +373,18 @@ def bench(
         config.methods = methods
     out = Path(out)
     runner = Bench(config, out, data_root)
+    runner.check()
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_yaml(out / "config.resolved.yaml", {"preset": preset, **presets.as_dict(config)})
     runner.say(f"bench {preset}: {len(runner.plan())} steps into {out}")
     runner.execute()
     return runner.report()
+
+
+def _fields_of(cls: type, values: dict[str, Any]) -> dict[str, Any]:
+    """The items of `values` that name a field of dataclass `cls`."""
+    names = {f.name for f in fields(cls)}
+    return {k: v for k, v in values.items() if k in names}
 
 
 def _cost(run: Path) -> dict[str, Any]:

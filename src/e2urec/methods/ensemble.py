@@ -56,12 +56,13 @@ class Recipe:
     agg_epochs: int = 200
     agg_lr: float = 0.01
 
-    def loop_config(self) -> Any:
+    def loop_config(self, where: str = "") -> Any:
         """The members' loop settings (`recipes.recipe_loop`: checked, lr default by family)."""
         from e2urec.train.recipes import recipe_loop
 
         return recipe_loop(
             self.backbone,
+            where=where,
             lr=self.lr,
             epochs=self.epochs,
             batch_size=self.batch_size,
@@ -71,9 +72,10 @@ class Recipe:
             eval_batch_size=self.eval_batch_size,
         )
 
-    def check(self) -> None:
-        """One clear error for the first setting out of range (before anything is written)."""
-        self.loop_config()
+    def check(self, where: str = "") -> None:
+        """One clear error for the first setting out of range (before anything is written);
+        errors start with `where`."""
+        self.loop_config(where)
         check_ranges(
             self,
             {
@@ -82,6 +84,7 @@ class Recipe:
                 "agg_epochs": "count",
                 "agg_lr": "positive",
             },
+            where,
         )
 
 

@@ -91,11 +91,11 @@ def tokenizer_corpus(data_dir: str | Path) -> list[str]:
 
 
 def recipe_loop(
-    backbone: str, finetune: str = "full", lr: float | None = None, **loop: Any
+    backbone: str, finetune: str = "full", lr: float | None = None, where: str = "", **loop: Any
 ) -> LoopConfig:
     """The supervised recipe's LoopConfig for `backbone` (`lr` None: `default_lr`), checked
     before anything is written: an unknown backbone family or fine-tuning mode, or a loop
-    setting out of range, is one clear error."""
+    setting out of range, is one clear error (starting with `where`)."""
     from e2urec.backbones import parse_spec
     from e2urec.train.loop import LoopConfig
 
@@ -103,7 +103,7 @@ def recipe_loop(
         raise E2URecError(f"unknown finetune mode {finetune!r}; valid: full, lora")
     family, _ = parse_spec(backbone)
     cfg = LoopConfig(lr=default_lr(family.name, finetune) if lr is None else lr, **loop)
-    cfg.check()
+    cfg.check(where)
     return cfg
 
 
