@@ -1,4 +1,5 @@
-"""`e2urec serve`: the real server on 127.0.0.1, driven with httpx."""
+"""`e2urec serve`: the real server on 127.0.0.1, driven with httpx; deletion requests are queued
+(202) and served by the server's worker thread."""
 
 from __future__ import annotations
 
@@ -6,12 +7,14 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 import uvicorn
-from test_deploy import FAST, build_world, train_users
+from test_deploy import FAST, build_world, train_users, user_rows
 
 from e2urec import api
 from e2urec.deploy.serve import TOKEN_ENV, create_app
@@ -28,10 +31,13 @@ def free_port() -> int:
 class Running:
     """A uvicorn server in a thread, stopped by `stop()`."""
 
-    def __init__(self, dep: Path, token: str | None) -> None:
+    def __init__(self, dep: Path, token: str | None, **options: Any) -> None:
         self.port = free_port()
         config = uvicorn.Config(
-            create_app(dep, token=token), host="127.0.0.1", port=self.port, log_level="warning"
+            create_app(dep, token=token, **options),
+            host="127.0.0.1",
+            port=self.port,
+            log_level="warning",
         )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
@@ -66,36 +72,47 @@ def server(dep: Path) -> Iterator[Running]:
     running.stop()
 
 
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+def wait_done(client: httpx.Client, request_id: str, timeout: float = 120) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        reply = client.get(f"/requests/{request_id}", headers=AUTH)
+        assert reply.status_code == 200, reply.text
+        if reply.json()["state"] in ("done", "failed"):
+            return reply.json()
+        time.sleep(0.1)
+    raise AssertionError(f"request {request_id} not done after {timeout} s")
+
+
 def test_predict_during_forget_then_ledger(server: Running, dep: Path) -> None:
     user, other = train_users(dep)[:2]
-    auth = {"Authorization": f"Bearer {TOKEN}"}
     with httpx.Client(base_url=server.url, timeout=120) as client:
         reply = client.post("/predict", json={"user": other, "items": [1, 2, 3]})
         assert reply.status_code == 200
         body = reply.json()
         assert body["version"] == "v0001" and set(body["scores"]) == {"1", "2", "3"}
 
-        result: dict[str, httpx.Response] = {}
-
-        def run_forget() -> None:
-            with httpx.Client(base_url=server.url, timeout=120) as c:
-                result["forget"] = c.post(
-                    "/forget", json={"users": [user], "sets": FAST, "reason": "test"}, headers=auth
-                )
-
-        thread = threading.Thread(target=run_forget)
-        thread.start()
+        forget = client.post(
+            "/forget", json={"users": [user], "sets": FAST, "reason": "test"}, headers=AUTH
+        )
+        assert forget.status_code == 202, forget.text
+        accepted = forget.json()
+        assert accepted["state"] == "queued" and accepted["position"] == 1
         served = []
-        while thread.is_alive():
+        while True:
             reply = client.post("/predict", json={"user": other, "items": [1]})
             assert reply.status_code == 200
             served.append(reply.json()["version"])
-        thread.join()
+            state = client.get(f"/requests/{accepted['request_id']}", headers=AUTH).json()
+            if state["state"] == "done":
+                break
         assert len(served) >= 2 and set(served) <= {"v0001", "v0002"}
         assert served[0] == "v0001"
-        forget = result["forget"]
-        assert forget.status_code == 200, forget.text
-        assert forget.json()["status"] == "done" and forget.json()["version"] == "v0002"
+        assert state["version"] == "v0002" and state["checks"]["mia_auc"]["after"] is not None
+        again = client.post("/forget", json={"users": [user], "sets": FAST}, headers=AUTH)
+        assert again.status_code == 200 and again.json()["state"] == "done"
 
         assert client.post("/predict", json={"user": other, "items": [1]}).json()["version"] == (
             "v0002"
@@ -126,10 +143,58 @@ def test_bad_requests(server: Running, dep: Path) -> None:
         assert reply.status_code == 401
         reply = client.post("/forget", json={"users": [1]}, headers={"Authorization": "Bearer no"})
         assert reply.status_code == 401 and "token" in reply.json()["detail"]
-        reply = client.post(
-            "/forget", json={"users": [987654]}, headers={"Authorization": f"Bearer {TOKEN}"}
-        )
+        assert client.get("/requests/abc").status_code == 401
+        reply = client.post("/forget", json={"users": [987654]}, headers=AUTH)
         assert reply.status_code == 422 and "987654" in reply.json()["detail"]
+        reply = client.post("/forget", json={"users": []}, headers=AUTH)
+        assert reply.status_code == 422 and reply.json()["detail"].startswith("invalid request")
+        reply = client.get("/requests/nope", headers=AUTH)
+        assert reply.status_code == 404 and "nope" in reply.json()["detail"]
+
+
+def test_queue_refusals_with_a_separate_worker(dep: Path) -> None:
+    """Without the worker thread requests wait in the queue: a reused id is 409, a full
+    queue 503; `e2urec work` then serves them and predictions pick up the new version."""
+    from e2urec.deploy.worker import Worker
+
+    first, second = train_users(dep)[:2]
+    running = Running(dep, TOKEN, worker=False, queue_limit=1)
+    try:
+        with httpx.Client(base_url=running.url, timeout=60) as client:
+            body = {"users": [first], "sets": FAST, "request_id": "ticket-1"}
+            assert client.post("/forget", json=body, headers=AUTH).status_code == 202
+            reply = client.post("/forget", json={**body, "users": [second]}, headers=AUTH)
+            assert reply.status_code == 409 and "already used" in reply.json()["detail"]
+            reply = client.post("/forget", json={"users": [second], "sets": FAST}, headers=AUTH)
+            assert reply.status_code == 503 and "full" in reply.json()["detail"]
+            with Worker(dep) as worker:
+                worker.drain()
+            assert wait_done(client, "ticket-1")["version"] == "v0002"
+            reply = client.post("/predict", json={"user": second, "items": [1]})
+            assert reply.json()["version"] == "v0002"
+    finally:
+        running.stop()
+
+
+def test_concurrent_stream_all_done(server: Running, dep: Path) -> None:
+    """Requests posted at once are all accepted, coalesced, done; the ledger verifies."""
+    users = train_users(dep)[:6]
+    bodies = [{"users": [u], "sets": FAST, "request_id": f"s{i}"} for i, u in enumerate(users)]
+    bodies += [{"users": users[:2], "sets": FAST, "request_id": "overlap"}]
+
+    def post(body: dict[str, Any]) -> httpx.Response:
+        return httpx.post(f"{server.url}/forget", json=body, headers=AUTH, timeout=60)
+
+    with ThreadPoolExecutor(len(bodies)) as pool:
+        replies = list(pool.map(post, bodies))
+    assert all(r.status_code == 202 for r in replies), [r.text for r in replies]
+    with httpx.Client(base_url=server.url, timeout=60) as client:
+        done = [wait_done(client, b["request_id"]) for b in bodies]
+        assert all(d["state"] == "done" for d in done)
+        assert len({d["pass"] for d in done}) < len(bodies)  # coalesced
+        ledger = client.get("/ledger").json()
+        assert ledger["verified"] and len(ledger["entries"]) == 1 + len(bodies)
+    assert user_rows(dep, users) == 0
 
 
 def test_forget_refused_without_configured_token(

@@ -490,10 +490,15 @@ def add_forget(sub: argparse._SubParsersAction) -> None:
         "and validation AUC are checked before and after, then their rows leave the store, "
         "current.json switches and the ledger records the request. Rerunning an interrupted "
         "request (same users and method, or --request-id) finishes it; a finished one prints "
-        "'already done'.",
+        "'already done'. With --enqueue the request is only recorded in the deployment's "
+        "durable queue and the command returns at once; a worker (`e2urec serve` or "
+        "`e2urec work`) serves queued requests in order, several in one pass.",
     )
     p.add_argument("--deployment", required=True, metavar="DEP", help="deployment folder")
     p.add_argument("--users", help="comma-separated user ids, e.g. 12,45")
+    p.add_argument(
+        "--enqueue", action="store_true", help="queue the request and return (see `work`)"
+    )
     p.add_argument("--method", default="e2urec", help="unlearning method (default e2urec)")
     p.add_argument("--reason", help="free text recorded in the ledger")
     p.add_argument(
@@ -510,6 +515,19 @@ def run_forget(args: argparse.Namespace) -> None:
     from e2urec.deploy.deployment import parse_ids
 
     users = None if args.users is None else parse_ids(args.users, "--users")
+    if args.enqueue:
+        if users is None:
+            raise E2URecError("--enqueue needs --users")
+        record, new = api.enqueue(
+            args.deployment,
+            users,
+            method=args.method,
+            sets=args.sets,
+            reason=args.reason,
+            request_id=args.request_id,
+        )
+        print(f"request {record['request_id']}: {_request_line(record, new)}")
+        return
     result = api.forget(
         args.deployment,
         users,
@@ -536,6 +554,63 @@ def run_forget(args: argparse.Namespace) -> None:
                 "nan" if v is None else f"{v:.3f}" for v in (check["before"], check["after"])
             )
             print(f"  {name}: {before} -> {after}")
+
+
+def _request_line(record: dict, new: bool = False) -> str:
+    """A queued request's state in a few words."""
+    state = record["state"]
+    if state == "queued":
+        merged = record.get("merged_with") or []
+        also = f"; shares users with {', '.join(merged)}" if merged else ""
+        return f"queued (position {record['position']}){also}" + ("" if new else ", as before")
+    if state == "done":
+        return f"done; version {record['version']} (ledger entry {record['ledger_seq']})"
+    if state == "failed":
+        return f"failed: {record.get('error')}"
+    return state
+
+
+def add_work(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "work",
+        help="serve a deployment's queued deletion requests (a worker process)",
+        description="Hold DEP and serve its queue in order: the queued requests with one "
+        "method become one unlearning pass over the union of their users (at most "
+        "--max-users), checked on the requests' own rows, switched and recorded with one ledger "
+        "entry per request. The model and data stay in memory between passes. A pass cut short "
+        "(crash, kill) is finished first on the next start. Without --once it runs until "
+        "interrupted.",
+    )
+    p.add_argument("--deployment", required=True, metavar="DEP", help="deployment folder")
+    p.add_argument("--once", action="store_true", help="serve what is queued, then exit")
+    add_queue_options(p)
+    p.set_defaults(func=run_work)
+
+
+def add_queue_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--max-users", type=int, default=64, help="most users in one pass (default 64)")
+    p.add_argument(
+        "--max-wait",
+        type=float,
+        default=0.0,
+        help="seconds a queued request may wait for others to join its pass (default 0)",
+    )
+
+
+def run_work(args: argparse.Namespace) -> None:
+    from e2urec import api
+
+    records = api.work(
+        args.deployment,
+        once=args.once,
+        max_users=args.max_users,
+        max_wait=args.max_wait,
+        say=lambda line: print(line, file=sys.stderr),
+    )
+    for record in records:
+        print(f"request {record['request_id']}: {_request_line(record)}; {record['seconds']} s")
+    if args.once and not records:
+        print("nothing queued")
 
 
 def add_ledger(sub: argparse._SubParsersAction) -> None:
@@ -596,12 +671,23 @@ def add_serve(sub: argparse._SubParsersAction) -> None:
         help="serve a deployment over HTTP (predict, forget, ledger)",
         description="FastAPI + uvicorn: POST /predict {user, items}, POST /forget {users, "
         "method?, reason?} with 'Authorization: Bearer $E2UREC_SERVE_TOKEN' (unset: forgetting "
-        "is refused), GET /ledger[?expect_head=SHA256] (entries and head hash). Predictions go on "
-        "during a forget.",
+        "is refused) queues a deletion request (202 {request_id, state}), GET /requests/ID (same "
+        "token) its state, GET /ledger[?expect_head=SHA256] (entries and head hash). A worker "
+        "thread serves the queue (see `e2urec work`); predictions go on during a pass.",
     )
     p.add_argument("--deployment", required=True, metavar="DEP", help="deployment folder")
     p.add_argument("--port", type=_port, default=8000, help="port (default 8000)")
     p.add_argument("--host", default="127.0.0.1", help="address (default 127.0.0.1)")
+    p.add_argument(
+        "--no-worker", action="store_true", help="leave the queue to a separate `e2urec work`"
+    )
+    add_queue_options(p)
+    p.add_argument(
+        "--queue-limit",
+        type=int,
+        default=1000,
+        help="unfinished requests the queue holds before refusing more (default 1000)",
+    )
     p.set_defaults(func=run_serve)
 
 
@@ -618,7 +704,15 @@ def _port(value: str) -> int:
 def run_serve(args: argparse.Namespace) -> None:
     from e2urec.deploy.serve import serve
 
-    serve(args.deployment, host=args.host, port=args.port)
+    serve(
+        args.deployment,
+        host=args.host,
+        port=args.port,
+        worker=not args.no_worker,
+        max_users=args.max_users,
+        max_wait=args.max_wait,
+        queue_limit=args.queue_limit,
+    )
 
 
 def add_bench(sub: argparse._SubParsersAction) -> None:
@@ -674,6 +768,7 @@ COMMANDS = [  # in workflow order, as `e2urec --help` lists them
     add_list,
     add_deploy,
     add_forget,
+    add_work,
     add_ledger,
     add_predict,
     add_serve,

@@ -1,22 +1,32 @@
 """`e2urec serve`: a FastAPI app over one deployment.
 
 POST /predict {user, items} → {user, version, scores: {item: P(like)}} with the current version.
-POST /forget {users, method?, reason?, request_id?, sets?} runs a deletion request; it needs
-  `Authorization: Bearer <token>` matching $E2UREC_SERVE_TOKEN (unset: 403, forgetting is
-  disabled; missing or wrong: 401). Another forget already running: 409.
+POST /forget {users, method?, reason?, request_id?, sets?} records a deletion request in the
+  deployment's durable queue and answers at once: 202 {request_id, state: "queued", position}
+  (the same request again: its record, 200 once done). It needs `Authorization: Bearer <token>`
+  matching $E2UREC_SERVE_TOKEN (unset: 403, forgetting is disabled; missing or wrong: 401).
+  Unknown users, an empty list, bad settings: 422 (nothing queued); a request id already used
+  for other users: 409; a full queue: 503.
+GET /requests/ID (same token) → the request's record: state queued, running, done (version,
+  checks, rows removed, ledger seq) or failed (error); unknown: 404.
 GET /ledger → {entries, verified} (a tampered ledger: 409 naming the first bad entry).
 Predict lookups that fail (unknown user or item, deleted history): 404.
 
-Predictions keep being served from the current version while a forget runs (FastAPI runs the
-handlers in a thread pool); the new version is loaded before the switch, and the model pointer
-is swapped under a lock. Bad requests (malformed JSON, wrong fields) get 422 with one clear line.
+A worker thread (`e2urec.deploy.worker`, started with the app unless worker=False) serves the
+queue in coalesced passes and swaps its new model in under a lock; predictions keep being served
+from the current version meanwhile (FastAPI runs the handlers in a thread pool). Without the
+thread (another process runs `e2urec work`), a new current version is loaded on the next
+prediction. Bad requests (malformed JSON, wrong fields) get 422 with one clear line.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hmac
+import logging
 import os
 import threading
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -25,10 +35,14 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
-from e2urec.deploy.deployment import Busy, Deployment
+from e2urec.deploy.deployment import Deployment
 from e2urec.deploy.ledger import entry_hash
+from e2urec.deploy.queue import QUEUE_LIMIT, Conflict, QueueFull
+from e2urec.deploy.worker import MAX_USERS, Worker
 from e2urec.errors import E2URecError
 from e2urec.runs import RunModel
+
+log = logging.getLogger("e2urec.serve")
 
 TOKEN_ENV = "E2UREC_SERVE_TOKEN"
 
@@ -64,14 +78,45 @@ class Live:
         with self._lock:
             return self.version, self.model
 
+    def set(self, version: str, model: RunModel) -> None:
+        """Serve `version` with `model` from now on."""
+        with self._lock:
+            self.version, self.model = version, model
+
     def refresh(self) -> None:
         """Load the deployment's current version if it changed, then swap it in."""
         version = self.deployment.current()
-        if version == self.version:
-            return
-        model = self.deployment.load_model(version)
-        with self._lock:
-            self.version, self.model = version, model
+        if version != self.get()[0]:
+            self.set(version, self.deployment.load_model(version))
+
+
+class Background:
+    """The queue worker in a thread from `start` until `close`: it takes the deployment, loads
+    its warm state, hands its model to `live` (one model in memory) and serves the queue."""
+
+    def __init__(self, worker: Worker, live: Live) -> None:
+        self.worker, self.live = worker, live
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="e2urec-worker", daemon=True)
+
+    def _run(self) -> None:
+        try:
+            with self.worker as worker:
+                warm = worker.warm
+                assert warm is not None
+                self.live.set(warm.version, warm.model)
+                worker.on_switch = self.live.set
+                worker.run(self.stop)
+        except Exception as exc:  # noqa: BLE001 (reported; predictions go on without a worker)
+            log.error("e2urec worker stopped: %s", exc)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def close(self, timeout: float = 600.0) -> None:
+        """Stop after the pass in progress (a pass cut short is finished on the next start)."""
+        self.stop.set()
+        self.thread.join(timeout)
 
 
 def _error(status: int, message: str) -> JSONResponse:
@@ -88,12 +133,47 @@ def _validation_message(exc: RequestValidationError) -> str:
     return "invalid request: " + "; ".join(parts)
 
 
-def create_app(deployment: str | Path, token: str | None = None) -> FastAPI:
-    """The app serving `deployment`; `token` (default $E2UREC_SERVE_TOKEN) guards /forget."""
+def create_app(
+    deployment: str | Path,
+    token: str | None = None,
+    worker: bool = True,
+    max_users: int = MAX_USERS,
+    max_wait: float = 0.0,
+    queue_limit: int = QUEUE_LIMIT,
+) -> FastAPI:
+    """The app serving `deployment`; `token` (default $E2UREC_SERVE_TOKEN) guards /forget and
+    /requests. With `worker`, a queue worker thread (max_users, max_wait: see `Worker`) holds
+    the deployment while the app runs; creating the app fails if another worker holds it."""
     dep = Deployment(deployment)
     token = token if token is not None else os.environ.get(TOKEN_ENV) or None
     live = Live(dep)
-    app = FastAPI(title="e2urec", description="LLM recommender with deletion requests")
+    background = None
+    if worker:
+        with dep.lock("a queue worker"):  # one clear error now if another worker holds DEP
+            pass
+        background = Background(Worker(dep, max_users=max_users, max_wait=max_wait), live)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if background is not None:
+            background.start()
+        try:
+            yield
+        finally:
+            if background is not None:
+                background.close()
+
+    app = FastAPI(
+        title="e2urec", description="LLM recommender with deletion requests", lifespan=lifespan
+    )
+
+    def refused(request: Request) -> JSONResponse | None:
+        if token is None:
+            return _error(403, f"forgetting is disabled: start the server with ${TOKEN_ENV} set")
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.encode(), token.encode()):
+            return _error(401, "missing or wrong bearer token")
+        return None
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -101,6 +181,8 @@ def create_app(deployment: str | Path, token: str | None = None) -> FastAPI:
 
     @app.post("/predict")
     def predict(body: PredictBody) -> Any:
+        if background is None:
+            live.refresh()
         version, model = live.get()
         try:
             scores = dep.predict(body.user, body.items, model=model)
@@ -110,31 +192,42 @@ def create_app(deployment: str | Path, token: str | None = None) -> FastAPI:
 
     @app.post("/forget")
     def forget(body: ForgetBody, request: Request) -> Any:
-        if token is None:
-            return _error(403, f"forgetting is disabled: start the server with ${TOKEN_ENV} set")
-        scheme, _, given = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(given.encode(), token.encode()):
-            return _error(401, "missing or wrong bearer token")
+        denied = refused(request)
+        if denied is not None:
+            return denied
         try:
-            result = dep.forget(
+            record, _ = dep.enqueue(
                 body.users,
                 method=body.method,
                 sets=body.sets,
                 reason=body.reason,
                 request_id=body.request_id,
+                limit=queue_limit,
             )
-        except Busy as exc:
+        except Conflict as exc:
             return _error(409, str(exc))
+        except QueueFull as exc:
+            return _error(503, str(exc))
         except E2URecError as exc:
             return _error(422, str(exc))
-        live.refresh()
-        return {
-            "status": result.status,
-            "request_id": result.request_id,
-            "version": live.get()[0],
-            "notes": result.notes,
-            "entry": result.entry,
-        }
+        status = 200 if record["state"] == "done" else 202
+        fields = ("request_id", "state", "position", "merged_with", "version")
+        return JSONResponse(
+            status_code=status, content={k: record[k] for k in fields if record.get(k) is not None}
+        )
+
+    @app.get("/requests/{request_id}")
+    def request_state(request_id: str, request: Request) -> Any:
+        denied = refused(request)
+        if denied is not None:
+            return denied
+        try:
+            record = dep.request(request_id)
+        except E2URecError as exc:
+            return _error(409, str(exc))
+        if record is None:
+            return _error(404, f"no deletion request {request_id!r}")
+        return {k: v for k, v in record.items() if k != "created_s"}
 
     @app.get("/ledger")
     def ledger(expect_head: str | None = None) -> Any:
@@ -148,8 +241,10 @@ def create_app(deployment: str | Path, token: str | None = None) -> FastAPI:
     return app
 
 
-def serve(deployment: str | Path, host: str = "127.0.0.1", port: int = 8000) -> None:
-    """Run the app with uvicorn until interrupted."""
+def serve(
+    deployment: str | Path, host: str = "127.0.0.1", port: int = 8000, **options: Any
+) -> None:
+    """Run the app with uvicorn until interrupted (`options`: see `create_app`)."""
     import uvicorn
 
-    uvicorn.run(create_app(deployment), host=host, port=port, log_level="info")
+    uvicorn.run(create_app(deployment, **options), host=host, port=port, log_level="info")
