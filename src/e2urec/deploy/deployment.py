@@ -235,6 +235,10 @@ class Deployment:
         """Serve a deletion request for `users` (see the module docstring)."""
         from e2urec.unlearn import method_params
 
+        if users is not None:  # checked before the lock file is touched: a refusal changes nothing
+            users = sorted(set(int(u) for u in users))
+            method_params(method, sets)
+            self._check_known(users)
         with self.lock():
             if users is None:
                 if request_id is None:
@@ -246,9 +250,6 @@ class Deployment:
                         return self._already(done)
                     raise E2URecError(f"no request {request_id!r} to resume; give --users")
                 return self._run(request, check_rows, say)
-            users = sorted(set(int(u) for u in users))
-            method_params(method, sets)
-            self._check_known(users)
             request_id = request_id or request_id_for(users, method)
             done = self.ledger.find(request_id)
             if done is not None:
