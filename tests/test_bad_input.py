@@ -257,6 +257,13 @@ CASES = {
         ["forget", *DEP, "--users", "{user}", "--set", "lr=-1"],
         "parameter lr must be positive",
     ),  # fmt: skip
+    "forget unknown request": (["forget", *DEP, "--request-id", "nope"], "no request 'nope'"),
+    "forget nothing given": (["forget", *DEP], "give the users"),
+    "enqueue negative lr": (
+        ["forget", *DEP, "--users", "{user}", "--enqueue", "--set", "lr=-1"],
+        "parameter lr must be positive",
+    ),  # fmt: skip
+    "work zero users": (["work", *DEP, "--once", "--max-users", "0"], "at least 1"),
     "predict unknown user": (
         ["predict", *DEP, "--user", "999999", "--items", "1"],
         "unknown user",

@@ -94,6 +94,10 @@ def parse_ids(text: str, what: str) -> list[int]:
     return sorted(set(ids))
 
 
+def _no_request(request_id: str) -> E2URecError:
+    return E2URecError(f"no request {request_id!r} to resume; give --users")
+
+
 def request_id_for(users: Sequence[int], method: str) -> str:
     """The default request id: sha256 of the sorted users and the method, 16 hex digits."""
     payload = json.dumps({"users": sorted(users), "method": method}, sort_keys=True)
@@ -235,20 +239,23 @@ class Deployment:
         """Serve a deletion request for `users` (see the module docstring)."""
         from e2urec.unlearn import method_params
 
-        if users is not None:  # checked before the lock file is touched: a refusal changes nothing
+        # the inputs are checked before the lock file is touched: a refusal changes nothing
+        if users is not None:
             users = sorted(set(int(u) for u in users))
             method_params(method, sets)
             self._check_known(users)
+        elif request_id is None:
+            raise E2URecError("give the users to forget (or a --request-id to resume)")
+        elif self._request(request_id) is None and self.ledger.find(request_id) is None:
+            raise _no_request(request_id)
         with self.lock():
             if users is None:
-                if request_id is None:
-                    raise E2URecError("give the users to forget (or a --request-id to resume)")
                 request = self._request(request_id)
                 if request is None:
                     done = self.ledger.find(request_id)
                     if done is not None:
                         return self._already(done)
-                    raise E2URecError(f"no request {request_id!r} to resume; give --users")
+                    raise _no_request(request_id)
                 return self._run(request, check_rows, say)
             request_id = request_id or request_id_for(users, method)
             done = self.ledger.find(request_id)
