@@ -596,6 +596,7 @@ class Deployment:
                     "seed": manifest.get("seed"),
                     "data_dir": str(data),
                     "data_manifest_sha256": sha256_file(data / MANIFEST),
+                    "weights_sha256": manifest.get("weights_sha256"),  # the same (linked) files
                     "complete": True,
                 },
             )
