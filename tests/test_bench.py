@@ -20,6 +20,7 @@ TINY = [
     "train.max_steps=2",
     "train.max_length=96",
     "method_params={e2urec: {epochs: 1, aug_epochs: 1, max_steps: 2}, neggrad: {max_steps: 2}}",
+    "variants={e2urec-label: {method: e2urec, params: {teacher: label}}}",
 ]
 
 
@@ -42,8 +43,18 @@ def test_bench_writes_results_for_every_method_and_seed(bench_run) -> None:
     rows = json.loads((out / "results.json").read_text())
     seen = {(row["method"], row["seed"]) for row in rows}
     for seed in (0, 1):
-        for method in (ORIGINAL, RETRAIN, *METHODS):
+        for method in (ORIGINAL, RETRAIN, *METHODS, "e2urec-label"):
             assert (method, seed) in seen
+    variant = json.loads((out / "runs" / "e2urec-label-seed0" / "manifest.json").read_text())
+    assert variant["method"] == "e2urec" and variant["params"]["teacher"] == "label"
+    for row in rows:  # the demo holds out users: every model gets membership evidence
+        if row["method"] in (ORIGINAL, *METHODS):
+            assert 0 <= row["forget_quality"] <= 1 and 0 <= row["mia_auc"] <= 1
+            assert row["forget_residual_jsd"] >= 0 and "forget_privleak" in row
+    assert next(r for r in rows if r["method"] == ORIGINAL)["forget_residual_jsd"] == 1.0
+    signal = json.loads((out / "signal.json").read_text())
+    assert signal["clear"] in (True, False) and len(signal["seeds"]) == 2
+    assert "Signal check" in (out / "results.md").read_text()
     for row in rows:
         if row["method"] in (ORIGINAL, *METHODS):
             assert 0 <= row["test_auc"] <= 1 and row["forget_paper_jsd"] >= 0
@@ -66,7 +77,7 @@ def test_rerun_reuses_every_step_and_a_changed_method_reruns_alone(bench_run, ca
     assert steps and all(line.endswith(": reused") for line in steps)
     assert json.loads((out / "results.json").read_text()) == json.loads(before)
 
-    changed = [*TINY[:-1], TINY[-1].replace("neggrad: {max_steps: 2}", "neggrad: {max_steps: 1}")]
+    changed = [t.replace("neggrad: {max_steps: 2}", "neggrad: {max_steps: 1}") for t in TINY]
     api.bench("demo", out, str(out.parent), 2, METHODS, None, changed)
     err = capsys.readouterr().err
     redone = {line.split("] ")[1][:-4] for line in err.splitlines() if line.endswith(" ...")}

@@ -34,6 +34,7 @@ from e2urec.report.tables import NOISE_FLOOR, ORIGINAL, RETRAIN
 
 ENSEMBLE_METHODS = ("sisa", "receraser")
 EVAL_SPLITS = ("test", "forget")
+HOLDOUT_SPLIT = "holdout"
 
 
 @dataclass
@@ -121,7 +122,8 @@ class Bench:
         chosen = METHODS.names() if config.methods == "all" else list(config.methods)
         for name in chosen:
             METHODS.get(name)
-        self.methods = [m for m in chosen if m != RETRAIN]
+        self.variants = _check_variants(config.variants, METHODS.names())
+        self.methods = [m for m in chosen if m != RETRAIN] + list(self.variants)
         self.data_dir = out / "data"
         self.steps: list[Step] = []
         self.started = time.monotonic()
@@ -171,9 +173,15 @@ class Bench:
         steps += self._eval_steps()
         return steps
 
+    def base_method(self, name: str) -> str:
+        """The registered method a row name runs: itself, or a variant's method."""
+        return self.variants[name]["method"] if name in self.variants else name
+
     def method_sets(self, method: str) -> tuple[dict[str, Any], list[str]]:
-        """The preset's parameters of `method` and the `--set key=value` items they become."""
-        params = self.config.method_params.get(method) or {}
+        """The preset's parameters of `method` (a variant's: its method's, then its own) and the
+        `--set key=value` items they become."""
+        params = dict(self.config.method_params.get(self.base_method(method)) or {})
+        params.update(self.variants.get(method, {}).get("params") or {})
         sets = [f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in params.items()]
         return params, sets
 
@@ -188,18 +196,28 @@ class Bench:
         PrepareConfig(**{**data, "out": str(self.data_dir)}).validate()
         Recipe(**_fields_of(Recipe, asdict(self.config.train))).check("train.")
         for method in self.methods:
-            method_params(method, self.method_sets(method)[1])
+            method_params(self.base_method(method), self.method_sets(method)[1])
 
     def _unlearn_step(self, method: str, seed: int, data_manifest: Path) -> Step:
-        base = self.run_dir(f"{method}-original" if method in ENSEMBLE_METHODS else ORIGINAL)
+        ensemble = self.base_method(method)
+        base = self.run_dir(f"{ensemble}-original" if ensemble in ENSEMBLE_METHODS else ORIGINAL)
         out = self.run_dir(f"{method}-seed{seed}")
         params, sets = self.method_sets(method)
+        key = {"method": self.base_method(method), "seed": seed, "params": params}
+        if method in self.variants:
+            key["variant"] = method
         return Step(
             f"unlearn {method} (seed {seed})",
             out,
-            {"method": method, "seed": seed, "params": params},
+            key,
             lambda: self._api().unlearn(
-                method, base, self.data_dir, out, sets=sets, seed=seed, overwrite=True
+                self.base_method(method),
+                base,
+                self.data_dir,
+                out,
+                sets=sets,
+                seed=seed,
+                overwrite=True,
             ),
             [data_manifest, base / MANIFEST],
         )
@@ -217,16 +235,23 @@ class Bench:
                 steps.append(self._eval_step(f"{RETRAIN}-seed{seed}", f"{RETRAIN}-seed{other}"))
         return steps
 
+    @property
+    def eval_splits(self) -> tuple[str, ...]:
+        """test and forget, plus the holdout users' rows (membership non-members) when held out."""
+        holdout = (HOLDOUT_SPLIT,) if self.config.data.holdout_ratio > 0 else ()
+        return EVAL_SPLITS + holdout
+
     def _eval_step(self, run_name: str, reference_name: str) -> Step:
         run, reference = self.run_dir(run_name), self.run_dir(reference_name)
         out = self.out / "evals" / f"{run_name}-vs-{reference_name}.json"
+        splits = self.eval_splits
 
         def action() -> None:
             metrics = self._api().evaluate(
                 run,
                 self.data_dir,
                 reference=reference,
-                splits=EVAL_SPLITS,
+                splits=splits,
                 progress=False,
             )
             atomic_write_json(out, metrics)
@@ -234,7 +259,7 @@ class Bench:
         return Step(
             f"evaluate {run_name} against {reference_name}",
             out,
-            {"run": run_name, "reference": reference_name, "splits": EVAL_SPLITS},
+            {"run": run_name, "reference": reference_name, "splits": splits},
             action,
             [self.data_dir / MANIFEST, run / MANIFEST, reference / MANIFEST],
         )
@@ -260,6 +285,10 @@ class Bench:
             min_history=data.min_history,
             forget_ratio=data.forget_ratio,
             forget_strategy=data.forget_strategy,
+            pollute=data.pollute,
+            targets=data.targets,
+            fake_users=data.fake_users,
+            holdout_ratio=data.holdout_ratio,
             shards=data.shards,
             seed=data.seed,
         )
@@ -311,7 +340,15 @@ class Bench:
             pair = frozenset((seed, other))
             if pair not in pairs_seen:
                 pairs_seen.add(pair)
-                rows.append({"method": NOISE_FLOOR, "seed": seed, "run": retrain["run"], **floor})
+                rows.append(
+                    {
+                        "method": NOISE_FLOOR,
+                        "seed": seed,
+                        "run": retrain["run"],
+                        "reference": retrain["reference"],
+                        **floor,
+                    }
+                )
         return rows
 
     def _row(
@@ -327,6 +364,7 @@ class Bench:
         for scope, prefix in (("vocab", "forget_"), ("yes_no", "forget_yesno_")):
             for name, value in metrics["splits"]["forget"]["distance"][scope].items():
                 row[prefix + name] = value
+        row.update(self._prediction_evidence(run, reference))
         row["time_s"] = cost["wall_s"]
         row["time_ratio"] = cost["wall_s"] / retrain_time[seed] if retrain_time[seed] else None
         row["trainable_params"] = cost.get("trainable_params")
@@ -334,14 +372,54 @@ class Bench:
         row["peak_memory_mb"] = cost.get("peak_memory_mb")
         return row
 
+    def _prediction_evidence(self, run: str, reference: str) -> dict[str, Any]:
+        """From the runs' per-row predictions: KS forget quality against the reference, the
+        reference's forget AUC (for the AUC residual), membership AUC forget vs holdout and
+        PrivLeak (with a holdout), mean P(Yes) on the shilling targets' test rows."""
+        from e2urec.eval import evidence, metrics
+
+        run_dir, ref_dir = self.run_dir(run), self.run_dir(reference)
+        out: dict[str, Any] = {"reference": str(ref_dir)}
+        if len(self.config.seeds) < 2:  # a lone Retrain is never scored itself
+            return out
+        forget = evidence.read_predictions(run_dir, "forget")
+        ref_forget = evidence.read_predictions(ref_dir, "forget")
+        out["forget_quality"] = evidence.forget_quality(forget, ref_forget)
+        out["reference_forget_auc"] = metrics.auc(ref_forget["label"], ref_forget["p_yes"])
+        if HOLDOUT_SPLIT in self.eval_splits:
+            own = evidence.membership_auc(forget, evidence.read_predictions(run_dir, HOLDOUT_SPLIT))
+            ref = evidence.membership_auc(
+                ref_forget, evidence.read_predictions(ref_dir, HOLDOUT_SPLIT)
+            )
+            out["mia_auc"] = own
+            out["forget_privleak"] = metrics.privleak(own, ref)
+        targets = self._scenario().get("target_items")
+        if targets:
+            test = evidence.read_predictions(run_dir, "test")
+            out["target_p_yes"] = evidence.mean_p_yes_on_items(
+                test, self._test_items().reindex(test["id"]).reset_index(drop=True), targets
+            )
+        return out
+
+    def _scenario(self) -> dict[str, Any]:
+        return read_json(self.data_dir / MANIFEST, "prepared-data manifest").get("scenario", {})
+
+    def _test_items(self):
+        from e2urec.data.dataset import load_split
+
+        test = load_split(self.data_dir, "test")
+        return test.set_index("id")["item_id"]
+
     def report(self) -> BenchResult:
         """Write results.json/.csv/.md and the plots; return where they are."""
-        from e2urec.report import plots, tables
+        from e2urec.report import forgetting, plots, tables
 
-        rows = self.rows()
+        rows = forgetting.add_relative_metrics(self.rows())
+        signal = forgetting.signal_check(rows, polluted=self._scenario().get("pollute", "none"))
         atomic_write_json(self.out / "results.json", rows)
-        files = {"results.json": self.out / "results.json"}
-        files.update(tables.write_tables(rows, self.out))
+        atomic_write_json(self.out / "signal.json", signal)
+        files = {"results.json": self.out / "results.json", "signal.json": self.out / "signal.json"}
+        files.update(tables.write_tables(rows, self.out, notes=forgetting.signal_text(signal)))
         summary = tables.summarise(rows)
         plot_dir = self.out / "plots"
         files["tradeoff.png"] = plots.plot_tradeoff(summary, plot_dir / "tradeoff.png")
@@ -385,6 +463,22 @@ def _fields_of(cls: type, values: dict[str, Any]) -> dict[str, Any]:
     """The items of `values` that name a field of dataclass `cls`."""
     names = {f.name for f in fields(cls)}
     return {k: v for k, v in values.items() if k in names}
+
+
+def _check_variants(variants: Any, methods: list[str]) -> dict[str, dict[str, Any]]:
+    """Preset `variants` (row name → {method, params}): named rows of a method run with other
+    parameters, e.g. E2URec with each teacher; one clear error for a malformed entry."""
+    if not isinstance(variants, dict):
+        raise E2URecError("bench variants must map a row name to {method: NAME, params: {...}}")
+    for name, spec in variants.items():
+        if name in methods or name == RETRAIN:
+            raise E2URecError(f"bench variant {name!r} clashes with a method name")
+        if not isinstance(spec, dict) or spec.get("method") not in methods:
+            raise E2URecError(f"bench variant {name!r} needs method: one of {', '.join(methods)}")
+        unknown = set(spec) - {"method", "params"}
+        if unknown or not isinstance(spec.get("params", {}), dict):
+            raise E2URecError(f"bench variant {name!r} takes only method and params (a mapping)")
+    return variants
 
 
 def _cost(run: Path) -> dict[str, Any]:

@@ -104,9 +104,31 @@ def add_data_prepare(dsub: argparse._SubParsersAction) -> None:
         default="random",
         help="random | most-active | least-active (default random)",
     )
+    p.add_argument(
+        "--pollute",
+        default="none",
+        help="none (the paper's) | label-flip: the forgotten users' train labels are flipped | "
+        "shilling: fake users promoting target items are injected and form the forget set",
+    )
+    p.add_argument(
+        "--targets", type=int, default=10, help="shilling: items the fake users promote (10)"
+    )
+    p.add_argument(
+        "--fake-users", type=int, default=20, help="shilling: fake users injected (default 20)"
+    )
+    p.add_argument(
+        "--holdout-ratio",
+        type=float,
+        default=0.0,
+        help="share of train users whose train rows nobody trains on: same-period non-members "
+        "for membership tests (split 'holdout'); default 0, the paper's split",
+    )
     p.add_argument("--shards", type=int, default=4, help="SISA and RecEraser shards (default 4)")
     p.add_argument(
-        "--seed", type=int, default=42, help="seed for forget users and shards (default 42)"
+        "--seed",
+        type=int,
+        default=42,
+        help="seed for forget/holdout users, fake users and shards (default 42)",
     )
     p.add_argument(
         "--template", default="auto", help="prompt template name (default: the domain's)"
@@ -131,6 +153,10 @@ def run_data_prepare(args: argparse.Namespace) -> None:
         shards=args.shards,
         seed=args.seed,
         template=args.template,
+        pollute=args.pollute,
+        targets=args.targets,
+        fake_users=args.fake_users,
+        holdout_ratio=args.holdout_ratio,
     )
     result = api.prepare(config, overwrite=args.overwrite)
     if result.already_prepared:

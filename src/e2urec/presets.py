@@ -31,6 +31,10 @@ class BenchData:
     min_history: int = 5
     forget_ratio: float = 0.2
     forget_strategy: str = "random"
+    pollute: str = "none"
+    targets: int = 10
+    fake_users: int = 20
+    holdout_ratio: float = 0.0
     shards: int = 4
     seed: int = 42
 
@@ -58,6 +62,7 @@ class BenchConfig:
     seeds: list = field(default_factory=lambda: [0, 1])
     methods: Any = "all"
     method_params: dict = field(default_factory=dict)
+    variants: dict = field(default_factory=dict)  # row name -> {method, params}
 
 
 def preset_names() -> list[str]:

@@ -33,13 +33,14 @@ from e2urec.artifacts import (
     sha256_file,
     staged_folder,
 )
-from e2urec.data import prompts, splits
+from e2urec.data import prompts, scenarios, splits
 from e2urec.data.schema import RatingLog
 from e2urec.errors import E2URecError
 
 FORMAT = "e2urec-prepared-data/1"
 COLUMNS = ["id", "user_id", "item_id", "timestamp", "rating", "label", "prompt", "target"]
 BASE_SPLITS = ("train", "valid", "test", "retain", "forget")
+HOLDOUT = "holdout"
 TARGETS = {1: "Yes.", 0: "No."}
 
 
@@ -58,6 +59,10 @@ class PrepareConfig:
     shards: int = 4
     seed: int = 42
     template: str = "auto"
+    pollute: str = "none"
+    targets: int = 10
+    fake_users: int = 20
+    holdout_ratio: float = 0.0
 
     def validate(self) -> None:
         """Raise one clear E2URecError for the first invalid value."""
@@ -81,6 +86,22 @@ class PrepareConfig:
             )
         if self.shards < 1:
             raise E2URecError(f"--shards must be at least 1, got {self.shards}")
+        if self.pollute not in scenarios.POLLUTIONS:
+            raise E2URecError(
+                f"unknown --pollute {self.pollute!r}; valid: {', '.join(scenarios.POLLUTIONS)}"
+            )
+        if self.pollute == "shilling" and (self.targets < 1 or self.fake_users < 1):
+            raise E2URecError(
+                f"--targets and --fake-users must be at least 1 for shilling, got "
+                f"{self.targets} and {self.fake_users}"
+            )
+        if not 0 <= self.holdout_ratio < 1:
+            raise E2URecError(f"--holdout-ratio must lie in [0, 1), got {self.holdout_ratio:g}")
+        if self.pollute != "shilling" and self.forget_ratio + self.holdout_ratio >= 1:
+            raise E2URecError(
+                f"--forget-ratio {self.forget_ratio:g} + --holdout-ratio "
+                f"{self.holdout_ratio:g} leaves no train user to retain"
+            )
 
 
 @dataclass
@@ -92,10 +113,11 @@ class PrepareResult:
     already_prepared: bool = False
 
 
-def split_names(shards: int) -> list[str]:
-    """All split names of a preparation with `shards` shards."""
+def split_names(shards: int, holdout: bool = False) -> list[str]:
+    """All split names of a preparation with `shards` shards (and a holdout split)."""
     return [
         *BASE_SPLITS,
+        *((HOLDOUT,) if holdout else ()),
         *(f"sisa-{k}" for k in range(shards)),
         *(f"receraser-{k}" for k in range(shards)),
     ]
@@ -141,7 +163,7 @@ def prepare(config: PrepareConfig, overwrite: bool = False) -> PrepareResult:
             "fingerprint": fingerprint,
             "raw_files": raw_files,
             "ratings_sha256": ratings_hash(log.ratings),
-            "splits": split_names(config.shards),
+            "splits": split_names(config.shards, holdout=HOLDOUT in rows),
             "files": files,
             **info,
         }
@@ -186,8 +208,9 @@ def labelled_samples(log: RatingLog, config: PrepareConfig) -> tuple[pd.DataFram
 def build_splits(
     log: RatingLog, config: PrepareConfig
 ) -> tuple[pd.DataFrame, dict[str, np.ndarray], dict[str, Any]]:
-    """All kept samples (chronological, with COLUMNS), each split's row positions into them,
-    and manifest facts (template, counts, forgotten user ids)."""
+    """All kept samples (chronological, with COLUMNS; shilling's fake samples appended), each
+    split's row positions into them, and manifest facts (template, counts, forgotten user ids,
+    scenario)."""
     frame, eligible, name = labelled_samples(log, config)
     ratings = log.ratings
     train_slice, valid_slice, test_slice = splits.chronological_split(len(frame))
@@ -202,15 +225,32 @@ def build_splits(
         raise E2URecError(
             f"empty {', '.join(empty)} split from {len(frame)} sample(s); use more data"
         )
-    train = frame.iloc[train_slice]
-    forgotten = splits.choose_forgotten(
-        train, config.forget_ratio, config.forget_strategy, config.seed
-    )
-    forget_mask = train["user_id"].isin(forgotten).to_numpy()
+    scenario: dict[str, Any] = {"pollute": config.pollute}
+    if config.pollute == "shilling":
+        frame, rows["train"], forgotten, scenario = _inject_shilling(log, config, frame, rows)
+    else:
+        forgotten = splits.choose_forgotten(
+            frame.iloc[rows["train"]], config.forget_ratio, config.forget_strategy, config.seed
+        )
+    train_users = frame["user_id"].to_numpy()[rows["train"]]
+    if config.holdout_ratio > 0:
+        held = scenarios.choose_holdout(
+            frame.iloc[rows["train"]], forgotten, config.holdout_ratio, config.seed
+        )
+        held_mask = np.isin(train_users, held)
+        rows[HOLDOUT] = rows["train"][held_mask]
+        rows["train"] = rows["train"][~held_mask]
+        train_users = train_users[~held_mask]
+        scenario["holdout_users"] = held.tolist()
+    forget_mask = np.isin(train_users, forgotten)
     rows["retain"] = rows["train"][~forget_mask]
     rows["forget"] = rows["train"][forget_mask]
     if not len(rows["retain"]):
         raise E2URecError("no retained samples: every train user is forgotten")
+    if config.pollute == "label-flip":
+        scenarios.flip_labels(frame, rows["forget"], TARGETS)
+        scenario["flipped_rows"] = len(rows["forget"])
+    train = frame.iloc[rows["train"]]
     for k, part in enumerate(splits.sisa_shards(train, forget_mask, config.shards, config.seed)):
         rows[f"sisa-{k}"] = rows["train"][part]
     retain = frame.iloc[rows["retain"]]
@@ -227,12 +267,39 @@ def build_splits(
             "samples_kept": len(frame),
         },
         "forgotten_users": forgotten.tolist(),
+        "scenario": scenario,
         "sharding": {
             "sisa": "seeded random permutation of train samples, forget samples removed",
             "receraser": "balanced k-means on TruncatedSVD user rating vectors of retain",
         },
     }
     return frame, rows, info
+
+
+def _inject_shilling(
+    log: RatingLog, config: PrepareConfig, frame: pd.DataFrame, rows: dict[str, np.ndarray]
+) -> tuple[pd.DataFrame, np.ndarray, np.ndarray, dict[str, Any]]:
+    """Append the fake users' samples to `frame`; return it, the train positions (real and fake,
+    chronological), the fake user ids (the forget set) and the scenario facts."""
+    targets = scenarios.choose_targets(frame.iloc[rows["test"]], config.targets, config.seed)
+    attack = scenarios.shilling_attack(
+        log, frame.iloc[rows["train"]], targets, config.fake_users, config.min_history, config.seed
+    )
+    fake_log = RatingLog(attack.ratings, log.items, attack.users, log.domain)
+    fake, _, _ = labelled_samples(fake_log, dataclasses.replace(config, last_n=None))
+    fake["id"] += len(log.ratings)  # after every real rating's chronological rank
+    first_fake = len(frame)
+    frame = pd.concat([frame, fake], ignore_index=True)
+    train = np.concatenate([rows["train"], first_fake + np.arange(len(fake))])
+    train = train[np.argsort(frame["timestamp"].to_numpy()[train], kind="stable")]
+    scenario = {
+        "pollute": "shilling",
+        "target_items": targets.tolist(),
+        "fake_users": len(attack.fake_users),
+        "fake_rows": len(fake),
+        "note": "forget set = the fake users; --forget-ratio and --forget-strategy unused",
+    }
+    return frame, train, attack.fake_users, scenario
 
 
 def encode_lines(frame: pd.DataFrame) -> np.ndarray:
@@ -300,8 +367,19 @@ def _hash_raw(config: PrepareConfig) -> dict[str, str]:
 
 def _fingerprint(config: PrepareConfig, raw_files: dict[str, str]) -> str:
     identity = {k: v for k, v in dataclasses.asdict(config).items() if k not in ("out", "raw")}
+    for name in _inactive_scenario_fields(config):  # the paper's protocol keeps its fingerprint
+        del identity[name]
     payload = {"config": identity, "raw": raw_files, "version": __version__, "format": FORMAT}
     return sha256_bytes(json.dumps(payload, sort_keys=True).encode("utf-8"))
+
+
+def _inactive_scenario_fields(config: PrepareConfig) -> list[str]:
+    inactive = [] if config.pollute == "shilling" else ["targets", "fake_users"]
+    if config.pollute == "none":
+        inactive.append("pollute")
+    if config.holdout_ratio == 0:
+        inactive.append("holdout_ratio")
+    return inactive
 
 
 def _same_preparation(out: Path, fingerprint: str) -> dict[str, Any] | None:

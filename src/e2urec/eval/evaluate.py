@@ -3,7 +3,10 @@
 For each split: utility of P(Yes) (AUC, ACC at 0.5, LogLoss, n, positive rate), and with a
 reference run (the Retrain run; p = reference, q = the evaluated run) the mean per-row
 paper_jsd, jsd and l2 at the first answer position, on the full vocabulary (scope "vocab",
-the paper's) and on the two-way Yes/No distribution (scope "yes_no").
+the paper's) and on the two-way Yes/No distribution (scope "yes_no"), plus the KS forget quality
+(p-value of the two models' per-row answer margins; high = indistinguishable). When the forget
+and holdout splits are both evaluated, "membership" holds the loss-based MIA AUC of forget rows
+against the holdout users' rows (and with a reference its AUC and MUSE's PrivLeak).
 
 metrics.json is merged by split: evaluating some splits replaces those splits' entries and
 keeps the others (each entry names the data it was computed on). Per-example predictions go to
@@ -30,12 +33,13 @@ import pyarrow.parquet as pq
 from e2urec.artifacts import MANIFEST, atomic_write_bytes, atomic_write_json, read_json, sha256_file
 from e2urec.data.dataset import load_split, read_manifest
 from e2urec.errors import E2URecError
-from e2urec.eval import metrics
+from e2urec.eval import evidence, metrics
 from e2urec.eval.predict import Scores, check_same_vocabulary, place, resolve_device, score_rows
 from e2urec.quiet import quiet_transformers
 from e2urec.runs import METRICS, PREDICTIONS_DIR, load_run_model, read_run_manifest
 
 DEFAULT_SPLITS = ("test", "forget")
+FORGET, HOLDOUT = "forget", "holdout"
 PREDICTION_COLUMNS = ["id", "user_id", "label", "p_yes"]
 
 
@@ -87,10 +91,11 @@ def evaluate(
         place(ref_model, device)
     place(model, device)
 
-    entries, tables = {}, {}
+    entries, tables, all_scores = {}, {}, {}
     for name, frame in frames.items():
         rows = frame[["prompt", "target"]].to_dict("records")
         scores = score_rows(model, rows, batch_size, ref_model, desc=name, progress=progress)
+        all_scores[name] = scores
         entries[name] = _split_entry(frame, scores, data, data_sha, reference)
         tables[name] = pd.DataFrame(
             {
@@ -101,6 +106,17 @@ def evaluate(
             }
         )
 
+    reference_tables = {
+        name: tables[name].assign(p_yes=scores.reference_p_yes)
+        for name, scores in all_scores.items()
+        if scores.reference_p_yes is not None
+    }
+    if FORGET in reference_tables:
+        entries[FORGET]["forget_quality"] = evidence.forget_quality(
+            tables[FORGET], reference_tables[FORGET]
+        )
+    membership = _membership(tables, reference_tables)
+
     for name, table in tables.items():
         atomic_write_bytes(run / PREDICTIONS_DIR / f"{name}.parquet", _parquet_bytes(table))
     result = {
@@ -109,7 +125,25 @@ def evaluate(
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "splits": {**previous.get("splits", {}), **entries},
     }
+    if membership:
+        result["membership"] = membership
+    elif "membership" in previous and not {FORGET, HOLDOUT} & set(names):
+        result["membership"] = previous["membership"]
     atomic_write_json(run / METRICS, result)
+    return result
+
+
+def _membership(
+    tables: dict[str, pd.DataFrame], reference_tables: dict[str, pd.DataFrame]
+) -> dict[str, Any]:
+    """MIA AUC forget vs holdout for the run (and the reference, with PrivLeak), if both given."""
+    if not {FORGET, HOLDOUT} <= set(tables):
+        return {}
+    result: dict[str, Any] = {"mia_auc": evidence.membership_auc(tables[FORGET], tables[HOLDOUT])}
+    if {FORGET, HOLDOUT} <= set(reference_tables):
+        reference = evidence.membership_auc(reference_tables[FORGET], reference_tables[HOLDOUT])
+        result["reference_mia_auc"] = reference
+        result["privleak"] = metrics.privleak(result["mia_auc"], reference)
     return result
 
 

@@ -1,4 +1,5 @@
-"""Pure metric functions: utility (AUC, ACC, LogLoss), forgetting (paper-JSD, JSD, L2), MIA.
+"""Pure metric functions: utility (AUC, ACC, LogLoss), forgetting (paper-JSD, JSD, L2, residual,
+KS forget quality), membership (MIA AUC, PrivLeak) and utility recovery.
 
 Inputs may be numpy arrays, torch tensors (any device) or Python sequences; outputs are
 numpy arrays or Python floats.
@@ -163,12 +164,66 @@ def mia_auc(member_losses: Any, nonmember_losses: Any) -> float:
     return float(roc_auc_score(labels, scores))
 
 
+def answer_margin(labels: Any, p_yes: Any, eps: float = 1e-12) -> np.ndarray:
+    """Per row, log P(trained answer) − log P(other answer) from the two-way P(Yes):
+    logit(P(Yes)) for label 1, its negative for label 0 (P clipped to [eps, 1 − eps])."""
+    y, p = _binary_inputs(labels, p_yes)
+    p = np.clip(p, eps, 1.0 - eps)
+    logit = np.log(p) - np.log1p(-p)
+    return np.where(y == 1, logit, -logit)
+
+
+def answer_loss(labels: Any, p_yes: Any) -> np.ndarray:
+    """Per row, −log P(trained answer) under the two-way answer distribution (= softplus of
+    the negative margin), the loss a membership attacker thresholds."""
+    return np.logaddexp(0.0, -answer_margin(labels, p_yes))
+
+
+def ks_forget_quality(margins: Any, reference_margins: Any) -> float:
+    """TOFU's forget quality: the two-sample Kolmogorov–Smirnov p-value between a model's and
+    the Retrain's per-row margins on the forget set; high = indistinguishable from Retrain."""
+    from scipy.stats import ks_2samp
+
+    a = _numpy(margins, "margins")
+    b = _numpy(reference_margins, "reference_margins")
+    if np.isnan(a).any() or np.isnan(b).any():
+        raise E2URecError("margins contain nan")
+    return float(ks_2samp(a, b).pvalue)
+
+
+def residual(distance: float, original_distance: float) -> float:
+    """d(method, Retrain) / d(Original, Retrain): 1 = forgot nothing, 0 = exactly Retrain;
+    nan when the Original already equals Retrain (nothing to forget)."""
+    if original_distance < 0 or distance < 0:
+        raise E2URecError("distances must be non-negative")
+    return math.nan if original_distance == 0 else float(distance / original_distance)
+
+
+def privleak(mia_auc_method: float, mia_auc_retrain: float) -> float:
+    """MUSE's PrivLeak, (AUC_method − AUC_Retrain) / AUC_Retrain, with MUSE's orientation of the
+    attack AUC (forget rows as the class scored lower, i.e. 1 − our `mia_auc`): 0 is ideal,
+    negative = the forget rows still look like members, positive = over-unlearned.
+    Takes our `mia_auc` values (higher = more recognisable as members)."""
+    muse_method, muse_retrain = 1.0 - mia_auc_method, 1.0 - mia_auc_retrain
+    if not 0 < muse_retrain <= 1:
+        raise E2URecError(f"Retrain MIA AUC must lie in [0, 1), got {mia_auc_retrain}")
+    return float((muse_method - muse_retrain) / muse_retrain)
+
+
+def utility_recovery(auc_method: float, auc_original: float, auc_retrain: float) -> float:
+    """(AUC_method − AUC_Original) / (AUC_Retrain − AUC_Original) on test: 1 = the clean
+    Retrain's utility regained, 0 = the polluted Original's; nan when the two are equal."""
+    gap = auc_retrain - auc_original
+    return math.nan if gap == 0 else float((auc_method - auc_original) / gap)
+
+
 @dataclass(frozen=True)
 class MetricInfo:
     """What a metric measures and which direction is better (for bolding and plots)."""
 
     higher_is_better: bool
     description: str
+    ideal: float | None = None  # best when closest to this value (overrides the direction)
 
 
 METRIC_INFO: dict[str, MetricInfo] = {
@@ -179,6 +234,12 @@ METRIC_INFO: dict[str, MetricInfo] = {
     "jsd": MetricInfo(False, "Jensen–Shannon divergence to Retrain (≤ ln 2)"),
     "l2": MetricInfo(False, "‖p − q‖₂ to Retrain"),
     "mia_auc": MetricInfo(False, "loss-based membership-inference AUC (0.5 = no leakage)"),
+    "residual_jsd": MetricInfo(False, "paper-JSD to Retrain ÷ the Original's (1 = forgot nothing)"),
+    "residual_auc": MetricInfo(False, "|forget AUC − Retrain's| ÷ the Original's gap"),
+    "forget_quality": MetricInfo(True, "KS p-value of forget margins vs Retrain (TOFU)"),
+    "privleak": MetricInfo(False, "MUSE PrivLeak vs Retrain (0 ideal, < 0 still memorised)", 0.0),
+    "utility_recovery": MetricInfo(True, "test AUC regained from Original to Retrain (1 = all)"),
+    "target_p_yes": MetricInfo(False, "mean P(Yes) on test rows of the shilling targets"),
     "time_s": MetricInfo(False, "wall-clock seconds"),
     "time_ratio": MetricInfo(False, "wall-clock time ÷ Retrain's"),
     "trainable_params": MetricInfo(False, "parameters updated by the method"),

@@ -29,10 +29,12 @@ class Scores:
     p_yes: P(Yes) = softmax over the Yes/No answer-token logits, shape [N].
     distances: scope ("vocab" | "yes_no") → metric ("paper_jsd" | "jsd" | "l2") → [N] values
     between the reference (p) and the scored run (q); None when no reference was given.
+    reference_p_yes: the reference's P(Yes) per row; None when no reference was given.
     """
 
     p_yes: np.ndarray
     distances: dict[str, dict[str, np.ndarray]] | None = None
+    reference_p_yes: np.ndarray | None = None
 
 
 def model_device(run_model: RunModel) -> torch.device:
@@ -108,6 +110,7 @@ def score_rows(
         if reference is not None
         else None
     )
+    ref_p_yes = np.empty(n, dtype=np.float64) if reference is not None else None
     device = model_device(run_model)
     ref_device = model_device(reference) if reference is not None else None
     bar = tqdm(total=n, desc=desc, unit="row", disable=None if progress else True, leave=False)
@@ -124,9 +127,10 @@ def score_rows(
                         f"{tuple(q.shape)} vs {tuple(p.shape)}; compare runs of one backbone"
                     )
                 p = p.to(q.device)
+                ref_p_yes[index] = p_yes_from_logits(p[:, answer_ids[0]], p[:, answer_ids[1]])
                 pairs = {"vocab": (p, q), "yes_no": (p[:, answer_ids], q[:, answer_ids])}
                 for scope, (ref_logits, run_logits) in pairs.items():
                     for name, metric in FORGET_METRICS.items():
                         distances[scope][name][index] = metric(ref_logits, run_logits)
             bar.update(len(index))
-    return Scores(p_yes=p_yes, distances=distances)
+    return Scores(p_yes=p_yes, distances=distances, reference_p_yes=ref_p_yes)

@@ -59,8 +59,12 @@ def _require(summary: pd.DataFrame, columns: tuple[str, ...], plot: str) -> None
 
 
 def plot_tradeoff(summary: pd.DataFrame, path: str | Path) -> Path:
-    """Forgetting (paper-JSD to Retrain, x) vs test AUC (y), one labelled point per method."""
-    x_col, y_col = "forget_paper_jsd", "test_auc"
+    """Forgetting (x: the residual paper-JSD when the rows have it — 1 = the Original, 0 =
+    Retrain — else paper-JSD to Retrain) vs test AUC (y), one labelled point per method."""
+    residual = (
+        "forget_residual_jsd_mean" in summary and summary["forget_residual_jsd_mean"].notna().any()
+    )
+    x_col, y_col = ("forget_residual_jsd" if residual else "forget_paper_jsd"), "test_auc"
     _require(summary, (x_col, y_col), "the trade-off plot")
     figure, (axis,) = _figure(7.0, 5.0)
     methods = [m for m in summary.index if method_key(m) != NOISE_FLOOR]
@@ -109,7 +113,11 @@ def plot_tradeoff(summary: pd.DataFrame, path: str | Path) -> Path:
     if len(positive) == len(xs) and positive and max(positive) / min(positive) > 100:
         axis.set_xscale("log")
     axis.margins(x=0.15, y=0.15)
-    axis.set_xlabel("forgetting: paper-JSD to Retrain on the forget set (lower is better)")
+    axis.set_xlabel(
+        "forgetting: residual paper-JSD to Retrain on the forget set (1 = Original, 0 = Retrain)"
+        if residual
+        else "forgetting: paper-JSD to Retrain on the forget set (lower is better)"
+    )
     axis.set_ylabel("test AUC (higher is better)")
     axis.set_title("Forgetting vs utility (mean ± std over seeds); better = up and to the left")
     axis.grid(True, alpha=0.3)

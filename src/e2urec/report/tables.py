@@ -55,11 +55,18 @@ def format_count(value: float) -> str:
     return f"{value:.0f}"
 
 
-# (column, header, decimals for a given mean) in the paper's layout; None: a count (K/M/B).
+# (column, header, decimals for a given mean) in the paper's layout plus the forgetting evidence;
+# None: a count (K/M/B). Columns no row has a value for (e.g. target P(Yes) outside shilling)
+# are left out of the Markdown table.
 TABLE_COLUMNS: tuple[tuple[str, str, Callable[[float], int] | None], ...] = (
     ("forget_paper_jsd", "forget paper-JSD", _significant(4)),
-    ("forget_l2", "forget L2", _significant(4)),
+    ("forget_residual_jsd", "residual JSD", _fixed(2)),
+    ("forget_residual_auc", "residual AUC_f", _fixed(2)),
+    ("forget_quality", "KS p", _significant(2)),
+    ("forget_privleak", "PrivLeak", _fixed(3)),
     ("test_auc", "test AUC", _fixed(4)),
+    ("utility_recovery", "AUC recovery", _fixed(2)),
+    ("target_p_yes", "target P(Yes)", _fixed(3)),
     ("test_acc", "ACC", _fixed(4)),
     ("test_logloss", "LogLoss", _fixed(4)),
     ("time_s", "time (s)", _fixed(1)),
@@ -141,22 +148,32 @@ def best_methods(summary: pd.DataFrame, column: str) -> set[str]:
     candidates = means[[not is_reference(m) for m in summary.index]].dropna()
     if len(candidates) < 2:
         return set()
-    best = candidates.max() if metric_info(column).higher_is_better else candidates.min()
+    info = metric_info(column)
+    if info.ideal is not None:
+        candidates = (candidates - info.ideal).abs()
+        best = candidates.min()
+    else:
+        best = candidates.max() if info.higher_is_better else candidates.min()
     winners = {m for m, value in candidates.items() if math.isclose(value, best, rel_tol=1e-12)}
     return winners if len(winners) < len(candidates) else set()
 
 
 def to_markdown(summary: pd.DataFrame) -> str:
     """The summary as a Markdown table in the paper's layout, best unlearning method in bold."""
-    headers = ["method", *(header for _, header, _ in TABLE_COLUMNS), "seeds"]
-    best = {column: best_methods(summary, column) for column, *_ in TABLE_COLUMNS}
+    columns = [
+        spec
+        for spec in TABLE_COLUMNS
+        if f"{spec[0]}_mean" in summary and summary[f"{spec[0]}_mean"].notna().any()
+    ]
+    headers = ["method", *(header for _, header, _ in columns), "seeds"]
+    best = {column: best_methods(summary, column) for column, *_ in columns}
     lines = [
         "| " + " | ".join(headers) + " |",
         "|---" + "|---:" * (len(headers) - 1) + "|",
     ]
     for method in summary.index:
         cells = [method_label(method).replace("|", "\\|")]
-        for column, _, decimals in TABLE_COLUMNS:
+        for column, _, decimals in columns:
             text = _cell(summary, method, column, decimals)
             cells.append(f"**{text}**" if method in best[column] else text)
         cells.append(str(int(summary.at[method, "n_seeds"])))
@@ -166,13 +183,21 @@ def to_markdown(summary: pd.DataFrame) -> str:
 
 LEGEND = (
     "Cells: mean ± std over seeds (mean alone for one seed). Forgetting metrics compare each "
-    "method with Retrain on the forget set; lower is better. **Bold**: best unlearning method "
-    "per column (reference rows excluded).\n"
+    "method with Retrain (same seed) on the forget set. paper-JSD and residuals: lower is better "
+    "(residual = distance ÷ the Original's: 1 = forgot nothing, 0 = Retrain; on the noise-floor "
+    "row, the floor in the same units). KS p: TOFU forget quality, higher = indistinguishable "
+    "from Retrain. PrivLeak: MUSE's, 0 ideal, negative = forget rows still recognisable as "
+    "members against holdout users' rows. AUC recovery: share of the test-AUC gap between the "
+    "polluted Original and the clean Retrain regained (1 = all). **Bold**: best unlearning "
+    "method per column (reference rows excluded; PrivLeak: closest to 0).\n"
 )
 
 
-def write_tables(rows: Iterable[Mapping[str, Any]], out_dir: str | Path) -> dict[str, Path]:
-    """Write `results.csv` (one line per run), `summary.csv` and `results.md`, atomically."""
+def write_tables(
+    rows: Iterable[Mapping[str, Any]], out_dir: str | Path, notes: str = ""
+) -> dict[str, Path]:
+    """Write `results.csv` (one line per run), `summary.csv` and `results.md` (the table, the
+    legend and `notes`), atomically."""
     rows = list(rows)
     summary = summarise(rows)
     out_dir = Path(out_dir)
@@ -183,5 +208,6 @@ def write_tables(rows: Iterable[Mapping[str, Any]], out_dir: str | Path) -> dict
     }
     atomic_write_text(paths["results_csv"], pd.DataFrame(rows).to_csv(index=False))
     atomic_write_text(paths["summary_csv"], summary.to_csv())
-    atomic_write_text(paths["results_md"], to_markdown(summary) + "\n" + LEGEND)
+    text = to_markdown(summary) + "\n" + LEGEND + (f"\n{notes}" if notes else "")
+    atomic_write_text(paths["results_md"], text)
     return paths
