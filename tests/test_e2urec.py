@@ -23,7 +23,6 @@ from e2urec.data.prepare import PrepareConfig, prepare
 from e2urec.data.synthetic import generate, write_ml1m
 from e2urec.errors import E2URecError
 from e2urec.methods.e2urec import (
-    TEACHERS,
     E2URecParams,
     E2URecTask,
     MembershipMonitor,
@@ -32,14 +31,17 @@ from e2urec.methods.e2urec import (
     add_lora,
     answer_stats,
     combine,
-    contrastive_teacher,
     direction_warning,
+    membership_verdict,
+    retain_rows_repeat,
+)
+from e2urec.methods.e2urec_teachers import (
+    TEACHERS,
+    contrastive_teacher,
     forced_teacher,
     holdout_teacher,
     label_teacher,
-    membership_verdict,
     quantile_match,
-    retain_rows_repeat,
 )
 from e2urec.runs import load_run_model
 from e2urec.train.loop import LoopConfig, fit

@@ -27,14 +27,22 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import pad_sequence
 
 from e2urec.backbones import BACKBONES, IGNORE, Recommender
 from e2urec.errors import E2URecError
 from e2urec.methods.base import Method, TrainParams, UnlearnContext, register
-from e2urec.registry import Registry
+from e2urec.methods.e2urec_teachers import (
+    TEACHERS,
+    answer_margin,
+    answer_tokens,
+    contrastive_teacher,
+    forced_teacher,
+    holdout_teacher,
+    label_teacher,
+    quantile_match,
+)
 from e2urec.runs import RUN_FORMATS, RunModel, SingleModel, load_run_model
 
 ADAPTER_DIR = "adapter"
@@ -147,102 +155,6 @@ class E2URecParams(TrainParams):
 
 
 # ---------------------------------------------------------------- the loss, piece by piece
-def forced_teacher(z_orig: torch.Tensor, z_aug: torch.Tensor, alpha: float) -> torch.Tensor:
-    """Forgetting-teacher logits: z_orig − α·ReLU(z_aug − z_orig)."""
-    return z_orig - alpha * F.relu(z_aug - z_orig)
-
-
-def contrastive_teacher(
-    z_orig: torch.Tensor, z_aug: torch.Tensor, z_ctrl: torch.Tensor, alpha: float
-) -> torch.Tensor:
-    """z_orig − α·ReLU((z_aug − z_orig) − (z_ctrl − z_orig)): only the shift that tuning on the
-    forget set adds beyond tuning a control copy on as many retained rows (the shift both share,
-    e.g. a generic recalibration, cancels)."""
-    return z_orig - alpha * F.relu((z_aug - z_orig) - (z_ctrl - z_orig))
-
-
-def answer_tokens(
-    labels: torch.Tensor, yes_id: int, no_id: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per row, the trained answer token (first answer position) and the other answer token."""
-    trained = labels[:, 0]
-    return trained, torch.where(trained == yes_id, no_id, yes_id)
-
-
-def answer_margin(z: torch.Tensor, trained: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
-    """log P(trained answer) − log P(other answer) at the first answer position, per row."""
-    first = z[:, 0].float()
-    return first.gather(1, trained[:, None])[:, 0] - first.gather(1, other[:, None])[:, 0]
-
-
-def lower_answer_logit(
-    z: torch.Tensor, trained: torch.Tensor, amount: torch.Tensor
-) -> torch.Tensor:
-    """A copy of z [B, T, V] with each row's trained-answer logit at the first answer position
-    lowered by `amount` [B]; every other logit unchanged."""
-    out = z.clone()
-    rows = torch.arange(len(z), device=z.device)
-    out[rows, 0, trained] = out[rows, 0, trained] - amount.to(z.dtype)
-    return out
-
-
-def label_teacher(z_orig: torch.Tensor, trained: torch.Tensor, alpha: float) -> torch.Tensor:
-    """UNDIAL's adjusted logits (Dong et al., arXiv 2402.10052: the original's logits with the
-    trained token's logit lowered by a fixed γ), at the one token that carries the answer: the
-    first answer position (the "." and end tokens after it are the same for Yes and No rows)."""
-    return lower_answer_logit(z_orig, trained, torch.full_like(trained, alpha, dtype=z_orig.dtype))
-
-
-def quantile_match(
-    margins: torch.Tensor, forget_sorted: torch.Tensor, holdout_sorted: torch.Tensor
-) -> torch.Tensor:
-    """Q_holdout(F_forget(m)): each margin's mid-rank quantile among the (sorted) forget
-    margins, read off the (sorted) holdout margins by linear interpolation; monotone in m."""
-    forget_sorted = forget_sorted.to(margins.device, torch.float32)
-    holdout_sorted = holdout_sorted.to(margins.device, torch.float32)
-    margins = margins.float().contiguous()
-    below = torch.searchsorted(forget_sorted, margins, right=False)
-    at_most = torch.searchsorted(forget_sorted, margins, right=True)
-    quantile = (below + at_most).float() / (2 * len(forget_sorted))
-    position = quantile * (len(holdout_sorted) - 1)
-    low = position.floor().long().clamp(0, len(holdout_sorted) - 1)
-    high = (low + 1).clamp(max=len(holdout_sorted) - 1)
-    weight = position - low.float()
-    return holdout_sorted[low] * (1 - weight) + holdout_sorted[high] * weight
-
-
-def holdout_teacher(
-    z_orig: torch.Tensor, trained: torch.Tensor, other: torch.Tensor, target: torch.Tensor
-) -> torch.Tensor:
-    """Lower each row's trained-answer logit so its margin is min(margin, target): forget rows
-    more sure of their trained answer than the matched holdout quantile are pulled down to it,
-    the others are left as the original has them (never pushed towards the trained answer)."""
-    excess = F.relu(answer_margin(z_orig, trained, other) - target.float())
-    return lower_answer_logit(z_orig, trained, excess)
-
-
-@dataclass(frozen=True)
-class TeacherSpec:
-    """A forgetting teacher: the frozen models it reads beside the original, whether it needs
-    the holdout users' margins, and its formula (recorded in the run's manifest)."""
-
-    models: tuple[str, ...]
-    holdout: bool
-    formula: str
-
-
-TEACHERS: Registry[TeacherSpec] = Registry("e2urec teacher")
-for _name, _spec in {
-    "paper": TeacherSpec(("augmented",), False, "z_orig − α·ReLU(z_aug − z_orig)"),
-    "contrastive": TeacherSpec(
-        ("augmented", "control"), False, "z_orig − α·ReLU((z_aug − z_orig) − (z_ctrl − z_orig))"
-    ),
-    "label": TeacherSpec((), False, "z_orig with the trained answer's logit lowered by α"),
-    "holdout": TeacherSpec(
-        (), True, "z_orig with the trained answer's margin lowered to the holdout quantile"
-    ),
-}.items():
-    TEACHERS.register(_name)(_spec)
 STOPS = ("budget", "membership")
 
 
