@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import shutil
 from pathlib import Path
 from types import SimpleNamespace
@@ -521,10 +522,34 @@ def test_unlearn_prints_the_warning_on_stderr(monkeypatch, capsys):
         "warnings": ["the paper forgetting teacher moves it away"],
         "stop": {"rule": "membership", "step": 2, "stopped_by": "membership", "reason": "KS p"},
     }
-    monkeypatch.setattr(api, "unlearn", lambda *a, **k: manifest)
+
+    def unlearn(*args, **kwargs):  # the method logs its warning while it runs
+        logging.getLogger("e2urec.methods.e2urec").warning(manifest["warnings"][0])
+        return manifest
+
+    monkeypatch.setattr(api, "unlearn", unlearn)
     args = ["unlearn", "--method", "e2urec", "--from", "x", "--data", "y", "--out", "z"]
     assert cli.main(args) == 0
     captured = capsys.readouterr()
     assert captured.err == "warning: the paper forgetting teacher moves it away\n"
     assert "holdout users, mean P(Yes): original 0.560" in captured.out
     assert "stopped at step 2 by membership: KS p" in captured.out
+
+
+def test_direction_warning_is_logged_before_the_student_trains(holdout_world, monkeypatch, caplog):
+    import e2urec.methods.e2urec as e2urec_method
+    import e2urec.train.loop as loop
+
+    w = holdout_world
+    real_fit, seen = loop.fit, []
+    monkeypatch.setattr(e2urec_method, "direction_warning", lambda *a: "pushes the wrong way")
+
+    def fit(*args, **kwargs):
+        seen.append([r.getMessage() for r in caplog.records])
+        return real_fit(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "fit", fit)
+    with caplog.at_level(logging.WARNING, logger="e2urec"):
+        manifest = unlearn("e2urec", w["original"], w["data"], w["root"] / "warned", QUICK)
+    assert seen[-1] == ["pushes the wrong way"]  # the student's fit: the warning came first
+    assert manifest["warnings"] == ["pushes the wrong way"]

@@ -8,6 +8,7 @@ run functions so that `e2urec --help` stays fast.
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 
 from e2urec import __version__
@@ -416,8 +417,6 @@ def run_unlearn(args: argparse.Namespace) -> None:
     if manifest.get("stop", {}).get("rule") == "membership":
         stop = manifest["stop"]
         print(f"stopped at step {stop['step']} by {stop['stopped_by']}: {stop['reason']}")
-    for warning in manifest.get("warnings", []):
-        print(f"warning: {warning}", file=sys.stderr)
 
 
 def add_train_ensemble(sub: argparse._SubParsersAction) -> None:
@@ -815,7 +814,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _WarningLines(logging.Handler):
+    """Writes each record as `warning: ...` to the stderr of the moment (tests swap it)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        sys.stderr.write(f"warning: {record.getMessage()}\n")
+
+
+def show_library_warnings() -> None:
+    """Library warnings (logger "e2urec") reach stderr as `warning: ...` lines, once."""
+    logger = logging.getLogger("e2urec")
+    if not any(isinstance(h, _WarningLines) for h in logger.handlers):
+        logger.addHandler(_WarningLines(logging.WARNING))
+
+
 def main(argv: list[str] | None = None) -> int:
+    show_library_warnings()
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

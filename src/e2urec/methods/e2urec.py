@@ -20,6 +20,7 @@ The run saves only the adapters (`adapter/`, PEFT safetensors) and points at the
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +47,7 @@ from e2urec.methods.e2urec_teachers import (
 from e2urec.runs import RUN_FORMATS, RunModel, SingleModel, load_run_model
 
 ADAPTER_DIR = "adapter"
+log = logging.getLogger(__name__)
 Batch = dict[str, torch.Tensor]
 
 
@@ -488,6 +490,22 @@ def direction_warning(teacher: str, forget_p_yes: dict[str, float], holdout: flo
     )
 
 
+def check_direction(
+    fields: dict[str, Any], teachers: Teachers, teacher: str, holdout: dict | None
+) -> None:
+    """Record the forget set's mean P(Yes) per model and whether the teacher pushes them away
+    from the holdout users' mean; log the warning as soon as it is known."""
+    fields["forget_p_yes"] = teachers.forget_p_yes()
+    if holdout is None:
+        fields["direction_check"] = f"skipped: {NO_HOLDOUT}"
+        return
+    warning = direction_warning(teacher, fields["forget_p_yes"], float(holdout["p_yes"].mean()))
+    fields["direction_check"] = "away from the holdout users" if warning else "ok"
+    if warning:
+        fields["warnings"] = [warning]
+        log.warning(warning)
+
+
 def sample_rows(
     rows: Sequence[dict[str, Any]], size: int, seed: int, name: str
 ) -> list[dict[str, Any]]:
@@ -752,6 +770,7 @@ def run(ctx: UnlearnContext) -> dict[str, Any]:
                 progress=accelerator.is_main_process,
             )
         teachers.release()  # cached: the tuned copies are no longer needed
+        check_direction(fields, teachers, params.teacher, holdout)  # before training
     result = fit(
         recommender,
         student,
@@ -776,17 +795,9 @@ def run(ctx: UnlearnContext) -> dict[str, Any]:
             "retain_rows": len(task.retain_teacher.rows),
             "mb": round(cache_mb, 1),
         },
-        forget_p_yes=teachers.forget_p_yes(),
     )
-    if holdout is None:
-        fields["direction_check"] = f"skipped: {NO_HOLDOUT}"
-    else:
-        warning = direction_warning(
-            params.teacher, fields["forget_p_yes"], fields["holdout_p_yes"]["original"]
-        )
-        fields["direction_check"] = "away from the holdout users" if warning else "ok"
-        if warning:
-            fields["warnings"] = [warning]
+    if not params.cache_teachers:  # the teachers' means gathered along the first epoch
+        check_direction(fields, teachers, params.teacher, holdout)
     fields["stop"] = (
         monitor.summary(result.steps)
         if monitor is not None
