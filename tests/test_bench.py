@@ -96,6 +96,13 @@ def test_rerun_reuses_every_step_and_a_changed_method_reruns_alone(bench_run, ca
         (["--preset", "demo", "--methods", "e2urec,nope"], "unknown method 'nope'"),
         (["--preset", "demo", "--seeds", "0"], "--seeds must be at least 1"),
         (["--preset", "demo", "--set", "train.epochz=2"], "unknown bench train parameter"),
+        (["--preset", "demo", "--set", "variants={x: {method: nope}}"], "variant 'x' needs"),
+        (["--preset", "demo", "--set", "variants={sisa: {method: e2urec}}"], "clashes"),
+        (
+            ["--preset", "demo", "--set", "variants={x: {method: e2urec, params: {teacher: z}}}"],
+            "unknown e2urec teacher 'z'",
+        ),
+        (["--preset", "demo", "--set", "data.pollute=poison"], "unknown --pollute"),
     ],
 )
 def test_bad_bench_input_is_one_line_and_writes_nothing(
