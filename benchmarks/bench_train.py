@@ -9,6 +9,10 @@ adapters on the family's targets) and inference samples/second (`evaluate_ce`, n
 `pip install 'e2urec[minilm]'`; skipped with a note when missing). CUDA when available, else
 CPU with torch's thread count (set OMP_NUM_THREADS to pin it).
 
+Each rate is given per wall second and per CPU second of this process (`time.process_time`):
+on a machine shared with other jobs the wall rate drops with the share of the cores this
+process gets, the CPU rate much less; with OMP_NUM_THREADS=1 it approximates one idle core.
+
     .venv/bin/python benchmarks/bench_train.py [--raw ../shared/data/ml-100k] [--last-n 2000]
     .venv/bin/python benchmarks/bench_train.py --backbones minilm --finetune lora --steps 10
 """
@@ -41,10 +45,28 @@ def percentile(values: list[int], q: float) -> int:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
+class Timer:
+    """Wall and CPU seconds of the block; `rates(n)` formats n samples per second of each."""
+
+    def __enter__(self) -> Timer:
+        self.wall, self.cpu = time.perf_counter(), time.process_time()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.wall = time.perf_counter() - self.wall
+        self.cpu = time.process_time() - self.cpu
+
+    def rates(self, samples: int) -> str:
+        return (
+            f"{samples / self.wall:7.1f} samples/s wall, {samples / self.cpu:7.1f} per CPU-s "
+            f"({samples} samples, {self.wall:.1f} s wall, {self.cpu:.1f} s CPU)"
+        )
+
+
 def train_rate(
     backbone: str, corpus: list[str], rows: list[dict], finetune: str, args: argparse.Namespace
-) -> tuple[float, int, int]:
-    """Training samples/s of a fresh model in `finetune` mode, with its trainable and total
+) -> tuple[str, int, int]:
+    """Training rates of a fresh model in `finetune` mode, with its trainable and total
     parameter counts."""
     family, _ = parse_spec(backbone)
     rec = create_recommender(backbone, corpus, seed=0, max_length=args.max_length)
@@ -56,12 +78,11 @@ def train_rate(
         fit(rec, model, task, LoopConfig(epochs=1, max_steps=1, batch_size=args.batch_size), run)
     with tempfile.TemporaryDirectory() as run:
         cfg = LoopConfig(epochs=100, max_steps=args.steps, batch_size=args.batch_size)
-        begin = time.perf_counter()
-        result = fit(rec, model, task, cfg, run)
-        seconds = time.perf_counter() - begin
+        with Timer() as timer:
+            result = fit(rec, model, task, cfg, run)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
-    return result.samples / seconds, trainable, total
+    return timer.rates(result.samples), trainable, total
 
 
 def bench(backbone: str, data: Path, args: argparse.Namespace, device: torch.device) -> None:
@@ -80,26 +101,21 @@ def bench(backbone: str, data: Path, args: argparse.Namespace, device: torch.dev
         f"p95 {percentile(lengths, 0.95)} max {max(lengths)} (max length {rec.max_length})"
     )
     for finetune in args.finetune.split(","):
-        rate, trainable, total = train_rate(backbone, corpus, splits["train"], finetune, args)
+        rates, trainable, total = train_rate(backbone, corpus, splits["train"], finetune, args)
         print(
-            f"  train {finetune:<4}: {rate:8.1f} samples/s  (batch {args.batch_size}, "
-            f"{args.steps} steps; trainable {trainable:,} of {total:,}, "
-            f"{100 * trainable / total:.2f}%)"
+            f"  train {finetune:<4}: {rates}; batch {args.batch_size}, trainable "
+            f"{trainable:,} of {total:,} ({100 * trainable / total:.2f}%)"
         )
     rows = (splits["valid"] + splits["test"])[: args.eval_rows]
     model = rec.model.eval()
     evaluate_ce(rec, model, rows[: args.eval_batch_size], args.eval_batch_size)  # warm-up
     if device.type == "cuda":
         torch.cuda.synchronize()
-    begin = time.perf_counter()
-    evaluate_ce(rec, model, rows, args.eval_batch_size)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    seconds = time.perf_counter() - begin
-    print(
-        f"  inference : {len(rows) / seconds:8.1f} samples/s  "
-        f"({len(rows)} rows, batch {args.eval_batch_size}, {seconds:.2f} s)"
-    )
+    with Timer() as timer:
+        evaluate_ce(rec, model, rows, args.eval_batch_size)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+    print(f"  inference : {timer.rates(len(rows))}; batch {args.eval_batch_size}")
 
 
 def main() -> None:
