@@ -263,7 +263,7 @@ class Queue:
         work: Pass,
         checks: dict[str, Any],
         ledger_seq: dict[str, int],
-        timings: dict[str, float],
+        timings: dict[str, Any],
     ) -> None:
         """Mark the pass and its requests done (one transaction); `checks` per request id."""
         finished = time.time()

@@ -14,7 +14,8 @@ row, computed once per version). A pass (see `queue.Queue.claim`) runs:
      outputs of the serving model) and after (the new model);
   4. the new version written whole to versions/vNNNN (staged, then one rename): the commit point;
   5. the users' rows removed from the store, current.json switched, one ledger entry per request
-     (all in one atomic ledger rewrite), the requests marked done (one transaction).
+     (all in one atomic ledger rewrite), the new model swapped in (`on_switch`), the requests
+     marked done (one transaction).
 
 A crash before step 4 leaves no version: the restarted worker runs the pass again. A crash after
 it finishes steps 5 from what the version folder records (its checks), so a version is never
@@ -25,12 +26,13 @@ worker before any pass starts.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import shutil
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -46,8 +48,8 @@ from e2urec.quiet import quiet_transformers
 from e2urec.runs import CONFIG, MODEL_DIR, SingleModel
 
 MAX_USERS = 64
-VALID_ROWS = 500
-HOLDOUT_ROWS = 300
+VALID_ROWS = 400
+HOLDOUT_ROWS = 200
 SEED = 0
 log = logging.getLogger("e2urec.worker")
 
@@ -222,23 +224,22 @@ class Worker:
     # ---------------------------------------------------------------- one pass
     def serve_pass(self, work: Pass) -> None:
         """Run pass `work` to the end (see the module docstring)."""
-        began = time.perf_counter()
+        clock = Clock()
         folder = self.dep.path / REQUESTS / f"pass-{work.pass_id}"
         final = self.dep.version_dir(work.version)
-        timings: dict[str, float] = {}
         ids = ", ".join(r["request_id"] for r in work.requests)
         self.say(
             f"pass {work.pass_id}: {len(work.requests)} request(s) ({ids}), users {work.users}"
         )
         if work.data_sha256_before is None:
-            with _timed(timings, "hash"):
+            with clock.phase("hash"):
                 before, after = self.dep.store.data_sha256_without(work.users)
             self.dep.queue.set_hashes(work.pass_id, before, after)
             work.data_sha256_before, work.data_sha256_after = before, after
         built = None
         if work.unlearned_users and not final.exists():
             try:
-                built = self._build(work, folder, final, timings)
+                built = self._build(work, folder, final, clock)
             except Exception as exc:
                 reason = (
                     str(exc) if isinstance(exc, E2URecError) else f"{type(exc).__name__}: {exc}"
@@ -247,17 +248,20 @@ class Worker:
                 shutil.rmtree(folder, ignore_errors=True)
                 self.say(f"pass {work.pass_id} failed: {reason}")
                 return
-        with _timed(timings, "commit"):
-            self._commit(work, final, timings, began)
+        with clock.phase("commit"):
+            checks_by_id, recorded = self._commit(work, final)
+        with clock.phase("switch_memory"):
+            self._advance(work, built)  # the new version serves before anyone reads "done"
+        timings = clock.summary()
+        self.dep.queue.finish(work, checks_by_id, recorded, timings)
         shutil.rmtree(folder, ignore_errors=True)
-        self._advance(work, built)
         self.say(
             f"pass {work.pass_id}: version {work.version} serves "
-            f"({time.perf_counter() - began:.1f} s)"
+            f"({timings['wall_s']['total']:.1f} s)"
         )
 
     def _build(
-        self, work: Pass, folder: Path, final: Path, timings: dict[str, float]
+        self, work: Pass, folder: Path, final: Path, clock: Clock
     ) -> tuple[SingleModel, dict[str, Any], tuple[np.ndarray, np.ndarray]]:
         """Unlearn, check and write the new version whole; returns (model, manifest, the new
         model's sample outputs)."""
@@ -266,14 +270,14 @@ class Worker:
         users, unlearned = set(work.users), set(work.unlearned_users)
         forget = [r for r in warm.train if r["user_id"] in unlearned]
         retain = [r for r in warm.train if r["user_id"] not in users]
-        with _timed(timings, "checks_before"), quiet_transformers():
+        with clock.phase("checks_before"), quiet_transformers():
             member_before = checks.losses_and_p_yes(warm.model, forget)[0]
-        with _timed(timings, "unlearn"), quiet_transformers():
+        with clock.phase("unlearn"), quiet_transformers():
             fields, model = self._unlearn(work, folder, forget, retain)
         valid_kept, holdout_kept = warm.kept(users)
         valid = [r for r, k in zip(warm.valid, valid_kept, strict=True) if k]
         holdout = [r for r, k in zip(warm.holdout, holdout_kept, strict=True) if k]
-        with _timed(timings, "checks_after"), quiet_transformers():
+        with clock.phase("checks_after"), quiet_transformers():
             member_after = checks.losses_and_p_yes(model, forget)[0]
             valid_after = checks.losses_and_p_yes(model, valid)[1]
             holdout_after = checks.losses_and_p_yes(model, holdout)[0]
@@ -297,7 +301,7 @@ class Worker:
                 "nonmembers": len(holdout),
                 "valid_rows": len(valid),
             }
-        with _timed(timings, "save"), quiet_transformers():
+        with clock.phase("save"), quiet_transformers():
             manifest = self._save(work, final, model, fields, per_request, folder)
         return model, manifest, (valid_after, holdout_after)
 
@@ -395,8 +399,9 @@ class Worker:
             )
         return manifest
 
-    def _commit(self, work: Pass, final: Path, timings: dict[str, float], began: float) -> None:
-        """Switch to the pass's version and record it (each step skipped when already done)."""
+    def _commit(self, work: Pass, final: Path) -> tuple[dict[str, Any], dict[str, int]]:
+        """Switch to the pass's version and record it in the ledger (each step skipped when
+        already done); returns the checks and the ledger seq per request id."""
         dep = self.dep
         info = read_json(final / VERSION_INFO, "version record")
         checks_by_id = info.get("checks", {}) if work.unlearned_users else {}
@@ -435,8 +440,7 @@ class Worker:
             )
         for entry in dep.ledger.extend(fresh) if fresh else []:
             recorded[entry["request_id"]] = entry["seq"]
-        timings["total"] = time.perf_counter() - began
-        dep.queue.finish(work, checks_by_id, recorded, _rounded(timings))
+        return checks_by_id, recorded
 
     def _advance(self, work: Pass, built: Any) -> None:
         """Bring the warm state to the pass's version (from memory when this worker built it)."""
@@ -479,19 +483,31 @@ def _merged(fields: dict[str, Any], run_dir: Path, source: Any) -> Any:
     return recommender
 
 
-class _timed:
-    """Add the block's wall seconds to `timings[name]`."""
+class Clock:
+    """Wall seconds and the worker thread's CPU seconds per phase of a pass. The CPU time is
+    what a phase costs without other processes competing for the cores (the model's own
+    operations run in the calling thread when torch uses one thread)."""
 
-    def __init__(self, timings: dict[str, float], name: str) -> None:
-        self.timings, self.name = timings, name
+    def __init__(self) -> None:
+        self.began = time.perf_counter(), time.thread_time()
+        self.wall: dict[str, float] = {}
+        self.cpu: dict[str, float] = {}
 
-    def __enter__(self) -> None:
-        self.began = time.perf_counter()
+    @contextlib.contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        """Add the block's wall and CPU seconds to phase `name`."""
+        wall, cpu = time.perf_counter(), time.thread_time()
+        try:
+            yield
+        finally:
+            self.wall[name] = self.wall.get(name, 0.0) + time.perf_counter() - wall
+            self.cpu[name] = self.cpu.get(name, 0.0) + time.thread_time() - cpu
 
-    def __exit__(self, *exc: object) -> None:
-        spent = time.perf_counter() - self.began
-        self.timings[self.name] = self.timings.get(self.name, 0.0) + spent
-
-
-def _rounded(timings: dict[str, float]) -> dict[str, float]:
-    return {k: round(v, 3) for k, v in timings.items()}
+    def summary(self) -> dict[str, dict[str, float]]:
+        """{"wall_s": {phase: s, ..., "total": s}, "cpu_s": {...}}, rounded to ms."""
+        wall = {**self.wall, "total": time.perf_counter() - self.began[0]}
+        cpu = {**self.cpu, "total": time.thread_time() - self.began[1]}
+        return {
+            "wall_s": {k: round(v, 3) for k, v in wall.items()},
+            "cpu_s": {k: round(v, 3) for k, v in cpu.items()},
+        }

@@ -1,0 +1,511 @@
+"""Deletion at production pace on a CPU-scale deployment: latency, coalescing, drift, kill -9.
+
+Setup (reused when WORK already holds it): ML-100K, the cpu-ml100k protocol (last 10,000
+samples, 5-item history, seed 42), a tiny T5 Original with the cpu-ml100k recipe, a deployment.
+Then, each part on its own copy of the deployment:
+
+  sequential  N single-user requests in a row on one warm worker (method e2urec with the
+              cpu-ml100k settings): per request the end-to-end latency (enqueue → done), the
+              process CPU seconds, the share spent unlearning, validation AUC after it (the
+              worker's check on its validation sample);
+  coalesced   the same N requests queued at once, then served (one pass when N ≤ --max-users);
+  retrain     a Retrain (the Original's recipe) on the final retained data, and the distance of
+              the final sequential / coalesced version to it: paper-JSD (full vocabulary, first
+              answer position) on the forgotten users' train rows and test AUC, next to the
+              Original's distance to the same Retrain;
+  stream      --stream requests posted concurrently to a running `serve` (worker thread):
+              all accepted, all done, the ledger verifies, none of their rows left;
+  kill        --kill-trials times: two requests queued, an `e2urec work` process killed with
+              SIGKILL at a random moment after its pass began, a new `e2urec work --once`
+              finishes; every request done, the ledger verifies, no rows left, no partial
+              version.
+
+Prints a summary and writes WORK/results.json.
+
+    OMP_NUM_THREADS=1 nice -n 19 .venv/bin/python benchmarks/bench_forget.py --work /tmp/bf
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from e2urec import api
+from e2urec.data.prepare import PrepareConfig
+from e2urec.deploy.deployment import Deployment
+from e2urec.deploy.worker import Worker
+from e2urec.errors import E2URecError
+from e2urec.runs import read_run_manifest
+
+DEFAULT_RAW = Path(__file__).resolve().parents[2] / "shared" / "data" / "ml-100k"
+RECIPE = {"epochs": 4, "lr": 1e-3, "batch_size": 32, "patience": 3, "max_length": 256}
+SETS = ["aug_lr=1e-3"]  # cpu-ml100k's e2urec setting (the tiny T5 trains at 1e-3)
+TOKEN = "bench"
+
+
+def say(line: str) -> None:
+    print(line, flush=True)
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+# ---------------------------------------------------------------- setup
+def setup(args: argparse.Namespace, work: Path) -> Path:
+    """Prepared data, the Original and the base deployment (each reused when present)."""
+    data = Path(args.data) if args.data else work / "data"
+    if not args.data:
+        api.prepare(
+            PrepareConfig(
+                dataset="ml-100k",
+                raw=args.raw,
+                out=str(data),
+                last_n=10_000,
+                history_len=5,
+                min_history=5,
+                forget_ratio=0.2,
+                shards=4,
+                seed=42,
+            )
+        )
+    original = Path(args.original) if args.original else work / "original"
+    if not (original / "manifest.json").is_file():
+        say("training the Original (cpu-ml100k recipe)")
+        api.train(data, "train", "t5-tiny", original, seed=0, **RECIPE)
+    base = work / "deployment"
+    if not base.is_dir():
+        api.deploy(original, data, base)
+    return base
+
+
+def copy_of(base: Path, work: Path, name: str) -> Deployment:
+    out = work / name
+    shutil.rmtree(out, ignore_errors=True)
+    shutil.copytree(base, out)
+    return Deployment(out)
+
+
+def pick_users(
+    dep: Deployment, count: int, seed: int, exclude: set[int] = frozenset()
+) -> list[int]:
+    """`count` seeded random users holding train rows."""
+    with dep.store.connect() as conn:
+        users = [
+            u
+            for (u,) in conn.execute(
+                "SELECT DISTINCT user_id FROM samples WHERE split = 'train' ORDER BY user_id"
+            )
+            if u not in exclude
+        ]
+    return random.Random(seed).sample(users, count)
+
+
+def pass_timings(dep: Deployment, pass_id: int) -> dict[str, float]:
+    with dep.store.connect() as conn:
+        row = conn.execute("SELECT timings FROM passes WHERE pass_id = ?", (pass_id,)).fetchone()
+    return json.loads(row[0])
+
+
+# ---------------------------------------------------------------- sequential and coalesced
+def sequential(base: Path, work: Path, users: list[int], args: argparse.Namespace) -> dict:
+    dep = copy_of(base, work, "sequential")
+    rows = []
+    with Worker(dep, max_users=args.max_users) as worker:
+        start_auc = _sample_auc(worker)
+        for user in users:
+            wall, cpu = time.perf_counter(), time.process_time()
+            record, _ = dep.enqueue([user], sets=SETS)
+            (done,) = worker.drain()
+            wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+            timings = pass_timings(dep, done["pass"])
+            rows.append(
+                {
+                    "user": user,
+                    "train_rows": done["rows_removed"]["train"],
+                    "seconds": round(wall, 3),
+                    "cpu_seconds": round(cpu, 3),
+                    "unlearn_share": round(timings["wall_s"]["unlearn"] / wall, 3),
+                    "unlearn_share_cpu": round(timings["cpu_s"]["unlearn"] / cpu, 3),
+                    "timings": timings,
+                    "valid_auc_after": done["checks"]["valid_auc"]["after"],
+                    "mia_auc": done["checks"]["mia_auc"],
+                    "state": done["state"],
+                }
+            )
+            say(
+                f"  sequential {len(rows):2d}: user {user} ({rows[-1]['train_rows']} rows) "
+                f"{wall:.2f} s wall, {cpu:.2f} s CPU, unlearning {rows[-1]['unlearn_share']:.0%}, "
+                f"valid AUC {rows[-1]['valid_auc_after']:.4f}"
+            )
+    seconds = [r["seconds"] for r in rows]
+    return {
+        "deployment": str(dep.path),
+        "requests": rows,
+        "valid_auc_start": start_auc,
+        "valid_auc_end": rows[-1]["valid_auc_after"],
+        "valid_auc_drop": round(start_auc - rows[-1]["valid_auc_after"], 4),
+        "median_s": statistics.median(seconds),
+        "p95_s": percentile(seconds, 0.95),
+        "median_cpu_s": statistics.median(r["cpu_seconds"] for r in rows),
+        "median_unlearn_share": statistics.median(r["unlearn_share"] for r in rows),
+        "median_unlearn_share_cpu": statistics.median(r["unlearn_share_cpu"] for r in rows),
+        "version": dep.current(),
+    }
+
+
+def _sample_auc(worker: Worker) -> float:
+    from e2urec.deploy.checks import auc_or_none
+
+    warm = worker.warm
+    assert warm is not None
+    return auc_or_none([r["label"] for r in warm.valid], warm.valid_p_yes) or float("nan")
+
+
+def coalesced(base: Path, work: Path, users: list[int], args: argparse.Namespace) -> dict:
+    dep = copy_of(base, work, "coalesced")
+    with Worker(dep, max_users=args.max_users) as worker:
+        wall, cpu = time.perf_counter(), time.process_time()
+        ids = [dep.enqueue([u], sets=SETS)[0]["request_id"] for u in users]
+        served = worker.drain()
+        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    passes = sorted({r["pass"] for r in served})
+    timings = [pass_timings(dep, p) for p in passes]
+    result = {
+        "deployment": str(dep.path),
+        "requests": len(ids),
+        "all_done": all(r["state"] == "done" for r in served) and len(served) == len(ids),
+        "passes": len(passes),
+        "seconds": round(wall, 3),
+        "cpu_seconds": round(cpu, 3),
+        "unlearn_share": round(sum(t["wall_s"]["unlearn"] for t in timings) / wall, 3),
+        "unlearn_share_cpu": round(sum(t["cpu_s"]["unlearn"] for t in timings) / cpu, 3),
+        "timings": timings,
+        "valid_auc": served[-1]["checks"]["valid_auc"],
+        "version": dep.current(),
+    }
+    say(
+        f"  coalesced: {len(ids)} requests in {len(passes)} pass(es), {wall:.2f} s wall, "
+        f"{cpu:.2f} s CPU, unlearning {result['unlearn_share']:.0%}"
+    )
+    return result
+
+
+# ---------------------------------------------------------------- distance to a Retrain
+def retrain_distance(
+    base: Path, work: Path, users: list[int], finals: dict[str, Path], args: argparse.Namespace
+) -> dict:
+    """Retrain on the final retained data; paper-JSD on the forgotten rows and test AUC of the
+    Original and each final version against it."""
+    from e2urec.deploy.checks import auc_or_none
+    from e2urec.eval.predict import score_rows
+    from e2urec.runs import load_run_model
+
+    original_dep = Deployment(base)
+    forgotten = original_dep.store.rows("train", users)
+    final = Deployment(next(iter(finals.values())))
+    data = work / "retain-data"
+    if not (data / "manifest.json").is_file():
+        final.write_data(data, label="final retained data")
+    retrain = Path(args.retrain) if args.retrain else work / "retrain"
+    if not _complete(retrain):
+        say("training the Retrain on the final retained data (the Original's recipe)")
+        began = time.perf_counter()
+        api.train(data, "retain", "t5-tiny", retrain, seed=0, overwrite=True, **RECIPE)
+        say(f"  Retrain took {time.perf_counter() - began:.0f} s")
+    reference = load_run_model(retrain)
+    test = final.store.rows("test")  # the remaining users' rows: one set for every model
+    valid = final.store.rows("valid")
+    labels, valid_labels = [r["label"] for r in test], [r["label"] for r in valid]
+    reference_auc = auc_or_none(labels, score_rows(reference, test, progress=False).p_yes)
+    models = {"original": original_dep.version_dir("v0001")}
+    models.update(
+        {name: Deployment(p).version_dir(Deployment(p).current()) for name, p in finals.items()}
+    )
+    result: dict[str, Any] = {"retrain_test_auc": reference_auc, "forgotten_rows": len(forgotten)}
+    for name, folder in models.items():
+        model = load_run_model(folder)
+        on_forgotten = score_rows(model, forgotten, reference=reference, progress=False)
+        assert on_forgotten.distances is not None
+        on_test = score_rows(model, test, progress=False)
+        test_auc = auc_or_none(labels, on_test.p_yes)
+        valid_auc = auc_or_none(valid_labels, score_rows(model, valid, progress=False).p_yes)
+        result[name] = {
+            "paper_jsd_forgotten": float(on_forgotten.distances["vocab"]["paper_jsd"].mean()),
+            "test_auc": test_auc,
+            "test_auc_gap": abs(test_auc - reference_auc),
+            "valid_auc_all_rows": valid_auc,
+        }
+        say(
+            f"  {name:10s} vs Retrain: paper-JSD on forgotten rows "
+            f"{result[name]['paper_jsd_forgotten']:.5f}, test AUC {test_auc:.4f} "
+            f"(Retrain {reference_auc:.4f}); valid AUC on all {len(valid)} rows {valid_auc:.4f}"
+        )
+    return result
+
+
+# ---------------------------------------------------------------- stream through serve
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def stream(base: Path, work: Path, users: list[int], args: argparse.Namespace) -> dict:
+    import httpx
+    import uvicorn
+
+    from e2urec.deploy.serve import create_app
+
+    dep = copy_of(base, work, "stream")
+    port = free_port()
+    app = create_app(dep.path, token=TOKEN, max_users=args.max_users)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.05)
+    url, auth = f"http://127.0.0.1:{port}", {"Authorization": f"Bearer {TOKEN}"}
+
+    def post(user: int) -> tuple[int, str, float]:
+        began = time.perf_counter()
+        reply = httpx.post(
+            f"{url}/forget", json={"users": [user], "sets": SETS}, headers=auth, timeout=120
+        )
+        return (
+            reply.status_code,
+            reply.json().get("request_id", reply.text),
+            time.perf_counter() - began,
+        )
+
+    try:
+        began = time.perf_counter()
+        with ThreadPoolExecutor(len(users)) as pool:
+            replies = list(pool.map(post, users))
+        accepted = [rid for status, rid, _ in replies if status == 202]
+        states: dict[str, dict] = {}
+        with httpx.Client(base_url=url, headers=auth, timeout=60) as client:
+            while len(states) < len(accepted) and time.perf_counter() - began < args.stream_timeout:
+                for rid in accepted:
+                    if rid not in states:
+                        record = client.get(f"/requests/{rid}").json()
+                        if record["state"] in ("done", "failed"):
+                            states[rid] = record
+                time.sleep(0.5)
+            ledger = client.get("/ledger")
+        seconds = time.perf_counter() - began
+    finally:
+        server.should_exit = True
+        thread.join(timeout=600)
+    entries = api.ledger(dep.path)
+    left = sum(len(dep.store.rows(s, users)) for s in ("train", "valid", "test"))
+    result = {
+        "requests": len(users),
+        "accepted": len(accepted),
+        "max_accept_s": round(max(s for _, _, s in replies), 3),
+        "done": sum(1 for r in states.values() if r["state"] == "done"),
+        "passes": len({r["pass"] for r in states.values()}),
+        "seconds": round(seconds, 1),
+        "ledger_verified": ledger.status_code == 200 and len(entries) == 1 + len(accepted),
+        "rows_left": left,
+    }
+    say(
+        f"  stream: {result['accepted']}/{len(users)} accepted (slowest answer "
+        f"{result['max_accept_s']} s), {result['done']} done in {result['passes']} pass(es), "
+        f"{seconds:.0f} s; ledger verified {result['ledger_verified']}; rows left {left}"
+    )
+    return result
+
+
+# ---------------------------------------------------------------- kill -9
+def kill_trials(base: Path, work: Path, users: list[int], args: argparse.Namespace) -> dict:
+    dep = copy_of(base, work, "kill")
+    rng = random.Random(1)
+    command = [sys.executable, "-m", "e2urec", "work", "--deployment", str(dep.path)]
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    trials = []
+    for trial in range(args.kill_trials):
+        mine = users[2 * trial : 2 * trial + 2]
+        ids = [dep.enqueue([u], sets=SETS)[0]["request_id"] for u in mine]
+        process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=env)
+        assert process.stderr is not None
+        for line in process.stderr:
+            if line.startswith("pass "):
+                break
+        delay = rng.uniform(0.0, args.kill_window)
+        time.sleep(delay)
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        where = _kill_point(dep)
+        finish = subprocess.run([*command, "--once"], capture_output=True, text=True, env=env)
+        records = [dep.request(rid) for rid in ids]
+        current = dep.current()
+        ok = {
+            "finished": finish.returncode == 0,
+            "all_done": all(r is not None and r["state"] == "done" for r in records),
+            "ledger_verified": _verifies(dep),
+            "rows_left": sum(len(dep.store.rows(s, mine)) for s in ("train", "valid", "test")),
+            "partial_versions": len(list((dep.path / "versions").glob(".*"))),
+            "current_whole": (dep.version_dir(current) / "version.json").is_file(),
+        }
+        trials.append({"delay_s": round(delay, 2), "killed": where, **ok})
+        say(f"  kill {trial + 1:2d}: after {delay:.1f} s ({where}) → {ok}")
+    good = [
+        t
+        for t in trials
+        if t["finished"]
+        and t["all_done"]
+        and t["ledger_verified"]
+        and not t["rows_left"]
+        and not t["partial_versions"]
+        and t["current_whole"]
+    ]
+    return {"trials": trials, "all_good": len(good) == len(trials)}
+
+
+def _complete(run: Path) -> bool:
+    try:
+        return bool(read_run_manifest(run))
+    except E2URecError:
+        return False
+
+
+def _kill_point(dep: Deployment) -> str:
+    running = dep.queue.running_pass()
+    if running is None:
+        return "between passes"
+    if not dep.version_dir(running.version).exists():
+        return "before the version was written"
+    if dep.current() != running.version:
+        return "version written, not switched"
+    return "switched, not recorded"
+
+
+def _verifies(dep: Deployment) -> bool:
+    try:
+        dep.ledger.entries()
+    except Exception:  # noqa: BLE001 (the bench reports it)
+        return False
+    return True
+
+
+# ---------------------------------------------------------------- main
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--work", required=True, help="working folder (reused across runs)")
+    parser.add_argument("--raw", default=str(DEFAULT_RAW), help="ml-100k folder")
+    parser.add_argument("--data", help="an existing cpu-ml100k prepared folder")
+    parser.add_argument("--original", help="an existing Original run on --data")
+    parser.add_argument("--retrain", help="an existing Retrain on the final retained data")
+    parser.add_argument("--requests", type=int, default=20, help="single-user requests (20)")
+    parser.add_argument("--stream", type=int, default=50, help="concurrent requests (50)")
+    parser.add_argument("--stream-timeout", type=float, default=900.0)
+    parser.add_argument("--kill-trials", type=int, default=10)
+    parser.add_argument("--kill-window", type=float, default=12.0, help="kill within s of a pass")
+    parser.add_argument("--max-users", type=int, default=64, help="users per pass (64)")
+    parser.add_argument(
+        "--parts", default="sequential,coalesced,retrain,stream,kill", help="parts to run"
+    )
+    args = parser.parse_args()
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    parts = set(args.parts.split(","))
+    results_path = work / "results.json"
+    results: dict[str, Any] = json.loads(results_path.read_text()) if results_path.is_file() else {}
+
+    def save() -> None:
+        results_path.write_text(json.dumps(results, indent=1))
+
+    base = setup(args, work)
+    dep = Deployment(base)
+    users = pick_users(dep, args.requests, seed=0)
+    results["setup"] = {
+        "deployment": str(base),
+        "store": dep.store.counts(),
+        "users": users,
+        "threads": os.environ.get("OMP_NUM_THREADS"),
+        "load_average": os.getloadavg(),
+    }
+    say(f"deployment {base}: {dep.store.counts()}; users {users}")
+    if "sequential" in parts:
+        say("sequential")
+        results["sequential"] = sequential(base, work, users, args)
+        save()
+    if "coalesced" in parts:
+        say("coalesced")
+        results["coalesced"] = coalesced(base, work, users, args)
+        save()
+    if "retrain" in parts:
+        say("distance to a Retrain on the final retained data")
+        finals = {n: work / n for n in ("sequential", "coalesced") if (work / n).is_dir()}
+        results["retrain"] = retrain_distance(base, work, users, finals, args)
+        save()
+    others = pick_users(dep, args.stream + 2 * args.kill_trials, seed=1, exclude=set(users))
+    if "stream" in parts:
+        say("stream")
+        results["stream"] = stream(base, work, others[: args.stream], args)
+        save()
+    if "kill" in parts:
+        say("kill -9")
+        results["kill"] = kill_trials(base, work, others[args.stream :], args)
+        save()
+    results["setup"]["load_average_end"] = os.getloadavg()
+    save()
+    summary(results)
+
+
+def summary(results: dict[str, Any]) -> None:
+    print("\nsummary")
+    seq, co = results.get("sequential"), results.get("coalesced")
+    if seq:
+        print(
+            f"  single-user request (warm): median {seq['median_s']:.2f} s, p95 {seq['p95_s']:.2f} s "
+            f"wall; median {seq['median_cpu_s']:.2f} s CPU; unlearning share "
+            f"{seq['median_unlearn_share']:.0%} of wall, {seq['median_unlearn_share_cpu']:.0%} "
+            "of CPU  [target <= 5 s, >= 30%]"
+        )
+        print(
+            f"  validation AUC over {len(seq['requests'])} sequential requests: "
+            f"{seq['valid_auc_start']:.4f} -> {seq['valid_auc_end']:.4f} (drop "
+            f"{seq['valid_auc_drop']:+.4f})  [target drop <= 0.01]"
+        )
+    if co and seq:
+        print(
+            f"  {co['requests']} coalesced: {co['seconds']:.1f} s wall = "
+            f"{co['seconds'] / seq['median_s']:.1f}x one request ({co['cpu_seconds']:.1f} s CPU = "
+            f"{co['cpu_seconds'] / seq['median_cpu_s']:.1f}x)  [target <= 2x]"
+        )
+    dist = results.get("retrain")
+    if dist:
+        for name in ("original", "sequential", "coalesced"):
+            if name in dist:
+                d = dist[name]
+                print(
+                    f"  {name:10s} vs Retrain: paper-JSD {d['paper_jsd_forgotten']:.5f}, "
+                    f"test AUC gap {d['test_auc_gap']:.4f}; valid AUC (all rows) "
+                    f"{d['valid_auc_all_rows']:.4f}"
+                )
+    if results.get("stream"):
+        print(f"  stream: {results['stream']}")
+    if results.get("kill"):
+        print(
+            f"  kill -9: {len(results['kill']['trials'])} trials, all good {results['kill']['all_good']}"
+        )
+
+
+if __name__ == "__main__":
+    main()
