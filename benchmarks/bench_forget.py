@@ -48,11 +48,13 @@ from e2urec.data.prepare import PrepareConfig
 from e2urec.deploy.deployment import Deployment
 from e2urec.deploy.worker import Worker
 from e2urec.errors import E2URecError
+from e2urec.presets import preset_values
 from e2urec.runs import read_run_manifest
 
 DEFAULT_RAW = Path(__file__).resolve().parents[2] / "shared" / "data" / "ml-100k"
-RECIPE = {"epochs": 4, "lr": 1e-3, "batch_size": 32, "patience": 3, "max_length": 256}
-SETS = ["aug_lr=1e-3"]  # cpu-ml100k's e2urec setting (the tiny T5 trains at 1e-3)
+PRESET = preset_values("cpu-ml100k")
+RECIPE = {k: v for k, v in PRESET["train"].items() if k != "backbone"}
+SETS = [f"{k}={v}" for k, v in PRESET["method_params"]["e2urec"].items()]
 TOKEN = "bench"
 
 
@@ -70,23 +72,11 @@ def setup(args: argparse.Namespace, work: Path) -> Path:
     """Prepared data, the Original and the base deployment (each reused when present)."""
     data = Path(args.data) if args.data else work / "data"
     if not args.data:
-        api.prepare(
-            PrepareConfig(
-                dataset="ml-100k",
-                raw=args.raw,
-                out=str(data),
-                last_n=10_000,
-                history_len=5,
-                min_history=5,
-                forget_ratio=0.2,
-                shards=4,
-                seed=42,
-            )
-        )
+        api.prepare(PrepareConfig(**PRESET["data"], raw=args.raw, out=str(data)))
     original = Path(args.original) if args.original else work / "original"
     if not (original / "manifest.json").is_file():
         say("training the Original (cpu-ml100k recipe)")
-        api.train(data, "train", "t5-tiny", original, seed=0, **RECIPE)
+        api.train(data, "train", PRESET["train"]["backbone"], original, seed=0, **RECIPE)
     base = work / "deployment"
     if not base.is_dir():
         api.deploy(original, data, base)
@@ -225,7 +215,8 @@ def retrain_distance(
     if not _complete(retrain):
         say("training the Retrain on the final retained data (the Original's recipe)")
         began = time.perf_counter()
-        api.train(data, "retain", "t5-tiny", retrain, seed=0, overwrite=True, **RECIPE)
+        backbone = PRESET["train"]["backbone"]
+        api.train(data, "retain", backbone, retrain, seed=0, overwrite=True, **RECIPE)
         say(f"  Retrain took {time.perf_counter() - began:.0f} s")
     reference = load_run_model(retrain)
     test = final.store.rows("test")  # the remaining users' rows: one set for every model
