@@ -98,6 +98,17 @@ def test_passes_respect_max_users_and_order(dep: Path) -> None:
     assert Deployment(dep).current() == "v0003"
 
 
+def test_max_wait_holds_a_pass_until_it_fills(dep: Path) -> None:
+    a, b = train_users(dep)[:2]
+    enqueue(dep, [a])
+    with Worker(dep, max_users=2, max_wait=3600) as worker:
+        assert not worker.ready() and worker.step() == []  # waits for company
+        enqueue(dep, [b])
+        assert worker.ready()  # two users fill the pass
+        served = worker.step()
+    assert [r["version"] for r in served] == ["v0002", "v0002"]
+
+
 def test_overlapping_requests_are_merged(dep: Path) -> None:
     a, b = train_users(dep)[:2]
     first = enqueue(dep, [a])

@@ -153,7 +153,6 @@ class Worker:
         self.say, self.on_switch = say, on_switch
         self._lock: Any = None
         self.warm: Warm | None = None
-        self.data_sha256: str | None = None
 
     def __enter__(self) -> Worker:
         self._lock = self.dep.lock("a queue worker")
