@@ -102,6 +102,10 @@ def test_weighting_and_forget_only_term():
     assert float(combine(h_f, ce_r, h_r, 0.6)) == pytest.approx(0.6 * 2.0 + 0.4 * 2.0)
     assert float(combine(h_f, ce_r, h_r, 1.0)) == pytest.approx(2.0)
     assert float(combine(h_f, None, None, 0.6)) == pytest.approx(2.0)
+    # remember=labels: the retain part is the CE on retained labels alone
+    assert float(combine(h_f, ce_r, None, 0.6)) == pytest.approx(0.6 * float(ce_r) + 0.4 * 2.0)
+    with pytest.raises(E2URecError, match="remember must be one of original, labels"):
+        E2URecParams(remember="teacher")
 
 
 def test_first_epoch_is_forget_only_then_full_objective(setup):

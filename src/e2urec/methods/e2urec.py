@@ -67,6 +67,9 @@ class E2URecParams(TrainParams):
     retained rows are kept only when the schedule draws some retained row twice (see
     `retain_rows_repeat`); otherwise caching them would save no work and only hold memory.
 
+    `remember`: what keeps the retained data, `original` (the paper's: CE on retained rows plus
+    distillation from the original) or `labels` (CE alone: when the original is polluted, as in
+    the label-flip and shilling scenarios, distilling from it keeps the damage).
     `teacher`: the forgetting teacher (TEACHERS: paper, contrastive, label, holdout); `alpha`
     is its strength (for label: the fixed amount subtracted). `stop`: `budget` (the epochs
     above) or `membership`: every `check_every` steps (and once before training), on seeded
@@ -102,6 +105,7 @@ class E2URecParams(TrainParams):
     cache_teachers: bool = True
     teacher: str = "paper"
     stop: str = "budget"
+    remember: str = "original"
     check_every: int = 20
     check_rows: int = 256
     mia_tol: float = 0.02
@@ -118,6 +122,7 @@ class E2URecParams(TrainParams):
         choices = {
             "aug": ("full", "lora"),
             "stop": STOPS,
+            "remember": ("original", "labels"),
             "mia_target": ("chance", "holdout"),
             "stop_needs": ("any", "all"),
         }
@@ -166,10 +171,12 @@ def combine(
     h_retain: torch.Tensor | None,
     weight: float,
 ) -> torch.Tensor:
-    """The E2URec objective; without retain terms (forget-only epochs) it is h_forget alone."""
-    if ce_retain is None or h_retain is None:
+    """The E2URec objective; without retain terms (forget-only epochs) it is h_forget alone,
+    without the remembering teacher's term (`remember=labels`) the retain part is CE alone."""
+    if ce_retain is None:
         return h_forget
-    return weight * (ce_retain + h_retain) + (1.0 - weight) * h_forget
+    retain = ce_retain if h_retain is None else ce_retain + h_retain
+    return weight * retain + (1.0 - weight) * h_forget
 
 
 @contextlib.contextmanager
@@ -392,8 +399,11 @@ class E2URecTask:
         retain = batches["retain"]
         logits, labels = self.recommender.target_logits(retain, model)
         ce_retain = answer_ce(logits, labels)
-        h_retain = soft_ce(self.retain_teacher(retain), logits, labels)
-        logs.update(ce_retain=float(ce_retain.detach()), h_retain=float(h_retain.detach()))
+        logs["ce_retain"] = float(ce_retain.detach())
+        h_retain = None
+        if self.params.remember == "original":
+            h_retain = soft_ce(self.retain_teacher(retain), logits, labels)
+            logs["h_retain"] = float(h_retain.detach())
         return combine(h_forget, ce_retain, h_retain, self.params.weight), logs
 
 
@@ -756,8 +766,12 @@ def run(ctx: UnlearnContext) -> dict[str, Any]:
         matched=matched,
     )
     del frozen
-    cache_retain = params.cache_teachers and retain_rows_repeat(
-        params, len(forget_rows), len(retain_rows), accelerator.num_processes
+    cache_retain = (
+        params.cache_teachers
+        and params.remember == "original"
+        and retain_rows_repeat(
+            params, len(forget_rows), len(retain_rows), accelerator.num_processes
+        )
     )
     task = E2URecTask(recommender, forget_rows, retain_rows, teachers, params, cache_retain)
     if params.cache_teachers:
