@@ -103,7 +103,7 @@ def signal_text(signal: Mapping[str, Any]) -> str:
         text = f"seed {s['seed']}: Original {s['distance']:.4g} ({ratio} the floor), KS p "
         text += "–" if s["ks_p"] is None else f"{s['ks_p']:.2g}"
         if signal["polluted"] != "none" and s["test_auc_gap"] is not None:
-            text += f", test AUC {s['test_auc_gap']:+.3f} below Retrain"
+            text += f", test AUC {s['test_auc_gap']:.3f} below Retrain"
         parts.append(text)
     floor = "none (one seed)" if signal["floor"] is None else f"{signal['floor']:.4g}"
     verdict = {

@@ -62,7 +62,7 @@ TABLE_COLUMNS: tuple[tuple[str, str, Callable[[float], int] | None], ...] = (
     ("forget_paper_jsd", "forget paper-JSD", _significant(4)),
     ("forget_residual_jsd", "residual JSD", _fixed(2)),
     ("forget_residual_auc", "residual AUC_f", _fixed(2)),
-    ("forget_quality", "KS p", _significant(2)),
+    ("forget_quality", "KS p", _fixed(3)),
     ("forget_privleak", "PrivLeak", _fixed(3)),
     ("test_auc", "test AUC", _fixed(4)),
     ("utility_recovery", "AUC recovery", _fixed(2)),
