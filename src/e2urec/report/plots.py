@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
@@ -68,7 +69,7 @@ def plot_tradeoff(summary: pd.DataFrame, path: str | Path) -> Path:
     _require(summary, (x_col, y_col), "the trade-off plot")
     figure, (axis,) = _figure(7.0, 5.0)
     methods = [m for m in summary.index if method_key(m) != NOISE_FLOOR]
-    palette = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf"]
+    palette = [colormaps["tab20"](i) for i in (0, 6, 4, 8, 10, 12, 18, 2, 16, 14, 1, 7)]
     others = [m for m in methods if method_key(m) not in (ORIGINAL, RETRAIN)]
     colours = {m: palette[i % len(palette)] for i, m in enumerate(others)}
     colours.update({m: "black" for m in methods if method_key(m) == ORIGINAL})
@@ -109,6 +110,21 @@ def plot_tradeoff(summary: pd.DataFrame, path: str | Path) -> Path:
             fontsize=8,
             color="grey",
         )
+    retrain_rows = [m for m in methods if method_key(m) == RETRAIN]
+    if residual and retrain_rows:  # Retrain sits at residual 0: draw its utility as a line
+        level = _stat(summary, retrain_rows[0], y_col)
+        if not math.isnan(level):
+            axis.axhline(level, color="grey", linestyle=":", linewidth=1.2)
+            axis.annotate(
+                "Retrain (residual 0)",
+                (1.0, level),
+                xycoords=("axes fraction", "data"),
+                xytext=(-5, 4),
+                textcoords="offset points",
+                ha="right",
+                fontsize=8,
+                color="grey",
+            )
     positive = [x for x in xs if x > 0]
     if len(positive) == len(xs) and positive and max(positive) / min(positive) > 100:
         axis.set_xscale("log")
