@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import time
 from pathlib import Path
 
 import numpy as np
@@ -196,15 +195,14 @@ def test_ml1m_without_folder_uses_the_cache(tmp_path, monkeypatch):
     assert len(READERS.get("ml-1m")(None).ratings) == 4
 
 
-def test_million_ratings_generate_and_read_fast(tmp_path):
-    start = time.perf_counter()
+def test_million_ratings_round_trip(tmp_path):
+    """A million ratings generate, write and read back whole; their speed is measured by
+    benchmarks/bench_prepare.py, not asserted here (a wall-clock bound fails on a busy machine)."""
     log = generate(6000, 3700, 1_000_000, seed=1)
-    assert time.perf_counter() - start < 10
     write_ml1m(log, tmp_path / "big")
-    start = time.perf_counter()
     back = READERS.get("ml-1m")(tmp_path / "big")
-    assert time.perf_counter() - start < 5
     assert len(back.ratings) == 1_000_000
+    assert back.ratings["rating"].sum() == log.ratings["rating"].sum()
 
 
 # ---------------------------------------------------------------- movielens-csv
