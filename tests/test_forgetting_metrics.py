@@ -84,6 +84,8 @@ def test_relative_metrics_use_the_original_of_the_same_reference():
     assert floor["forget_residual_jsd"] == pytest.approx(0.125)
     assert floor["forget_residual_auc"] == pytest.approx(0.1)
     assert "utility_recovery" not in floor and "utility_recovery" not in rows[2]
+    clean = forgetting.add_relative_metrics(_rows(0.08, 0.01, 0.02), recovery=False)
+    assert not any("utility_recovery" in row for row in clean)  # only polluted settings
 
 
 def test_signal_check_clear_and_not():

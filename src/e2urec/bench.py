@@ -414,8 +414,9 @@ class Bench:
         """Write results.json/.csv/.md and the plots; return where they are."""
         from e2urec.report import forgetting, plots, tables
 
-        rows = forgetting.add_relative_metrics(self.rows())
-        signal = forgetting.signal_check(rows, polluted=self._scenario().get("pollute", "none"))
+        polluted = self._scenario().get("pollute", "none")
+        rows = forgetting.add_relative_metrics(self.rows(), recovery=polluted != "none")
+        signal = forgetting.signal_check(rows, polluted=polluted)
         atomic_write_json(self.out / "results.json", rows)
         atomic_write_json(self.out / "signal.json", signal)
         files = {"results.json": self.out / "results.json", "signal.json": self.out / "signal.json"}

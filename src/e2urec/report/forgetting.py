@@ -31,8 +31,9 @@ KS_ALPHA = 0.05
 MIN_AUC_HURT = 0.02
 
 
-def add_relative_metrics(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The rows with residuals and utility recovery added (new dicts; inputs untouched)."""
+def add_relative_metrics(rows: list[dict[str, Any]], recovery: bool = True) -> list[dict[str, Any]]:
+    """The rows with residuals (and, when `recovery`, utility recovery: meaningful only where
+    the Original is polluted) added; new dicts, the inputs untouched."""
     originals = {r["reference"]: r for r in rows if method_key(r["method"]) == ORIGINAL}
     retrain_test_auc = {r["run"]: r.get("test_auc") for r in rows if _is(r, RETRAIN)}
     out = []
@@ -49,8 +50,10 @@ def add_relative_metrics(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                     abs(row["forget_auc"] - ref_auc), abs(original["forget_auc"] - ref_auc)
                 )
             auc_retrain = retrain_test_auc.get(row["reference"])
-            if not (_is(row, NOISE_FLOOR) or _is(row, RETRAIN)) and _finite(
-                row.get("test_auc"), original.get("test_auc"), auc_retrain
+            if (
+                recovery
+                and not (_is(row, NOISE_FLOOR) or _is(row, RETRAIN))
+                and _finite(row.get("test_auc"), original.get("test_auc"), auc_retrain)
             ):
                 row["utility_recovery"] = metrics.utility_recovery(
                     row["test_auc"], original["test_auc"], auc_retrain
