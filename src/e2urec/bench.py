@@ -12,6 +12,7 @@ are intact, so a bench that crashed continues where it stopped.
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 import time
@@ -393,28 +394,31 @@ class Bench:
             )
             out["mia_auc"] = own
             out["forget_privleak"] = metrics.privleak(own, ref)
-        targets = self._scenario().get("target_items")
+        targets = self.scenario.get("target_items")
         if targets:
             test = evidence.read_predictions(run_dir, "test")
             out["target_p_yes"] = evidence.mean_p_yes_on_items(
-                test, self._test_items().reindex(test["id"]).reset_index(drop=True), targets
+                test, self.test_items.reindex(test["id"]).reset_index(drop=True), targets
             )
         return out
 
-    def _scenario(self) -> dict[str, Any]:
+    @functools.cached_property
+    def scenario(self) -> dict[str, Any]:
+        """The prepared data's scenario (pollution, holdout), read once after it exists."""
         return read_json(self.data_dir / MANIFEST, "prepared-data manifest").get("scenario", {})
 
-    def _test_items(self):
+    @functools.cached_property
+    def test_items(self):
+        """Item id of each test row, by row id (read once, for target P(Yes))."""
         from e2urec.data.dataset import load_split
 
-        test = load_split(self.data_dir, "test")
-        return test.set_index("id")["item_id"]
+        return load_split(self.data_dir, "test").set_index("id")["item_id"]
 
     def report(self) -> BenchResult:
         """Write results.json/.csv/.md and the plots; return where they are."""
         from e2urec.report import forgetting, plots, tables
 
-        polluted = self._scenario().get("pollute", "none")
+        polluted = self.scenario.get("pollute", "none")
         rows = forgetting.add_relative_metrics(self.rows(), recovery=polluted != "none")
         signal = forgetting.signal_check(rows, polluted=polluted)
         atomic_write_json(self.out / "results.json", rows)
