@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_deploy import train_users
+from test_deploy import build_world, train_users
 from tokenizers import BertWordPieceTokenizer
 from transformers import BertConfig, BertModel, BertTokenizer, T5Config
 
@@ -19,7 +19,6 @@ from e2urec import api, cli
 from e2urec.backbones import create_recommender, load_recommender, save_recommender
 from e2urec.backbones.families import MINILM_PACKAGE
 from e2urec.data.dataset import load_split
-from e2urec.data.prepare import PrepareConfig
 from e2urec.errors import E2URecError
 from e2urec.methods import METHODS
 from e2urec.runs import load_run_model, read_run_manifest
@@ -52,23 +51,14 @@ def tiny_bert(folder: Path, corpus: list[str]) -> Path:
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The deployment tests' prepared data (their tiny T5 run is not used) and a tiny BERT
+    original run on it."""
     root = tmp_path_factory.mktemp("bert")
-    api.synthesize(root / "raw", n_users=20, n_items=30, n_ratings=500, seed=0)
-    config = PrepareConfig(
-        dataset="ml-1m",
-        out=str(root / "data"),
-        raw=str(root / "raw"),
-        last_n=200,
-        history_len=3,
-        min_history=3,
-        forget_ratio=0.2,
-        shards=2,
-    )
-    api.prepare(config)
-    checkpoint = tiny_bert(root / "bert", tokenizer_corpus(root / "data"))
+    data = build_world(root)["data"]
+    checkpoint = tiny_bert(root / "bert", tokenizer_corpus(data))
     spec = f"bert:{checkpoint}"
-    api.train(root / "data", "train", spec, root / "orig", epochs=1, max_steps=3, batch_size=8)
-    return {"root": root, "data": root / "data", "run": root / "orig", "spec": Path(spec)}
+    api.train(data, "train", spec, root / "bert-orig", epochs=1, max_steps=3, batch_size=8)
+    return {"root": root, "data": data, "run": root / "bert-orig", "spec": Path(spec)}
 
 
 def rows(world: dict[str, Path], split: str, n: int = 6) -> list[dict]:
