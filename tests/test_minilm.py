@@ -224,3 +224,18 @@ def test_real_minilm_package_loads_and_scores(world) -> None:
             -1,
         )[:, 0]
     assert torch.all((p_yes > 0) & (p_yes < 1))
+
+
+def test_minilm_preset_is_valid_and_plans_every_method(tmp_path) -> None:
+    from e2urec import presets
+    from e2urec.bench import Bench
+
+    config = presets.resolve("cpu-ml100k-minilm")
+    assert config.train.backbone == "minilm" and config.seeds == [0, 1]
+    bench = Bench(config, tmp_path / "out", None)
+    bench.check()
+    names = [step.name for step in bench.plan()]
+    for method in METHODS.names():
+        if method != "retrain":
+            assert any(name.startswith(f"unlearn {method} ") for name in names), method
+    assert not (tmp_path / "out").exists()
