@@ -90,6 +90,22 @@ def test_shilling_forgets_exactly_the_fake_users(ml100k_dir, tmp_path):
     assert not (test["user_id"] >= FAKE_ID_BASE).any()
 
 
+def test_love_hate_fakes_hate_their_fillers_and_hide_targets_among_them(ml100k_dir, tmp_path):
+    data = _prepare(
+        ml100k_dir, tmp_path / "lh", pollute="shilling", targets=4, fake_users=6, attack="love-hate"
+    )
+    assert read_manifest(data)["scenario"]["attack"] == "love-hate"
+    forget = load_split(data, "forget")
+    targets = read_manifest(data)["scenario"]["target_items"]
+    on_targets = forget["item_id"].isin(targets)
+    assert (forget.loc[on_targets, "rating"] == 5).all()
+    assert (forget.loc[~on_targets, "rating"] == 1).all() and (~on_targets).any()
+    # Interleaved: some target sample is followed (in its user's time order) by a filler sample,
+    # so target samples do not all sit at the end with only other targets in their history.
+    ends_on_filler = forget.sort_values("timestamp").groupby("user_id")["item_id"].last()
+    assert (~ends_on_filler.isin(targets)).any()
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -98,6 +114,7 @@ def test_shilling_forgets_exactly_the_fake_users(ml100k_dir, tmp_path):
         (["--holdout-ratio", "0.85"], "leaves no train user to retain"),
         (["--pollute", "shilling", "--targets", "100000"], "--targets 100000 exceeds"),
         (["--pollute", "shilling", "--fake-users", "0"], "must be at least 1"),
+        (["--pollute", "shilling", "--attack", "nuke"], "unknown --attack"),
     ],
 )
 def test_bad_scenarios_are_refused_and_write_nothing(ml100k_dir, tmp_path, capsys, args, message):

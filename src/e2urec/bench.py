@@ -135,6 +135,9 @@ class Bench:
 
     def plan(self) -> list[Step]:
         """Every step of the experiment, in order."""
+        from e2urec.methods.ensemble import train_ensemble_from_options
+        from e2urec.train.recipes import train as train_run
+
         c, train = self.config, asdict(self.config.train)
         backbone = train.pop("backbone")
         data_manifest = self.data_dir / MANIFEST
@@ -147,7 +150,7 @@ class Bench:
                 f"train {name}",
                 out,
                 {"on": on, "backbone": backbone, **options},
-                lambda: self._api().train(self.data_dir, on, backbone, out, **options),
+                lambda: train_run(self.data_dir, on, backbone, out, **options),
                 [data_manifest],
             )
 
@@ -162,7 +165,7 @@ class Bench:
                         f"train {method} original ensemble",
                         out,
                         {"method": method, "backbone": backbone, **recipe},
-                        lambda m=method, o=out, r=recipe: self._api().train_ensemble(
+                        lambda m=method, o=out, r=recipe: train_ensemble_from_options(
                             m, self.data_dir, backbone, o, overwrite=True, **r
                         ),
                         [data_manifest],
@@ -200,6 +203,8 @@ class Bench:
             method_params(self.base_method(method), self.method_sets(method)[1])
 
     def _unlearn_step(self, method: str, seed: int, data_manifest: Path) -> Step:
+        from e2urec.unlearn import unlearn
+
         ensemble = self.base_method(method)
         base = self.run_dir(f"{ensemble}-original" if ensemble in ENSEMBLE_METHODS else ORIGINAL)
         out = self.run_dir(f"{method}-seed{seed}")
@@ -211,7 +216,7 @@ class Bench:
             f"unlearn {method} (seed {seed})",
             out,
             key,
-            lambda: self._api().unlearn(
+            lambda: unlearn(
                 self.base_method(method),
                 base,
                 self.data_dir,
@@ -248,7 +253,9 @@ class Bench:
         splits = self.eval_splits
 
         def action() -> None:
-            metrics = self._api().evaluate(
+            from e2urec.eval.evaluate import evaluate
+
+            metrics = evaluate(
                 run,
                 self.data_dir,
                 reference=reference,
@@ -266,14 +273,8 @@ class Bench:
         )
 
     # ------------------------------------------------------------------ actions
-    @staticmethod
-    def _api():
-        from e2urec import api
-
-        return api
-
     def _prepare(self) -> None:
-        from e2urec.data.prepare import PrepareConfig
+        from e2urec.data.prepare import PrepareConfig, prepare
 
         data = self.config.data
         dataset, raw = resolve_raw(data, self.data_root, self.say)
@@ -289,11 +290,12 @@ class Bench:
             pollute=data.pollute,
             targets=data.targets,
             fake_users=data.fake_users,
+            attack=data.attack,
             holdout_ratio=data.holdout_ratio,
             shards=data.shards,
             seed=data.seed,
         )
-        self._api().prepare(config, overwrite=True)
+        prepare(config, overwrite=True)
 
     # ------------------------------------------------------------------ running
     def say(self, message: str) -> None:

@@ -118,6 +118,12 @@ def add_data_prepare(dsub: argparse._SubParsersAction) -> None:
         "--fake-users", type=int, default=20, help="shilling: fake users injected (default 20)"
     )
     p.add_argument(
+        "--attack",
+        default="average",
+        help="shilling: how fake users rate their fillers: average (each item's mean rating, "
+        "default) | love-hate (1 star, against real tastes)",
+    )
+    p.add_argument(
         "--holdout-ratio",
         type=float,
         default=0.0,
@@ -157,6 +163,7 @@ def run_data_prepare(args: argparse.Namespace) -> None:
         pollute=args.pollute,
         targets=args.targets,
         fake_users=args.fake_users,
+        attack=args.attack,
         holdout_ratio=args.holdout_ratio,
     )
     result = api.prepare(config, overwrite=args.overwrite)

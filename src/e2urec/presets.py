@@ -34,6 +34,7 @@ class BenchData:
     pollute: str = "none"
     targets: int = 10
     fake_users: int = 20
+    attack: str = "average"
     holdout_ratio: float = 0.0
     shards: int = 4
     seed: int = 42

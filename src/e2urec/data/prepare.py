@@ -62,6 +62,7 @@ class PrepareConfig:
     pollute: str = "none"
     targets: int = 10
     fake_users: int = 20
+    attack: str = "average"
     holdout_ratio: float = 0.0
 
     def validate(self) -> None:
@@ -94,6 +95,10 @@ class PrepareConfig:
             raise E2URecError(
                 f"--targets and --fake-users must be at least 1 for shilling, got "
                 f"{self.targets} and {self.fake_users}"
+            )
+        if self.attack not in scenarios.ATTACKS:
+            raise E2URecError(
+                f"unknown --attack {self.attack!r}; valid: {', '.join(scenarios.ATTACKS)}"
             )
         if not 0 <= self.holdout_ratio < 1:
             raise E2URecError(f"--holdout-ratio must lie in [0, 1), got {self.holdout_ratio:g}")
@@ -283,7 +288,13 @@ def _inject_shilling(
     chronological), the fake user ids (the forget set) and the scenario facts."""
     targets = scenarios.choose_targets(frame.iloc[rows["test"]], config.targets, config.seed)
     attack = scenarios.shilling_attack(
-        log, frame.iloc[rows["train"]], targets, config.fake_users, config.min_history, config.seed
+        log,
+        frame.iloc[rows["train"]],
+        targets,
+        config.fake_users,
+        config.min_history,
+        config.seed,
+        config.attack,
     )
     fake_log = RatingLog(attack.ratings, log.items, attack.users, log.domain)
     fake, _, _ = labelled_samples(fake_log, dataclasses.replace(config, last_n=None))
@@ -294,6 +305,7 @@ def _inject_shilling(
     train = train[np.argsort(frame["timestamp"].to_numpy()[train], kind="stable")]
     scenario = {
         "pollute": "shilling",
+        "attack": config.attack,
         "target_items": targets.tolist(),
         "fake_users": len(attack.fake_users),
         "fake_rows": len(fake),
@@ -374,7 +386,7 @@ def _fingerprint(config: PrepareConfig, raw_files: dict[str, str]) -> str:
 
 
 def _inactive_scenario_fields(config: PrepareConfig) -> list[str]:
-    inactive = [] if config.pollute == "shilling" else ["targets", "fake_users"]
+    inactive = [] if config.pollute == "shilling" else ["targets", "fake_users", "attack"]
     if config.pollute == "none":
         inactive.append("pollute")
     if config.holdout_ratio == 0:

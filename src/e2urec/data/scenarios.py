@@ -4,9 +4,10 @@
   labels (noisy or malicious accounts). Valid, test and retain stay clean, so Retrain is the
   clean model and the Original is measurably hurt.
 * shilling: `fake_users` injected accounts rate `targets` target items 5 stars plus filler items
-  drawn by real item popularity, each filler rated at its item's mean rating (rounded, the
-  "average attack"), at times spread over the train period. The forget set is exactly the fake
-  users; the target items are recorded so target uplift can be measured on test.
+  drawn by real item popularity, at times spread over the train period. Fillers are rated at
+  their item's mean rating (rounded; the "average attack") or 1 star (`love-hate`: the push form
+  of Mobasher et al.'s love/hate attack, whose fillers contradict real tastes). The forget set is
+  exactly the fake users; the target items are recorded so target uplift can be measured on test.
 * holdout: a seeded sample of the remaining train users whose train rows nobody trains on —
   exchangeable non-members for membership tests (later test rows would confound membership
   with time).
@@ -25,6 +26,7 @@ from e2urec.data.schema import RatingLog
 from e2urec.errors import E2URecError
 
 POLLUTIONS = ("none", "label-flip", "shilling")
+ATTACKS = ("average", "love-hate")
 FAKE_ID_BASE = 1_000_000_000  # fake user ids start here, far from any real MovieLens/GoodReads id
 TARGET_MIN_TEST_ROWS = 3
 
@@ -89,14 +91,17 @@ def shilling_attack(
     n_fake: int,
     min_history: int,
     seed: int,
+    attack: str = "average",
 ) -> ShillingAttack:
     """Ratings of `n_fake` fake users over the train period of `train` (samples with timestamps).
 
     Each fake user rates the median number of ratings a real train user has in that period
     (at least `min_history` + 1 fillers, so every target becomes a sample): fillers drawn
     without replacement by popularity among the ratings up to the period's end, each at its
-    item's mean rating rounded; the targets 5 stars, placed after the fillers so they are
-    samples with a full history. Profiles are copied from random real users (seeded).
+    item's mean rating rounded (`average`) or 1 star (`love-hate`); the targets 5 stars, shuffled
+    among the fillers after the first `min_history` of them, so every target is a sample with a
+    full history whose context is mostly ordinary items (a model then ties the promotion to the
+    item, not to a history of other targets). Profiles are copied from random real users (seeded).
     """
     rng = np.random.default_rng([seed, 5])
     start, end = int(train["timestamp"].min()), int(train["timestamp"].max())
@@ -114,9 +119,18 @@ def shilling_attack(
     frames = []
     for user in fake_ids:
         fillers = rng.choice(items, size=n_filler, replace=False, p=weights)
-        stars = np.clip(np.rint(mean_rating.reindex(fillers).to_numpy()), 1, 5)
-        item_seq = np.concatenate([fillers, rng.permutation(target_items)])
-        star_seq = np.concatenate([stars, np.full(len(target_items), 5.0)])
+        if attack == "love-hate":
+            stars = np.ones(len(fillers))
+        else:
+            stars = np.clip(np.rint(mean_rating.reindex(fillers).to_numpy()), 1, 5)
+        head = min_history  # fillers only: the first target already has a full history
+        tail = rng.permutation(len(fillers) - head + len(target_items))
+        item_seq = np.concatenate(
+            [fillers[:head], np.concatenate([fillers[head:], target_items])[tail]]
+        )
+        star_seq = np.concatenate(
+            [stars[:head], np.concatenate([stars[head:], np.full(len(target_items), 5.0)])[tail]]
+        )
         times = np.sort(rng.integers(start, end + 1, size=len(item_seq)))
         frames.append(
             pd.DataFrame(
