@@ -137,12 +137,9 @@ def train_ensemble(
 ) -> dict[str, Any]:
     """Train an original SISA or RecEraser ensemble (recipe fields: seed, epochs, lr,
     batch_size, patience, max_steps, ...; see `e2urec.methods.ensemble.Recipe`)."""
-    from e2urec.config import build
-    from e2urec.methods.ensemble import Recipe
-    from e2urec.methods.ensemble import train_ensemble as run
+    from e2urec.methods.ensemble import train_ensemble_from_options as run
 
-    config = build(Recipe, {"backbone": backbone, **recipe}, "ensemble recipe")
-    return run(method, data, out, config, overwrite=overwrite)
+    return run(method, data, backbone, out, overwrite=overwrite, **recipe)
 
 
 def export(run: str | Path, out: str | Path, merge: bool = True, overwrite: bool = False) -> Path:

@@ -370,3 +370,19 @@ def train_ensemble(
             "seed": recipe.seed,
         },
     )
+
+
+def train_ensemble_from_options(
+    kind: str,
+    data_dir: str | Path,
+    backbone: str,
+    out: str | Path,
+    overwrite: bool = False,
+    **recipe: Any,
+) -> dict[str, Any]:
+    """`train_ensemble` with the recipe given as `backbone` and keyword fields (seed, epochs,
+    lr, ...: see `Recipe`); unknown fields or wrong types give a clear error."""
+    from e2urec.config import build as build_config
+
+    config = build_config(Recipe, {"backbone": backbone, **recipe}, "ensemble recipe")
+    return train_ensemble(kind, data_dir, out, config, overwrite=overwrite)
