@@ -113,3 +113,29 @@ def test_bad_bench_input_is_one_line_and_writes_nothing(
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
     assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("methods", "expected"),
+    [
+        ("all", None),  # every method and every variant
+        (["neggrad"], ["neggrad"]),
+        (
+            ["e2urec"],
+            ["e2urec", "e2urec-contrastive", "e2urec-label", "e2urec-label-a4", "e2urec-holdout"],
+        ),
+        (["neggrad", "e2urec-label"], ["neggrad", "e2urec-label"]),
+    ],
+)
+def test_methods_select_variants_by_name_or_by_their_method(tmp_path, methods, expected) -> None:
+    from e2urec import presets
+    from e2urec.bench import Bench
+    from e2urec.methods import METHODS
+
+    config = presets.resolve("cpu-ml100k-flip")
+    config.methods = methods
+    chosen = Bench(config, tmp_path / "out", None).methods
+    if expected is None:
+        assert set(chosen) == set(METHODS.names()) - {RETRAIN} | set(config.variants)
+    else:
+        assert chosen == expected

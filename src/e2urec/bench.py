@@ -120,11 +120,18 @@ class Bench:
         self.config = config
         self.out = out
         self.data_root = data_root
+        variants = _check_variants(config.variants, METHODS.names())
         chosen = METHODS.names() if config.methods == "all" else list(config.methods)
         for name in chosen:
-            METHODS.get(name)
-        self.variants = _check_variants(config.variants, METHODS.names())
-        self.methods = [m for m in chosen if m != RETRAIN] + list(self.variants)
+            if name not in variants:
+                METHODS.get(name)
+        # A variant runs with `all`, when named, or when its method is chosen.
+        self.variants = {
+            name: spec
+            for name, spec in variants.items()
+            if config.methods == "all" or name in chosen or spec["method"] in chosen
+        }
+        self.methods = [m for m in chosen if m not in (RETRAIN, *variants)] + list(self.variants)
         self.data_dir = out / "data"
         self.steps: list[Step] = []
         self.started = time.monotonic()

@@ -768,7 +768,8 @@ def add_bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--methods",
         type=lambda v: [m.strip() for m in v.split(",") if m.strip()],
-        help="comma-separated methods (default: the preset's, usually all registered)",
+        help="comma-separated methods or variant rows; a method brings its variants "
+        "(default: the preset's, usually all registered)",
     )
     p.add_argument("--config", help="YAML file merged over the preset")
     p.add_argument(
