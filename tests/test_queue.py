@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -13,6 +14,7 @@ import pytest
 from test_deploy import FAST, build_world, train_users, user_rows
 
 from e2urec import api, cli
+from e2urec.artifacts import sha256_file
 from e2urec.deploy.deployment import Busy, Deployment
 from e2urec.deploy.ledger import Ledger
 from e2urec.deploy.queue import Conflict, Queue, QueueFull
@@ -85,6 +87,27 @@ def test_enqueue_then_one_coalesced_pass(dep: Path, capsys: pytest.CaptureFixtur
 
     assert cli.main(["work", "--deployment", str(dep), "--once"]) == 0
     assert "nothing queued" in capsys.readouterr().out
+
+
+def test_pass_version_records_weights_sha256_and_refuses_changed_weights(dep: Path) -> None:
+    """A version a pass wrote records its weights' sha256 like any run; a weight file changed
+    afterwards makes loading that version one clear error."""
+    user = train_users(dep)[0]
+    enqueue(dep, [user])
+    with Worker(dep) as worker:
+        worker.drain()
+    version = Deployment(dep).version_dir("v0002")
+    recorded = json.loads((version / "manifest.json").read_text())["weights_sha256"]
+    files = sorted(version.rglob("*.safetensors"))
+    assert files and recorded == {p.relative_to(version).as_posix(): sha256_file(p) for p in files}
+    Deployment(dep).load_model("v0002")  # intact: loads
+
+    weights = files[0]
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF  # one byte of a tensor: the safetensors header still parses
+    weights.write_bytes(bytes(data))
+    with pytest.raises(E2URecError, match="changed after the run was written"):
+        Deployment(dep).load_model("v0002")
 
 
 def test_passes_respect_max_users_and_order(dep: Path) -> None:

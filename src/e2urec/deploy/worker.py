@@ -38,7 +38,14 @@ from typing import Any
 
 import numpy as np
 
-from e2urec.artifacts import MANIFEST, atomic_write_json, read_json, sha256_file, staged_folder
+from e2urec.artifacts import (
+    MANIFEST,
+    atomic_write_json,
+    read_json,
+    sha256_file,
+    staged_folder,
+    weights_sha256,
+)
 from e2urec.deploy import checks
 from e2urec.deploy.deployment import REQUESTS, VERSION_INFO, VERSIONS, Deployment, model_sha256
 from e2urec.deploy.queue import Pass, iso
@@ -381,6 +388,7 @@ class Worker:
             save_recommender(model.recommender, stage / MODEL_DIR)
             if (parent / CONFIG).is_file():
                 shutil.copy2(parent / CONFIG, stage / CONFIG)
+            manifest["weights_sha256"] = weights_sha256(stage)  # checked when it is loaded
             atomic_write_json(stage / MANIFEST, manifest)
             atomic_write_json(
                 stage / VERSION_INFO,
