@@ -90,6 +90,20 @@ def test_shilling_forgets_exactly_the_fake_users(ml100k_dir, tmp_path):
     assert not (test["user_id"] >= FAKE_ID_BASE).any()
 
 
+def test_shilling_holdout_ratio_counts_real_users_only(ml100k_dir, clean, tmp_path):
+    data = _prepare(
+        ml100k_dir,
+        tmp_path / "many",
+        pollute="shilling",
+        targets=2,
+        fake_users=60,
+        holdout_ratio=0.1,
+    )
+    # The same real users as the clean split: the 60 fakes do not enlarge the holdout.
+    held = read_manifest(data)["scenario"]["holdout_users"]
+    assert len(held) == len(read_manifest(clean)["scenario"]["holdout_users"])
+
+
 def test_love_hate_fakes_hate_their_fillers_and_hide_targets_among_them(ml100k_dir, tmp_path):
     data = _prepare(
         ml100k_dir, tmp_path / "lh", pollute="shilling", targets=4, fake_users=6, attack="love-hate"

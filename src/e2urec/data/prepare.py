@@ -239,9 +239,10 @@ def build_splits(
         )
     train_users = frame["user_id"].to_numpy()[rows["train"]]
     if config.holdout_ratio > 0:
-        held = scenarios.choose_holdout(
-            frame.iloc[rows["train"]], forgotten, config.holdout_ratio, config.seed
-        )
+        population = frame.iloc[rows["train"]]
+        if config.pollute == "shilling":  # the ratio counts real users, not injected fakes
+            population = population[~population["user_id"].isin(forgotten)]
+        held = scenarios.choose_holdout(population, forgotten, config.holdout_ratio, config.seed)
         held_mask = np.isin(train_users, held)
         rows[HOLDOUT] = rows["train"][held_mask]
         rows["train"] = rows["train"][~held_mask]
