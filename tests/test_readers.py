@@ -11,7 +11,8 @@ import pandas as pd
 import pytest
 
 from e2urec.cli import main
-from e2urec.data.readers import ML1M_AGES, ML1M_OCCUPATIONS, READERS
+from e2urec.data.readers import READERS
+from e2urec.data.schema import ML1M_AGES, ML1M_OCCUPATIONS
 from e2urec.data.synthetic import generate, write_ml1m
 from e2urec.errors import E2URecError
 

@@ -18,55 +18,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from e2urec.data.schema import RatingLog
-from e2urec.errors import E2URecError
+from e2urec.data.schema import GENDERS, ML1M_AGES, ML1M_OCCUPATIONS, RatingLog
+from e2urec.data.sources import SPECS, cache_dir, find_cached
+from e2urec.data.synthetic import DEFAULT_SIZE, generate
+from e2urec.errors import E2URecError, one_line
 from e2urec.registry import Registry
 
 Reader = Callable[[Path | None], RatingLog]
 READERS: Registry[Reader] = Registry("dataset")
 
-GENDERS = {"M": "male", "F": "female"}
-
-# MovieLens-1M README: age and occupation codes in users.dat.
-ML1M_AGES = {
-    1: "Under 18",
-    18: "18-24",
-    25: "25-34",
-    35: "35-44",
-    45: "45-49",
-    50: "50-55",
-    56: "56+",
-}
-ML1M_OCCUPATIONS = {
-    0: "other",
-    1: "academic/educator",
-    2: "artist",
-    3: "clerical/admin",
-    4: "college/grad student",
-    5: "customer service",
-    6: "doctor/health care",
-    7: "executive/managerial",
-    8: "farmer",
-    9: "homemaker",
-    10: "K-12 student",
-    11: "lawyer",
-    12: "programmer",
-    13: "retired",
-    14: "sales/marketing",
-    15: "scientist",
-    16: "self-employed",
-    17: "technician/engineer",
-    18: "tradesman/craftsman",
-    19: "unemployed",
-    20: "writer",
-}
-
 GOODREADS_DATE_FORMAT = "%a %b %d %H:%M:%S %z %Y"
-
-
-def one_line(exc: object) -> str:
-    """An exception's message with its line breaks and runs of spaces collapsed."""
-    return " ".join(str(exc).split())
 
 
 def require_file(folder: Path, name: str) -> Path:
@@ -86,8 +47,6 @@ def dataset_folder(folder: Path | None, name: str) -> Path:
         if not folder.is_dir():
             raise E2URecError(f"{name}: folder not found: {folder}")
         return folder
-    from e2urec.data.sources import SPECS, cache_dir, find_cached
-
     cached = find_cached(name) if name in SPECS else None
     if cached is None:
         hint = f"run `e2urec data fetch {name}` or " if name in SPECS else ""
@@ -463,7 +422,5 @@ def read_goodreads(folder: Path | None) -> RatingLog:
 def read_synthetic(folder: Path | None) -> RatingLog:
     """With no folder, a small generated data set; with a folder, its ML-1M-format files."""
     if folder is None:
-        from e2urec.data.synthetic import DEFAULT_SIZE, generate
-
         return generate(**DEFAULT_SIZE)
     return read_ml1m(folder)

@@ -26,8 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from e2urec.artifacts import sha256_file, staged_folder
-from e2urec.data.readers import one_line
-from e2urec.errors import E2URecError
+from e2urec.errors import E2URecError, one_line
 
 DEFAULT_URL = "https://files.grouplens.org/datasets/movielens"
 CHUNK = 1 << 20

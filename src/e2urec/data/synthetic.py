@@ -15,8 +15,7 @@ import numpy as np
 import pandas as pd
 
 from e2urec.artifacts import atomic_write_bytes
-from e2urec.data.readers import GENDERS, ML1M_AGES, ML1M_OCCUPATIONS
-from e2urec.data.schema import RatingLog
+from e2urec.data.schema import GENDERS, ML1M_AGES, ML1M_OCCUPATIONS, RatingLog
 from e2urec.errors import E2URecError
 
 DEFAULT_SIZE = {"n_users": 600, "n_items": 400, "n_ratings": 30_000, "seed": 0}
