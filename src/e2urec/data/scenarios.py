@@ -124,13 +124,11 @@ def shilling_attack(
         else:
             stars = np.clip(np.rint(mean_rating.reindex(fillers).to_numpy()), 1, 5)
         head = min_history  # fillers only: the first target already has a full history
-        tail = rng.permutation(len(fillers) - head + len(target_items))
-        item_seq = np.concatenate(
-            [fillers[:head], np.concatenate([fillers[head:], target_items])[tail]]
-        )
-        star_seq = np.concatenate(
-            [stars[:head], np.concatenate([stars[head:], np.full(len(target_items), 5.0)])[tail]]
-        )
+        rest_items = np.concatenate([fillers[head:], target_items])
+        rest_stars = np.concatenate([stars[head:], np.full(len(target_items), 5.0)])
+        order = rng.permutation(len(rest_items))
+        item_seq = np.concatenate([fillers[:head], rest_items[order]])
+        star_seq = np.concatenate([stars[:head], rest_stars[order]])
         times = np.sort(rng.integers(start, end + 1, size=len(item_seq)))
         frames.append(
             pd.DataFrame(
