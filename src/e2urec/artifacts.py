@@ -49,10 +49,11 @@ def weights_sha256(folder: str | Path, skip: tuple[str, ...] = ()) -> dict[str, 
     return hashes
 
 
-def model_sha256(model_dir: str | Path) -> str:
+def model_sha256(model_dir: str | Path, hashes: dict[str, str] | None = None) -> str:
     """sha256 of a model folder's safetensors weights (one file: that file's hash; several: the
-    hash of their "name sha256" lines)."""
-    hashes = weights_sha256(model_dir)
+    hash of their "name sha256" lines). `hashes`: `weights_sha256(model_dir)` when the caller
+    has it already, so the weights are not read twice."""
+    hashes = weights_sha256(model_dir) if hashes is None else hashes
     if len(hashes) == 1:
         return next(iter(hashes.values()))
     return sha256_bytes("".join(f"{name} {sha}\n" for name, sha in hashes.items()).encode())

@@ -388,7 +388,13 @@ class Worker:
             save_recommender(model.recommender, stage / MODEL_DIR)
             if (parent / CONFIG).is_file():
                 shutil.copy2(parent / CONFIG, stage / CONFIG)
-            manifest["weights_sha256"] = weights_sha256(stage)  # checked when it is loaded
+            hashes = weights_sha256(stage)  # checked when the version is loaded
+            manifest["weights_sha256"] = hashes
+            model_hashes = {
+                name.removeprefix(f"{MODEL_DIR}/"): sha
+                for name, sha in hashes.items()
+                if name.startswith(f"{MODEL_DIR}/")
+            }
             atomic_write_json(stage / MANIFEST, manifest)
             atomic_write_json(
                 stage / VERSION_INFO,
@@ -399,7 +405,7 @@ class Worker:
                     "requests": [r["request_id"] for r in work.requests],
                     "created": iso(time.time()),
                     "method": work.method,
-                    "model_sha256": model_sha256(stage / MODEL_DIR),
+                    "model_sha256": model_sha256(stage / MODEL_DIR, model_hashes),
                     "adapter_sha256": sha256_file(adapter) if adapter.is_file() else None,
                     "checks": per_request,
                 },
