@@ -283,6 +283,13 @@ def add_recipe_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--batch-size", type=int, default=16, help="rows per step (default 16)")
     p.add_argument("--patience", type=int, default=3, help="epochs without improvement (default 3)")
+    p.add_argument(
+        "--keep",
+        choices=("best", "last"),
+        default="best",
+        help="best: early stopping on valid, best epoch kept (the paper's, default); last: no "
+        "validation, all --epochs run and the last weights are kept",
+    )
     p.add_argument("--seed", type=int, default=42, help="data order and dropout (default 42)")
     p.add_argument(
         "--init-seed",
@@ -304,6 +311,7 @@ def recipe_options(args: argparse.Namespace) -> dict:
         "lr",
         "batch_size",
         "patience",
+        "keep",
         "seed",
         "init_seed",
         "max_length",

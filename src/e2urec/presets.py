@@ -49,6 +49,7 @@ class BenchTrain:
     lr: float = 1e-3
     batch_size: int = 16
     patience: int = 3
+    keep: str = "best"
     max_length: int = 512
     max_steps: int | None = None
 

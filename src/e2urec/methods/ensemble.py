@@ -49,6 +49,7 @@ class Recipe:
     lr: float | None = None
     batch_size: int = 16
     patience: int = 3
+    keep: str = "best"
     max_steps: int | None = None
     eval_batch_size: int = 64
     max_length: int = 512
@@ -67,6 +68,7 @@ class Recipe:
             epochs=self.epochs,
             batch_size=self.batch_size,
             patience=self.patience,
+            keep=self.keep,
             seed=self.seed,
             max_steps=self.max_steps,
             eval_batch_size=self.eval_batch_size,

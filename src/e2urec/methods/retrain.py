@@ -25,7 +25,9 @@ def run(ctx: UnlearnContext) -> dict[str, Any]:
     config = yaml.safe_load((ctx.base_run / CONFIG).read_text(encoding="utf-8")) or {}
     loop = base.get("loop", {})
     options = {
-        k: loop[k] for k in ("epochs", "lr", "batch_size", "patience", "max_steps") if k in loop
+        k: loop[k]
+        for k in ("epochs", "lr", "batch_size", "patience", "keep", "max_steps")
+        if k in loop
     }
     manifest = train(
         ctx.data_dir,

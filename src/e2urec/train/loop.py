@@ -49,7 +49,9 @@ RESUME_FIXED = ("lr", "batch_size", "weight_decay", "seed")
 
 @dataclass
 class LoopConfig:
-    """Optimization settings; `batch_size` is per process, `max_steps` caps optimizer steps."""
+    """Optimization settings; `batch_size` is per process, `max_steps` caps optimizer steps.
+    `keep`: "best" (early stopping on the validation loss, best epoch kept) or "last" (no
+    validation: the whole budget runs and the last weights are kept)."""
 
     epochs: int = 10
     lr: float = 1e-3
@@ -59,12 +61,18 @@ class LoopConfig:
     seed: int = 42
     max_steps: int | None = None
     eval_batch_size: int = 64
+    keep: str = "best"
 
     def check(self, where: str = "") -> None:
         """One clear error for the first setting out of range (before anything is written)."""
         check_ranges(self, LOOP_RANGES, where)
+        if self.keep not in KEEP_CHOICES:
+            raise E2URecError(
+                f"{where}keep must be one of {', '.join(KEEP_CHOICES)}, got {self.keep!r}"
+            )
 
 
+KEEP_CHOICES = ("best", "last")
 LOOP_RANGES = {
     "epochs": "count",
     "lr": "positive",
@@ -266,8 +274,8 @@ def fit(
 
     validate(model) -> float (lower is better) runs after every epoch on the unwrapped model
     in eval mode; training stops after `cfg.patience` epochs without improvement and the best
-    trainable weights are restored. Without `validate` the full epoch/step budget runs and the
-    last weights are kept. `task.loss` receives the prepared model (a DDP wrapper under several
+    trainable weights are restored. Without `validate`, or with `cfg.keep == "last"` (then
+    `validate` is not called), the full epoch/step budget runs and the last weights are kept. `task.loss` receives the prepared model (a DDP wrapper under several
     processes; `unwrap(model)` gives the module) and batches already on the device
     (`runner.process_state().device`, where a task's other models belong). `desc` names this phase in log.jsonl, the
     progress bar and the checkpoint folder (a run may fit several phases). `meter` (optional)
@@ -290,6 +298,8 @@ def fit(
         accelerator.is_main_process,
     )
     cfg.check()
+    if cfg.keep == "last":
+        validate = None
     streams = task.streams
     for name, rows in streams.items():
         if not rows:

@@ -202,6 +202,7 @@ def train(
     lr: float | None = None,
     batch_size: int = 16,
     patience: int = 3,
+    keep: str = "best",
     finetune: str = "full",
     seed: int = 42,
     init_seed: int = 0,
@@ -214,7 +215,7 @@ def train(
     """Train a recommender on split `on` of prepared folder `data`; returns the run manifest.
 
     The paper's recipe: AdamW, answer CE, early stopping on the valid split's answer CE with
-    `patience`, best epoch kept. Backbone weights start from `init_seed` (the same for every
+    `patience`, best epoch kept (`keep="last"`: no validation, all `epochs` run, last kept). Backbone weights start from `init_seed` (the same for every
     run, like a shared pretrained checkpoint); `seed` drives data order and dropout. The
     tokenizer corpus is train+valid+test, so every run on the same data shares a vocabulary.
     `finetune="lora"` trains PEFT adapters and saves the merged model. The run folder gets
@@ -234,6 +235,7 @@ def train(
         epochs=epochs,
         batch_size=batch_size,
         patience=patience,
+        keep=keep,
         seed=seed,
         max_steps=max_steps,
         eval_batch_size=eval_batch_size,
