@@ -13,6 +13,7 @@ from e2urec import api, cli
 from e2urec.backbones import create_recommender, save_recommender
 from e2urec.data.dataset import load_split
 from e2urec.data.prepare import PrepareConfig
+from e2urec.errors import E2URecError
 from e2urec.runs import MODEL_DIR, load_run_model, read_run_manifest
 from e2urec.train import losses
 from e2urec.train.cost import CostMeter
@@ -120,6 +121,21 @@ def test_early_stopping_restores_best_weights(rows, tmp_path: Path) -> None:
     assert [h["valid_loss"] for h in result.history] == [3.0, 2.0, 2.5, 2.6, 2.7]
     assert _same(_weights(rec.model), snapshots[1])
     assert not _same(snapshots[1], snapshots[4])
+
+
+def test_keep_last_skips_validation_and_keeps_the_last_epoch(rows, tmp_path: Path) -> None:
+    rec = _recommender(rows)
+
+    def validate(model):
+        raise AssertionError("keep='last' must not validate")
+
+    cfg = LoopConfig(epochs=3, batch_size=16, patience=1, seed=0, keep="last")
+    result = fit(
+        rec, rec.model, SupervisedTask(rec, rows["train"][:32]), cfg, tmp_path, validate=validate
+    )
+    assert result.epochs_run == 3 and result.best_epoch == 2 and result.best_valid is None
+    with pytest.raises(E2URecError, match="keep must be one of best, last, got 'worst'"):
+        LoopConfig(keep="worst").check()
 
 
 def test_same_seed_same_weights(rows, tmp_path: Path) -> None:

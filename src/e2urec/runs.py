@@ -7,8 +7,11 @@ Loading a run checks its weight files against the recorded hashes (runs written 
 were recorded only have their files' safetensors headers checked).
 
 Formats (manifest "format"), each registered with a loader in RUN_FORMATS:
-- "single": a whole model in `model/` (save_recommender).
-- others are registered by the modules that write them (adapters on a base run, ensembles).
+- "single": a whole model in `model/` (save_recommender);
+- "adapter": PEFT LoRA adapters in `adapter/` on the model of the run named by "base_run"
+  (E2URec's student);
+- "ensemble": one model per shard in `members/` plus a mean or attention aggregate (SISA,
+  RecEraser; see methods.ensemble).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import torch
+from torch import nn
 
 from e2urec.artifacts import MANIFEST, check_safetensors, read_json, sha256_file
 from e2urec.backbones import Recommender, load_recommender
@@ -29,6 +33,8 @@ LOG = "log.jsonl"
 CONFIG = "config.resolved.yaml"
 METRICS = "metrics.json"
 PREDICTIONS_DIR = "predictions"
+ADAPTER_DIR = "adapter"
+AGGREGATOR = "aggregator.safetensors"
 
 
 class RunModel(Protocol):
@@ -124,8 +130,6 @@ def check_weights(run: Path, manifest: dict[str, Any]) -> None:
 
 def load_run_model(run: str | Path) -> RunModel:
     """Load any complete run for scoring, whatever its format, after `verify_weights`."""
-    import e2urec.methods  # noqa: F401  (registers the "adapter" and "ensemble" formats)
-
     run = Path(run)
     manifest = read_run_manifest(run)
     verify_weights(run, manifest)
@@ -134,3 +138,86 @@ def load_run_model(run: str | Path) -> RunModel:
         return loader(run, manifest)
     except (OSError, ValueError, RuntimeError, KeyError) as exc:
         raise E2URecError(f"cannot load run {run}: {first_line(exc)}") from None
+
+
+@RUN_FORMATS.register("adapter")
+def load_adapter_run(run: Path, manifest: dict[str, Any]) -> RunModel:
+    """The base run's model with this run's LoRA adapters (run format "adapter")."""
+    from peft import PeftModel
+
+    base = load_run_model(manifest["base_run"])
+    if not isinstance(base, SingleModel):
+        raise E2URecError(f"adapter run {run}: its base run is not a single model")
+    recommender = base.recommender
+    recommender.model = PeftModel.from_pretrained(recommender.model, run / ADAPTER_DIR)
+    return SingleModel(recommender)
+
+
+class AttentionAggregator(nn.Module):
+    """RecEraser's aggregation: attention weights over the K shard outputs.
+
+    Each shard's feature is its Yes/No log-probabilities plus a learned shard embedding;
+    score_k = v·tanh(W f_k + e_k), weights = softmax over k, output = Σ_k weight_k · z_k where
+    z_k are the shard's logits (full vocabulary or Yes/No only).
+    """
+
+    def __init__(self, shards: int, hidden: int):
+        super().__init__()
+        self.project = nn.Linear(2, hidden)
+        self.shard = nn.Embedding(shards, hidden)
+        self.score = nn.Linear(hidden, 1, bias=False)
+
+    def weights(self, yes_no: torch.Tensor) -> torch.Tensor:
+        """Attention weights [B, K] from Yes/No logits [B, K, 2]."""
+        features = torch.log_softmax(yes_no.float(), dim=-1)
+        ids = torch.arange(yes_no.shape[1], device=yes_no.device)
+        hidden = torch.tanh(self.project(features) + self.shard(ids))
+        return torch.softmax(self.score(hidden).squeeze(-1), dim=-1)
+
+    def forward(self, logits: torch.Tensor, yes_no: torch.Tensor) -> torch.Tensor:
+        """Aggregate shard logits [B, K, V] with the weights from their Yes/No logits."""
+        weights = self.weights(yes_no).to(logits.dtype)
+        return (weights.unsqueeze(-1) * logits).sum(dim=1)
+
+
+class EnsembleModel:
+    """A loaded ensemble run: member models sharing one tokenizer, mean or attention aggregate."""
+
+    def __init__(self, members: list[Recommender], aggregator: AttentionAggregator | None):
+        self.recommender = members[0]
+        self.models = [m.model.eval() for m in members]
+        self.aggregator = aggregator.eval() if aggregator is not None else None
+
+    def to(self, device: str | torch.device) -> EnsembleModel:
+        """Move every member (and the aggregator) to `device`."""
+        for model in self.models:
+            model.to(device)
+        if self.aggregator is not None:
+            self.aggregator.to(device)
+        return self
+
+    def member_logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Answer-position logits of every member [B, K, V]."""
+        rec = self.recommender
+        return torch.stack([rec.answer_logits(batch, model) for model in self.models], dim=1)
+
+    def answer_logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The aggregate's full-vocabulary logits [B, V] at the first answer position."""
+        logits = self.member_logits(batch)
+        if self.aggregator is None:
+            return logits.mean(dim=1)
+        yes_no = logits[..., [self.recommender.yes_id, self.recommender.no_id]]
+        return self.aggregator(logits, yes_no)
+
+
+@RUN_FORMATS.register("ensemble")
+def load_ensemble_run(run: Path, manifest: dict[str, Any]) -> RunModel:
+    """Load an ensemble run (format "ensemble")."""
+    from safetensors.torch import load_file
+
+    members = [load_recommender(run / m["path"]) for m in manifest["members"]]
+    aggregator = None
+    if manifest.get("aggregate") == "attention":
+        aggregator = AttentionAggregator(len(members), manifest["recipe"]["agg_hidden"])
+        aggregator.load_state_dict(load_file(run / AGGREGATOR))
+    return EnsembleModel(members, aggregator)

@@ -483,7 +483,7 @@ def _merged(fields: dict[str, Any], run_dir: Path, source: Any) -> Any:
     if fmt == "adapter":
         from peft import PeftModel
 
-        from e2urec.methods.e2urec import ADAPTER_DIR
+        from e2urec.runs import ADAPTER_DIR
 
         recommender = copy.copy(source)
         model = PeftModel.from_pretrained(copy.deepcopy(source.model), run_dir / ADAPTER_DIR)

@@ -44,9 +44,8 @@ from e2urec.methods.e2urec_teachers import (
     label_teacher,
     quantile_match,
 )
-from e2urec.runs import RUN_FORMATS, RunModel, SingleModel, load_run_model
+from e2urec.runs import ADAPTER_DIR
 
-ADAPTER_DIR = "adapter"
 log = logging.getLogger(__name__)
 Batch = dict[str, torch.Tensor]
 
@@ -825,19 +824,6 @@ def save_student(ctx: UnlearnContext, student: nn.Module) -> dict[str, Any]:
     with ctx.meter.phase("save"):
         student.save_pretrained(ctx.run_dir / ADAPTER_DIR, safe_serialization=True)
     return {"cost": ctx.meter.summary(student)}
-
-
-@RUN_FORMATS.register("adapter")
-def load_adapter_run(run: Path, manifest: dict[str, Any]) -> RunModel:
-    """The base run's model with this run's LoRA adapters (run format "adapter")."""
-    from peft import PeftModel
-
-    base = load_run_model(manifest["base_run"])
-    if not isinstance(base, SingleModel):
-        raise E2URecError(f"adapter run {run}: its base run is not a single model")
-    recommender = base.recommender
-    recommender.model = PeftModel.from_pretrained(recommender.model, run / ADAPTER_DIR)
-    return SingleModel(recommender)
 
 
 register(

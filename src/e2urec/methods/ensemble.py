@@ -26,14 +26,13 @@ import torch
 from torch import nn
 
 from e2urec.artifacts import sha256_file
-from e2urec.backbones import Recommender, load_recommender, save_recommender
+from e2urec.backbones import load_recommender, save_recommender
 from e2urec.config import check_ranges
 from e2urec.errors import E2URecError
 from e2urec.quiet import quiet_transformers
-from e2urec.runs import RUN_FORMATS, RunModel
+from e2urec.runs import AGGREGATOR, AttentionAggregator, EnsembleModel
 
 MEMBERS_DIR = "members"
-AGGREGATOR = "aggregator.safetensors"
 Rows = Sequence[dict[str, Any]]
 
 
@@ -88,77 +87,6 @@ class Recipe:
             },
             where,
         )
-
-
-class AttentionAggregator(nn.Module):
-    """RecEraser's aggregation: attention weights over the K shard outputs.
-
-    Each shard's feature is its Yes/No log-probabilities plus a learned shard embedding;
-    score_k = v·tanh(W f_k + e_k), weights = softmax over k, output = Σ_k weight_k · z_k where
-    z_k are the shard's logits (full vocabulary or Yes/No only).
-    """
-
-    def __init__(self, shards: int, hidden: int):
-        super().__init__()
-        self.project = nn.Linear(2, hidden)
-        self.shard = nn.Embedding(shards, hidden)
-        self.score = nn.Linear(hidden, 1, bias=False)
-
-    def weights(self, yes_no: torch.Tensor) -> torch.Tensor:
-        """Attention weights [B, K] from Yes/No logits [B, K, 2]."""
-        features = torch.log_softmax(yes_no.float(), dim=-1)
-        ids = torch.arange(yes_no.shape[1], device=yes_no.device)
-        hidden = torch.tanh(self.project(features) + self.shard(ids))
-        return torch.softmax(self.score(hidden).squeeze(-1), dim=-1)
-
-    def forward(self, logits: torch.Tensor, yes_no: torch.Tensor) -> torch.Tensor:
-        """Aggregate shard logits [B, K, V] with the weights from their Yes/No logits."""
-        weights = self.weights(yes_no).to(logits.dtype)
-        return (weights.unsqueeze(-1) * logits).sum(dim=1)
-
-
-class EnsembleModel:
-    """A loaded ensemble run: member models sharing one tokenizer, mean or attention aggregate."""
-
-    def __init__(self, members: list[Recommender], aggregator: AttentionAggregator | None):
-        self.recommender = members[0]
-        self.models = [m.model.eval() for m in members]
-        self.aggregator = aggregator.eval() if aggregator is not None else None
-
-    def to(self, device: str | torch.device) -> EnsembleModel:
-        """Move every member (and the aggregator) to `device`."""
-        for model in self.models:
-            model.to(device)
-        if self.aggregator is not None:
-            self.aggregator.to(device)
-        return self
-
-    def member_logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Answer-position logits of every member [B, K, V]."""
-        rec = self.recommender
-        return torch.stack([rec.answer_logits(batch, model) for model in self.models], dim=1)
-
-    def answer_logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """The aggregate's full-vocabulary logits [B, V] at the first answer position."""
-        logits = self.member_logits(batch)
-        if self.aggregator is None:
-            return logits.mean(dim=1)
-        yes_no = logits[..., [self.recommender.yes_id, self.recommender.no_id]]
-        return self.aggregator(logits, yes_no)
-
-
-@RUN_FORMATS.register("ensemble")
-def load_ensemble_run(run: Path, manifest: dict[str, Any]) -> RunModel:
-    """Load an ensemble run (format "ensemble")."""
-    from safetensors.torch import load_file
-
-    members = [load_recommender(run / m["path"]) for m in manifest["members"]]
-    aggregator = None
-    if manifest.get("aggregate") == "attention":
-        recipe = Recipe(**manifest["recipe"])
-        aggregator = AttentionAggregator(len(members), recipe.agg_hidden)
-        aggregator.load_state_dict(load_file(run / AGGREGATOR))
-    return EnsembleModel(members, aggregator)
 
 
 def require_rows(name: str, rows: Rows) -> None:
