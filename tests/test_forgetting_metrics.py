@@ -94,14 +94,18 @@ def test_signal_check_clear_and_not():
     assert "Verdict: clear" in forgetting.signal_text(clear)
     weak = forgetting.signal_check(_rows(0.03, 0.01, 0.02))
     assert weak["clear"] is False and weak["checks"]["distance_ratio"] is False
-    assert "cannot rank methods" in forgetting.signal_text(weak)
+    assert "within 5× of seed noise; this setting cannot rank methods" in forgetting.signal_text(
+        weak
+    )
     unhurt = _rows(0.08, 0.01, 0.02)
     for row in unhurt:
         if row["method"] == "retrain":
             row["test_auc"] = 0.71
-    assert (
-        forgetting.signal_check(unhurt, polluted="label-flip")["checks"]["original_hurt"] is False
-    )
+    unhurt_check = forgetting.signal_check(unhurt, polluted="label-flip")
+    assert unhurt_check["checks"]["original_hurt"] is False and unhurt_check["clear"] is False
+    text = forgetting.signal_text(unhurt_check)
+    assert "not hurt on test" in text and "can still be ranked on forgetting" in text
+    assert "within 5× of seed noise" not in text
     one_seed = [r for r in _rows(0.08, 0.01, 0.02) if r["method"] != "noise_floor"]
     assert forgetting.signal_check(one_seed)["clear"] is None
 

@@ -112,8 +112,7 @@ def signal_text(signal: Mapping[str, Any]) -> str:
     verdict = {
         True: "clear: the Original differs from Retrain beyond seed noise, so this setting can "
         "rank methods",
-        False: "NOT clear: the Original is within reach of seed noise (or not hurt), so this "
-        "setting cannot rank methods on forgetting",
+        False: f"NOT clear: {_failures(signal['checks'])}",
         None: "unknown: a noise floor needs two Retrain seeds",
     }[signal["clear"]]
     return (
@@ -126,6 +125,22 @@ def signal_text(signal: Mapping[str, Any]) -> str:
         )
         + f"): {'; '.join(parts)}. Verdict: {verdict}.\n"
     )
+
+
+def _failures(checks: Mapping[str, bool | None]) -> str:
+    """What a failed signal check means, by which checks failed: without distance or KS the
+    setting cannot rank forgetting; an Original that is only not hurt still can."""
+    failed = [name for name, ok in checks.items() if ok is False]
+    reasons = {
+        "distance_ratio": f"the Original is within {MIN_DISTANCE_RATIO:g}× of seed noise",
+        "ks_rejects": "the KS test does not tell the Original's forget margins from Retrain's",
+        "original_hurt": f"the polluted Original is not hurt on test (AUC gap < {MIN_AUC_HURT:g}), "
+        "so utility recovery means little",
+    }
+    text = "; ".join(reasons[name] for name in failed)
+    if failed == ["original_hurt"]:
+        return text + "; the forgetting signal holds, so methods can still be ranked on forgetting"
+    return text + "; this setting cannot rank methods on forgetting"
 
 
 def _auc_gap(original: Mapping[str, Any], rows: list[Mapping[str, Any]]) -> float | None:
