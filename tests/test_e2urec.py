@@ -26,15 +26,17 @@ from e2urec.errors import E2URecError
 from e2urec.methods.e2urec import (
     E2URecParams,
     E2URecTask,
-    MembershipMonitor,
     TeacherCache,
     Teachers,
     add_lora,
-    answer_stats,
     combine,
+    retain_rows_repeat,
+)
+from e2urec.methods.e2urec_membership import (
+    MembershipMonitor,
+    answer_stats,
     direction_warning,
     membership_verdict,
-    retain_rows_repeat,
 )
 from e2urec.methods.e2urec_teachers import (
     TEACHERS,
@@ -528,7 +530,7 @@ def test_unlearn_prints_the_warning_on_stderr(monkeypatch, capsys):
     }
 
     def unlearn(*args, **kwargs):  # the method logs its warning while it runs
-        logging.getLogger("e2urec.methods.e2urec").warning(manifest["warnings"][0])
+        logging.getLogger("e2urec.methods.e2urec_membership").warning(manifest["warnings"][0])
         return manifest
 
     monkeypatch.setattr(api, "unlearn", unlearn)
@@ -541,12 +543,12 @@ def test_unlearn_prints_the_warning_on_stderr(monkeypatch, capsys):
 
 
 def test_direction_warning_is_logged_before_the_student_trains(holdout_world, monkeypatch, caplog):
-    import e2urec.methods.e2urec as e2urec_method
+    import e2urec.methods.e2urec_membership as membership
     import e2urec.train.loop as loop
 
     w = holdout_world
     real_fit, seen = loop.fit, []
-    monkeypatch.setattr(e2urec_method, "direction_warning", lambda *a: "pushes the wrong way")
+    monkeypatch.setattr(membership, "direction_warning", lambda *a: "pushes the wrong way")
 
     def fit(*args, **kwargs):
         seen.append([r.getMessage() for r in caplog.records])

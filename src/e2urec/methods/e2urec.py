@@ -9,19 +9,17 @@ the cross-entropy over the full vocabulary at every answer position; during the 
 `forget_epochs` epochs the loss is `H(p_f, p_student)_forget` alone.
 
 Teachers other than the paper's (`teacher=`, see TEACHERS) and a stop rule that needs no
-Retrain (`stop=membership`, see MembershipMonitor) address the measured failure of the paper's
+Retrain (`stop=membership`, see e2urec_membership.MembershipMonitor) address the measured failure of the paper's
 teacher at small scale: the augmented model mostly recalibrates the forgotten users' Yes-bias
 and the forcing term mirrors that recalibration instead of removing memorised answers.
 
 The run saves only the adapters (`adapter/`, PEFT safetensors) and points at the original run
-(manifest "format": "adapter", "base_run"); the "adapter" run format is registered here.
+(manifest "format": "adapter", "base_run"), which `runs.load_run_model` loads.
 """
 
 from __future__ import annotations
 
-import contextlib
-import logging
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -34,6 +32,15 @@ from torch.nn.utils.rnn import pad_sequence
 from e2urec.backbones import BACKBONES, IGNORE, Recommender
 from e2urec.errors import E2URecError
 from e2urec.methods.base import Method, TrainParams, UnlearnContext, register
+from e2urec.methods.e2urec_membership import (
+    MembershipMonitor,
+    check_direction,
+    holdout_available,
+    inference,
+    row_batches,
+    sample_rows,
+    score_rows,
+)
 from e2urec.methods.e2urec_teachers import (
     TEACHERS,
     answer_margin,
@@ -46,7 +53,6 @@ from e2urec.methods.e2urec_teachers import (
 )
 from e2urec.runs import ADAPTER_DIR
 
-log = logging.getLogger(__name__)
 Batch = dict[str, torch.Tensor]
 
 
@@ -178,18 +184,6 @@ def combine(
     return weight * retain + (1.0 - weight) * h_forget
 
 
-@contextlib.contextmanager
-def inference(model: nn.Module) -> Iterator[None]:
-    """Eval mode and no gradients for the block; the previous mode is restored after."""
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            yield
-    finally:
-        model.train(was_training)
-
-
 class TeacherCache:
     """A frozen teacher's logits at answer positions, looked up by the batch's row `index`.
 
@@ -245,21 +239,6 @@ class TeacherCache:
         lengths = (labels != IGNORE).sum(dim=1).tolist()
         for i, row, length in zip(index, log_probs, lengths, strict=True):
             self.rows.setdefault(i, row[:length].clone())
-
-
-def to_device(batch: Batch, device: torch.device) -> Batch:
-    """The batch's tensors on `device`."""
-    return {k: v.to(device) for k, v in batch.items()}
-
-
-def row_batches(
-    recommender: Recommender, rows: Sequence[dict[str, Any]], batch_size: int, device: Any
-) -> Iterator[Batch]:
-    """Consecutive batches of `rows` on `device`, each with its rows' positions as `index`."""
-    for start in range(0, len(rows), batch_size):
-        batch = recommender.collate(rows[start : start + batch_size])
-        batch["index"] = torch.arange(start, start + len(batch["input_ids"]))
-        yield to_device(batch, device)
 
 
 class Teachers:
@@ -404,210 +383,6 @@ class E2URecTask:
             h_retain = soft_ce(self.retain_teacher(retain), logits, labels)
             logs["h_retain"] = float(h_retain.detach())
         return combine(h_forget, ce_retain, h_retain, self.params.weight), logs
-
-
-# ---------------------------------------------------------------- holdout users and membership
-NO_HOLDOUT = "needs a holdout split: prepare the data with --holdout-ratio"
-
-
-def holdout_available(data_dir: Path) -> bool:
-    """Whether the prepared data has a non-empty `holdout` split."""
-    from e2urec.data.dataset import read_manifest
-    from e2urec.data.prepare import split_file
-
-    manifest = read_manifest(data_dir)
-    files = manifest.get("files", {})
-    return "holdout" in manifest.get("splits", []) and bool(
-        files.get(split_file("holdout"), {}).get("samples")
-    )
-
-
-def answer_stats(
-    logits: torch.Tensor, labels: torch.Tensor, yes_id: int, no_id: int
-) -> dict[str, torch.Tensor]:
-    """Per row at the first answer position: `loss` = −log P(trained answer) over the full
-    vocabulary, `margin` = log P(trained answer) − log P(other answer), `p_yes` = P(Yes) of the
-    softmax over the two answer tokens."""
-    trained, other = answer_tokens(labels, yes_id, no_id)
-    first = logits[:, 0].float()
-    log_p = torch.log_softmax(first, dim=-1)
-    return {
-        "loss": -log_p.gather(1, trained[:, None])[:, 0],
-        "margin": answer_margin(logits, trained, other),
-        "p_yes": torch.sigmoid(first[:, yes_id] - first[:, no_id]),
-    }
-
-
-def score_rows(
-    recommender: Recommender,
-    forward: Callable[[Batch], tuple[torch.Tensor, torch.Tensor]],
-    rows: Sequence[dict[str, Any]],
-    batch_size: int,
-    device: Any,
-) -> dict[str, np.ndarray]:
-    """`answer_stats` of `forward(batch) -> (logits, labels)` over every row (numpy, float64);
-    the caller sets eval mode and no gradients."""
-    parts: dict[str, list[torch.Tensor]] = {}
-    for batch in row_batches(recommender, rows, batch_size, device):
-        logits, labels = forward(batch)
-        for name, values in answer_stats(
-            logits, labels, recommender.yes_id, recommender.no_id
-        ).items():
-            parts.setdefault(name, []).append(values.detach().cpu())
-    return {name: torch.cat(values).double().numpy() for name, values in parts.items()}
-
-
-def membership_stats(forget: dict[str, np.ndarray], holdout: dict[str, np.ndarray]) -> dict:
-    """Loss-based MIA AUC of forget (members) vs holdout rows, and the two-sample KS test of
-    their answer margins (statistic and p-value)."""
-    from scipy.stats import ks_2samp
-
-    from e2urec.eval.metrics import mia_auc
-
-    ks = ks_2samp(forget["margin"], holdout["margin"])
-    return {
-        "mia_auc": round(mia_auc(forget["loss"], holdout["loss"]), 4),
-        "ks_stat": round(float(ks.statistic), 4),
-        "ks_p": round(float(ks.pvalue), 4),
-    }
-
-
-def membership_verdict(
-    mia: float, ks_p: float, target: float, tol: float, ks_alpha: float, needs: str = "any"
-) -> str | None:
-    """Why the forget rows count as no more recognisable than holdout rows (None: they do not):
-    |MIA AUC − target| ≤ tol, the KS test not rejecting (p ≥ ks_alpha); `needs` any or all."""
-    passed = []
-    if abs(mia - target) <= tol:
-        passed.append(f"MIA AUC {mia:.3f} within {tol:g} of {target:.3f}")
-    if ks_p >= ks_alpha:
-        passed.append(f"KS p {ks_p:.3f} ≥ {ks_alpha:g}")
-    enough = len(passed) == 2 if needs == "all" else bool(passed)
-    return "; ".join(passed) if enough else None
-
-
-def direction_warning(teacher: str, forget_p_yes: dict[str, float], holdout: float) -> str | None:
-    """A warning when the forgetting teacher moves the forget set's mean P(Yes) further from the
-    holdout users' mean (under the original) than the original has it; None otherwise."""
-    original, forced = forget_p_yes.get("original"), forget_p_yes.get("forgetting_teacher")
-    if original is None or forced is None or abs(forced - holdout) <= abs(original - holdout):
-        return None
-    return (
-        f"the {teacher} forgetting teacher moves the forget set's mean P(Yes) away from the "
-        f"holdout users' mean ({original:.3f} -> {forced:.3f}; holdout users {holdout:.3f} "
-        "under the original)"
-    )
-
-
-def check_direction(
-    fields: dict[str, Any], teachers: Teachers, teacher: str, holdout: dict | None
-) -> None:
-    """Record the forget set's mean P(Yes) per model and whether the teacher pushes them away
-    from the holdout users' mean; log the warning as soon as it is known."""
-    fields["forget_p_yes"] = teachers.forget_p_yes()
-    if holdout is None:
-        fields["direction_check"] = f"skipped: {NO_HOLDOUT}"
-        return
-    warning = direction_warning(teacher, fields["forget_p_yes"], float(holdout["p_yes"].mean()))
-    fields["direction_check"] = "away from the holdout users" if warning else "ok"
-    if warning:
-        fields["warnings"] = [warning]
-        log.warning(warning)
-
-
-def sample_rows(
-    rows: Sequence[dict[str, Any]], size: int, seed: int, name: str
-) -> list[dict[str, Any]]:
-    """A seeded sample of `size` rows (all rows, shuffled, when there are fewer)."""
-    from e2urec.train.loop import permutation
-
-    return [rows[i] for i in permutation(len(rows), seed, "e2urec", name)[:size]]
-
-
-class MembershipMonitor:
-    """`stop=membership`: are the forget rows still more recognisable than holdout users' rows?
-
-    `start(forward)` measures the original (step 0) on seeded samples of `check_rows` forget
-    and holdout rows and fixes the target AUC (0.5, or with `mia_target=holdout` the original's
-    AUC of the holdout sample's first half against its second); it returns True when the
-    forget rows already pass. As fit's `stop` hook it measures the student every `check_every`
-    steps and returns True when `membership_verdict` passes. `summary(steps)` is the manifest's
-    record of why and when training stopped, with every check.
-    """
-
-    def __init__(
-        self,
-        recommender: Recommender,
-        forget_rows: Sequence[dict[str, Any]],
-        holdout_rows: Sequence[dict[str, Any]],
-        params: E2URecParams,
-        seed: int,
-        device: Any,
-    ):
-        self.recommender = recommender
-        self.params = params
-        self.device = device
-        self.forget = sample_rows(forget_rows, params.check_rows, seed, "check-forget")
-        self.holdout = sample_rows(holdout_rows, params.check_rows, seed, "check-holdout")
-        self.target = 0.5
-        self.holdout_auc: float | None = None
-        self.checks: list[dict[str, Any]] = []
-        self.stopped: dict[str, Any] | None = None
-
-    def _judge(self, step: int, forward: Callable[[Batch], Any]) -> bool:
-        size = self.params.batch_size
-        forget = score_rows(self.recommender, forward, self.forget, size, self.device)
-        holdout = score_rows(self.recommender, forward, self.holdout, size, self.device)
-        if self.holdout_auc is None:
-            from e2urec.eval.metrics import mia_auc
-
-            half = len(self.holdout) // 2
-            losses = holdout["loss"]
-            self.holdout_auc = round(mia_auc(losses[:half], losses[half:]), 4)
-            if self.params.mia_target == "holdout":
-                self.target = self.holdout_auc
-        stats = membership_stats(forget, holdout)
-        p = self.params
-        reason = membership_verdict(
-            stats["mia_auc"], stats["ks_p"], self.target, p.mia_tol, p.ks_alpha, p.stop_needs
-        )
-        self.checks.append({"step": step, **stats, "passed": reason is not None})
-        if reason is not None and self.stopped is None:
-            self.stopped = {"step": step, "reason": reason, **stats}
-        return reason is not None
-
-    def start(self, forward: Callable[[Batch], Any]) -> bool:
-        """Measure the original (forward under eval mode, no gradients) as step 0."""
-        return self._judge(0, forward)
-
-    def __call__(self, model: nn.Module, step: int) -> bool:
-        if step % self.params.check_every:
-            return False
-        with inference(model):
-            return self._judge(step, lambda b: self.recommender.target_logits(b, model))
-
-    def finish(self, model: nn.Module, steps: int) -> None:
-        """After a run the budget ended, measure the final student once (if not yet)."""
-        if self.stopped is None and self.checks[-1]["step"] != steps:
-            with inference(model):
-                self._judge(steps, lambda b: self.recommender.target_logits(b, model))
-            if self.stopped is not None and self.stopped["step"] == steps:
-                self.stopped = None  # passing at the very end is the budget's stop, not the rule's
-
-    def summary(self, steps: int) -> dict[str, Any]:
-        """Why and when training stopped, the target, the sample sizes and every check."""
-        last = self.stopped or {k: v for k, v in self.checks[-1].items() if k != "passed"}
-        return {
-            "rule": "membership",
-            "stopped_by": "membership" if self.stopped else "budget",
-            "reason": self.stopped["reason"] if self.stopped else "step budget reached",
-            **{k: v for k, v in last.items() if k != "step"},
-            "step": self.stopped["step"] if self.stopped else steps,
-            "target_auc": self.target,
-            "holdout_halves_auc": self.holdout_auc,
-            "rows": {"forget": len(self.forget), "holdout": len(self.holdout)},
-            "checks": self.checks,
-        }
 
 
 # ---------------------------------------------------------------- building and running
@@ -783,7 +558,7 @@ def run(ctx: UnlearnContext) -> dict[str, Any]:
                 progress=accelerator.is_main_process,
             )
         teachers.release()  # cached: the tuned copies are no longer needed
-        check_direction(fields, teachers, params.teacher, holdout)  # before training
+        check_direction(fields, teachers.forget_p_yes(), params.teacher, holdout)  # before training
     result = fit(
         recommender,
         student,
@@ -810,7 +585,7 @@ def run(ctx: UnlearnContext) -> dict[str, Any]:
         },
     )
     if not params.cache_teachers:  # the teachers' means gathered along the first epoch
-        check_direction(fields, teachers, params.teacher, holdout)
+        check_direction(fields, teachers.forget_p_yes(), params.teacher, holdout)
     fields["stop"] = (
         monitor.summary(result.steps)
         if monitor is not None
