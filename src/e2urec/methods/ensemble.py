@@ -1,9 +1,9 @@
 """Shard ensembles (SISA, RecEraser): one model per shard, an aggregate, exact unlearning.
 
-Run format "ensemble" (loaded by `runs.load_run_model`): `members/shard-K/` (save_recommender folders), manifest "members" (name,
-path, samples, forget_samples, sha256 of the weights), "ensemble" (sisa | receraser),
-"aggregate" (mean | attention; attention weights in `aggregator.safetensors`) and "recipe" (the
-member training settings, reused when unlearning).
+Run format "ensemble" (loaded by `runs.load_run_model`): `members/shard-K/` (save_recommender
+folders), manifest "members" (name, path, samples, forget_samples, sha256 of the weights),
+"ensemble" (sisa | receraser), "aggregate" (mean | attention; attention weights in
+`aggregator.safetensors`) and "recipe" (the member training settings, reused when unlearning).
 
 Original ensembles are trained on shards that include the forget samples; `data prepare` writes
 the shards without them, so each method rebuilds its original shards from the prepared data
