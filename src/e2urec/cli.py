@@ -12,6 +12,7 @@ import logging
 import sys
 
 from e2urec import __version__
+from e2urec.config import KEEP_CHOICES
 from e2urec.errors import E2URecError
 
 EXIT_USAGE = 2
@@ -285,7 +286,7 @@ def add_recipe_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--patience", type=int, default=3, help="epochs without improvement (default 3)")
     p.add_argument(
         "--keep",
-        choices=("best", "last"),
+        choices=KEEP_CHOICES,
         default="best",
         help="best: early stopping on valid, best epoch kept (the paper's, default); last: no "
         "validation, all --epochs run and the last weights are kept",

@@ -110,6 +110,7 @@ def _is_float(text: str) -> bool:
     return True
 
 
+KEEP_CHOICES = ("best", "last")  # which weights a supervised fit keeps (train.loop.LoopConfig)
 RANGES = {  # rule name → (test, what the value must be)
     "positive": (lambda v: v > 0, "positive"),
     "non-negative": (lambda v: v >= 0, "at least 0"),

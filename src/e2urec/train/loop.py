@@ -36,7 +36,7 @@ from torch import nn
 
 from e2urec.artifacts import atomic_write_json, atomic_write_text, read_json, staged_folder
 from e2urec.backbones import Recommender
-from e2urec.config import check_ranges
+from e2urec.config import KEEP_CHOICES, check_ranges
 from e2urec.errors import E2URecError
 from e2urec.runs import LOG
 from e2urec.train.cost import CostMeter
@@ -72,7 +72,6 @@ class LoopConfig:
             )
 
 
-KEEP_CHOICES = ("best", "last")
 LOOP_RANGES = {
     "epochs": "count",
     "lr": "positive",
@@ -275,11 +274,13 @@ def fit(
     validate(model) -> float (lower is better) runs after every epoch on the unwrapped model
     in eval mode; training stops after `cfg.patience` epochs without improvement and the best
     trainable weights are restored. Without `validate`, or with `cfg.keep == "last"` (then
-    `validate` is not called), the full epoch/step budget runs and the last weights are kept. `task.loss` receives the prepared model (a DDP wrapper under several
-    processes; `unwrap(model)` gives the module) and batches already on the device
-    (`runner.process_state().device`, where a task's other models belong). `desc` names this phase in log.jsonl, the
-    progress bar and the checkpoint folder (a run may fit several phases). `meter` (optional)
-    accumulates wall time under phase `desc` and the optimizer steps and samples.
+    `validate` is not called), the full epoch/step budget runs and the last weights are kept.
+    `task.loss` receives the prepared model (a DDP wrapper under several processes;
+    `unwrap(model)` gives the module) and batches already on the device
+    (`runner.process_state().device`, where a task's other models belong). `desc` names this
+    phase in log.jsonl, the progress bar and the checkpoint folder (a run may fit several
+    phases). `meter` (optional) accumulates wall time under phase `desc` and the optimizer steps
+    and samples.
     `stop(model, step) -> bool` (optional) runs after every optimizer step on the unwrapped
     model (in train mode; it must restore any mode it changes); True ends training there (the
     processes agree: any one saying True stops all) and the last weights are kept.

@@ -215,8 +215,9 @@ def train(
     """Train a recommender on split `on` of prepared folder `data`; returns the run manifest.
 
     The paper's recipe: AdamW, answer CE, early stopping on the valid split's answer CE with
-    `patience`, best epoch kept (`keep="last"`: no validation, all `epochs` run, last kept). Backbone weights start from `init_seed` (the same for every
-    run, like a shared pretrained checkpoint); `seed` drives data order and dropout. The
+    `patience`, best epoch kept (`keep="last"`: no validation, all `epochs` run, last kept).
+    Backbone weights start from `init_seed` (the same for every run, like a shared pretrained
+    checkpoint); `seed` drives data order and dropout. The
     tokenizer corpus is train+valid+test, so every run on the same data shares a vocabulary.
     `finetune="lora"` trains PEFT adapters and saves the merged model. The run folder gets
     model/ (save_recommender), log.jsonl, config.resolved.yaml and manifest.json (format
