@@ -17,6 +17,9 @@ from e2urec import api, cli
 from e2urec.artifacts import MANIFEST, atomic_write_json, sha256_file
 from e2urec.backbones import create_recommender, load_recommender, save_recommender
 from e2urec.data.prepare import FORMAT, split_file
+from e2urec.eval.evaluate import evaluate as evaluate_run
+from e2urec.eval.predict import AnswerLogitCache
+from e2urec.runs import SingleModel
 
 SPLITS = {"train": 24, "valid": 8, "test": 14, "retain": 16, "forget": 8}
 TITLES = [f"Movie {name}" for name in ("Alpha", "Bravo", "Charlie", "Delta", "Echo", "Foxtrot")]
@@ -167,6 +170,73 @@ def test_metrics_json_is_merged_by_split(world, runs):
     assert set(merged["splits"]) == {"test", "forget"}
     assert merged["splits"]["test"] == test_only["splits"]["test"]
     assert "distance" in merged["splits"]["forget"]
+
+
+def _evaluate_counting(monkeypatch, run: Path, data: Path, **kwargs) -> tuple[dict, int]:
+    """Evaluate (batches of 3); return the result and how many batches any model scored."""
+    calls = []
+    scored = SingleModel.answer_logits
+
+    def counting(self, batch):
+        calls.append(1)
+        return scored(self, batch)
+
+    monkeypatch.setattr(SingleModel, "answer_logits", counting)
+    result = evaluate_run(run, data, progress=False, batch_size=3, **kwargs)
+    monkeypatch.setattr(SingleModel, "answer_logits", scored)
+    return result, len(calls)
+
+
+def test_logit_cache_gives_identical_metrics_without_scoring_again(world, runs, monkeypatch):
+    data, run0, run1 = world["data"], runs["run0"], runs["run1"]
+    plain_10, plain_calls = _evaluate_counting(monkeypatch, run1, data, reference=run0)
+    plain_01, _ = _evaluate_counting(monkeypatch, run0, data, reference=run1)
+    cache = AnswerLogitCache()
+    first, first_calls = _evaluate_counting(
+        monkeypatch, run1, data, reference=run0, logit_cache=cache
+    )
+    assert first["splits"] == plain_10["splits"] and first_calls == plain_calls
+    # run0 was the reference: as the run now, only the new reference (run1) is scored.
+    swapped, swapped_calls = _evaluate_counting(
+        monkeypatch, run0, data, reference=run1, logit_cache=cache
+    )
+    assert swapped["splits"] == plain_01["splits"] and swapped_calls == plain_calls // 2
+    again, again_calls = _evaluate_counting(
+        monkeypatch, run1, data, reference=run0, logit_cache=cache
+    )
+    assert again["splits"] == plain_10["splits"] and again_calls == 0
+    # A run whose manifest changed (retrained) is scored again, not served from the cache.
+    manifest = json.loads((run0 / MANIFEST).read_text())
+    atomic_write_json(run0 / MANIFEST, {**manifest, "finished_at": "later"})
+    _, changed_calls = _evaluate_counting(
+        monkeypatch, run1, data, reference=run0, logit_cache=cache
+    )
+    assert changed_calls == plain_calls // 2
+
+
+def test_logit_cache_keeps_its_byte_budget_oldest_out_first():
+    entry = torch.zeros(4, 8)  # 128 bytes
+    cache = AnswerLogitCache(max_bytes=300)
+    cache.put("a", entry)
+    cache.put("b", entry + 1)
+    assert cache.get("a") is not None  # "a" is now the most recently used
+    cache.put("c", entry + 2)
+    assert cache.get("b") is None and cache.get("a") is not None and cache.get("c") is not None
+    assert cache.used_bytes == 256
+    cache.put("huge", torch.zeros(10, 10))  # 400 bytes: over the whole budget, never kept
+    assert cache.get("huge") is None and cache.used_bytes == 256
+
+
+def test_logit_cache_skips_splits_over_budget_and_still_scores_right(world, runs, monkeypatch):
+    data, run0, run1 = world["data"], runs["run0"], runs["run1"]
+    plain, plain_calls = _evaluate_counting(monkeypatch, run1, data, reference=run0)
+    cache = AnswerLogitCache(max_bytes=1)
+    for _ in range(2):
+        result, calls = _evaluate_counting(
+            monkeypatch, run1, data, reference=run0, logit_cache=cache
+        )
+        assert result["splits"] == plain["splits"] and calls == plain_calls
+    assert cache.used_bytes == 0
 
 
 def test_cli_eval_prints_a_table(world, runs, capsys):

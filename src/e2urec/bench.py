@@ -3,7 +3,8 @@
 Plan: prepare the data → train the Original → Retrain for every seed (the reference; two
 Retrains of different seeds give the noise floor) → the SISA / RecEraser original ensembles
 when those methods are selected → every selected method for every seed → evaluate each run on
-test and forget against the Retrain of the same seed → results.json / .csv / .md and plots.
+test and forget against the Retrain of the same seed (each Retrain's answer logits are scored
+once and held in memory for the evaluations after it) → results.json / .csv / .md and plots.
 
 Every step writes into its own folder under OUT and leaves a stamp (OUT/steps/<name>.json)
 holding the hash of its configuration and inputs; a rerun reuses a step whose stamp and output
@@ -115,6 +116,7 @@ class Bench:
     """Builds and runs the plan for one BenchConfig into folder `out`."""
 
     def __init__(self, config: presets.BenchConfig, out: Path, data_root: str | None) -> None:
+        from e2urec.eval.predict import AnswerLogitCache
         from e2urec.methods import METHODS
 
         self.config = config
@@ -133,6 +135,8 @@ class Bench:
         }
         self.methods = [m for m in chosen if m not in (RETRAIN, *variants)] + list(self.variants)
         self.data_dir = out / "data"
+        # Every method is evaluated against its seed's Retrain: score each Retrain once per split.
+        self.logit_cache = AnswerLogitCache()
         self.steps: list[Step] = []
         self.started = time.monotonic()
 
@@ -268,6 +272,7 @@ class Bench:
                 reference=reference,
                 splits=splits,
                 progress=False,
+                logit_cache=self.logit_cache,
             )
             atomic_write_json(out, metrics)
 

@@ -12,6 +12,9 @@ metrics.json is merged by split: evaluating some splits replaces those splits' e
 keeps the others (each entry names the data it was computed on). Per-example predictions go to
 RUN/predictions/<split>.parquet (id, user_id, label, p_yes, in the split's row order).
 Every input is checked before anything is written, so an error leaves the run folder as it was.
+With an `AnswerLogitCache`, a reference's logits are kept after it is scored and reused by later
+evaluations on the same data (also when that reference is itself the run evaluated), which gives
+the same numbers without running the model again.
 
 A reference must share the run's tokenizer vocabulary and Yes/No ids; otherwise evaluation
 stops with one error rather than report only the Yes/No scope, since a reference on another
@@ -34,7 +37,14 @@ from e2urec.artifacts import MANIFEST, atomic_write_bytes, atomic_write_json, re
 from e2urec.data.dataset import load_split, read_manifest
 from e2urec.errors import E2URecError
 from e2urec.eval import evidence, metrics
-from e2urec.eval.predict import Scores, check_same_vocabulary, place, resolve_device, score_rows
+from e2urec.eval.predict import (
+    AnswerLogitCache,
+    Scores,
+    check_same_vocabulary,
+    place,
+    resolve_device,
+    score_rows,
+)
 from e2urec.quiet import quiet_transformers
 from e2urec.runs import METRICS, PREDICTIONS_DIR, load_run_model, read_run_manifest
 
@@ -51,12 +61,14 @@ def evaluate(
     batch_size: int = 64,
     device: str | None = None,
     progress: bool = True,
+    logit_cache: AnswerLogitCache | None = None,
 ) -> dict[str, Any]:
     """Evaluate `run` on `splits` of the prepared folder `data` (against `reference` if given).
 
     Writes RUN/predictions/<split>.parquet and RUN/metrics.json (merged by split), atomically,
     and returns the metrics.json content. `splits` is a list or a comma-separated string;
-    `device` defaults to CUDA when available.
+    `device` defaults to CUDA when available. `logit_cache` keeps the reference's answer logits
+    for later calls and serves the run's or the reference's when they are already held.
     """
     run, data = Path(run), Path(data)
     device = resolve_device(device)
@@ -91,10 +103,29 @@ def evaluate(
         place(ref_model, device)
     place(model, device)
 
+    def cache_key(of: Path | None, split: str) -> tuple[str, ...] | None:
+        if logit_cache is None or of is None:
+            return None
+        return (sha256_file(of / MANIFEST), data_sha, split, str(batch_size), str(device))
+
     entries, tables, all_scores = {}, {}, {}
     for name, frame in frames.items():
         rows = frame[["prompt", "target"]].to_dict("records")
-        scores = score_rows(model, rows, batch_size, ref_model, desc=name, progress=progress)
+        run_key, ref_key = cache_key(run, name), cache_key(reference, name)
+        ref_logits = logit_cache.get(ref_key) if ref_key else None
+        scores = score_rows(
+            model,
+            rows,
+            batch_size,
+            ref_model,
+            desc=name,
+            progress=progress,
+            run_logits=logit_cache.get(run_key) if run_key else None,
+            reference_logits=ref_logits,
+            keep_reference_within=logit_cache.max_bytes if ref_key and ref_logits is None else 0,
+        )
+        if ref_key and scores.reference_logits is not None:
+            logit_cache.put(ref_key, scores.reference_logits)
         all_scores[name] = scores
         entries[name] = _split_entry(frame, scores, data, data_sha, reference)
         tables[name] = pd.DataFrame(

@@ -3,13 +3,16 @@
 Rows are scored in length-sorted batches (little padding) under `torch.no_grad()` with the
 models in eval mode; results come back in the rows' original order. When a reference run is
 given, both models score the same batch and only per-row divergences are kept, so memory stays
-at one batch × vocabulary whatever the number of rows.
+at one batch × vocabulary whatever the number of rows — unless the caller asks to keep the
+reference's logits for an `AnswerLogitCache`, which lets later evaluations against the same
+reference (the bench's every method against one Retrain) skip scoring it again.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections import OrderedDict
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -30,11 +33,50 @@ class Scores:
     distances: scope ("vocab" | "yes_no") → metric ("paper_jsd" | "jsd" | "l2") → [N] values
     between the reference (p) and the scored run (q); None when no reference was given.
     reference_p_yes: the reference's P(Yes) per row; None when no reference was given.
+    reference_logits: the reference's answer logits [N, V] on the CPU, when they were asked for
+    and fit the budget; else None.
     """
 
     p_yes: np.ndarray
     distances: dict[str, dict[str, np.ndarray]] | None = None
     reference_p_yes: np.ndarray | None = None
+    reference_logits: torch.Tensor | None = None
+
+
+@dataclass
+class AnswerLogitCache:
+    """Answer logits [N, V] of runs already scored, kept in memory across evaluations.
+
+    Keys name what the logits depend on (the run's manifest digest, the data, the split, the batch
+    size and the device: rows are scored in the same length-sorted batches, so a cached entry is
+    bit-identical to scoring again). Entries beyond `max_bytes` in total are dropped oldest first;
+    an entry larger than the whole budget is never kept.
+    """
+
+    max_bytes: int = 2 * 1024**3
+    _entries: OrderedDict[Hashable, torch.Tensor] = field(default_factory=OrderedDict)
+
+    def get(self, key: Hashable) -> torch.Tensor | None:
+        """The logits stored under `key` (now the most recently used), or None."""
+        logits = self._entries.get(key)
+        if logits is not None:
+            self._entries.move_to_end(key)
+        return logits
+
+    def put(self, key: Hashable, logits: torch.Tensor) -> None:
+        """Keep `logits` under `key`, dropping the oldest entries until the budget holds."""
+        size = logits.numel() * logits.element_size()
+        if size > self.max_bytes:
+            return
+        self._entries[key] = logits
+        self._entries.move_to_end(key)
+        while self.used_bytes > self.max_bytes:
+            self._entries.popitem(last=False)
+
+    @property
+    def used_bytes(self) -> int:
+        """Bytes held by the stored logits."""
+        return sum(t.numel() * t.element_size() for t in self._entries.values())
 
 
 def model_device(run_model: RunModel) -> torch.device:
@@ -93,9 +135,18 @@ def score_rows(
     reference: RunModel | None = None,
     desc: str = "scoring",
     progress: bool = True,
+    run_logits: torch.Tensor | None = None,
+    reference_logits: torch.Tensor | None = None,
+    keep_reference_within: int = 0,
 ) -> Scores:
     """Score `rows` (dicts with `prompt` and `target`): P(Yes) per row, and per-row distances to
-    `reference` on the first answer position (full vocabulary and Yes/No) when one is given."""
+    `reference` on the first answer position (full vocabulary and Yes/No) when one is given.
+
+    `run_logits` / `reference_logits` are the models' answer logits for these rows, batch size
+    and device from an earlier call (an `AnswerLogitCache`); they are used instead of running the
+    model. `keep_reference_within` > 0 returns the reference's logits in `Scores.reference_logits`
+    when [N, V] of them take at most that many bytes.
+    """
     if batch_size < 1:
         raise E2URecError(f"batch size must be at least 1, got {batch_size}")
     recommender = run_model.recommender
@@ -113,14 +164,20 @@ def score_rows(
     ref_p_yes = np.empty(n, dtype=np.float64) if reference is not None else None
     device = model_device(run_model)
     ref_device = model_device(reference) if reference is not None else None
+    kept: torch.Tensor | None = None
     bar = tqdm(total=n, desc=desc, unit="row", disable=None if progress else True, leave=False)
     with torch.no_grad(), bar:
         for index in batches(rows, batch_size, by_length=True):
-            batch = recommender.collate([rows[i] for i in index])
-            q = run_model.answer_logits({k: v.to(device) for k, v in batch.items()})
+            needs_model = run_logits is None or (reference is not None and reference_logits is None)
+            batch = recommender.collate([rows[i] for i in index]) if needs_model else {}
+            q = _answer_logits(run_model, run_logits, batch, index, device)
             p_yes[index] = p_yes_from_logits(q[:, answer_ids[0]], q[:, answer_ids[1]])
             if reference is not None:
-                p = reference.answer_logits({k: v.to(ref_device) for k, v in batch.items()})
+                p = _answer_logits(reference, reference_logits, batch, index, ref_device)
+                if kept is None and n * p.shape[1] * p.element_size() <= keep_reference_within:
+                    kept = torch.empty((n, p.shape[1]), dtype=p.dtype)
+                if kept is not None:
+                    kept[index] = p.cpu()
                 if p.shape != q.shape:
                     raise E2URecError(
                         f"the run and the reference give logits of different shapes "
@@ -129,8 +186,21 @@ def score_rows(
                 p = p.to(q.device)
                 ref_p_yes[index] = p_yes_from_logits(p[:, answer_ids[0]], p[:, answer_ids[1]])
                 pairs = {"vocab": (p, q), "yes_no": (p[:, answer_ids], q[:, answer_ids])}
-                for scope, (ref_logits, run_logits) in pairs.items():
+                for scope, (ref_scores, run_scores) in pairs.items():
                     for name, metric in FORGET_METRICS.items():
-                        distances[scope][name][index] = metric(ref_logits, run_logits)
+                        distances[scope][name][index] = metric(ref_scores, run_scores)
             bar.update(len(index))
-    return Scores(p_yes=p_yes, distances=distances, reference_p_yes=ref_p_yes)
+    return Scores(p_yes=p_yes, distances=distances, reference_p_yes=ref_p_yes, reference_logits=kept)
+
+
+def _answer_logits(
+    run_model: RunModel,
+    cached: torch.Tensor | None,
+    batch: dict[str, torch.Tensor],
+    index: list[int],
+    device: torch.device,
+) -> torch.Tensor:
+    """The batch's answer logits: the cached rows (moved to `device`) or the model's output."""
+    if cached is not None:
+        return cached[index].to(device)
+    return run_model.answer_logits({k: v.to(device) for k, v in batch.items()})
