@@ -7,7 +7,7 @@ folders), manifest "members" (name, path, samples, forget_samples, sha256 of the
 
 Original ensembles are trained on shards that include the forget samples; `data prepare` writes
 the shards without them, so each method rebuilds its original shards from the prepared data
-(see `sisa.original_shards`, `receraser.original_shards`). Unlearning retrains, with the same
+(`ORIGINAL_SHARDS`, filled by `sisa.original_shards` and `receraser.original_shards`). Unlearning retrains, with the same
 recipe (and the unlearning run's seed), only the members whose original shard held forget
 samples, on the prepared (retained) shard, and links the other members' files unchanged
 (hardlink, else a copy) whatever the seed.
@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -30,9 +30,14 @@ from e2urec.backbones import load_recommender, save_recommender
 from e2urec.config import check_ranges
 from e2urec.errors import E2URecError
 from e2urec.quiet import quiet_transformers
+from e2urec.registry import Registry
 from e2urec.runs import AGGREGATOR, AttentionAggregator, EnsembleModel
 
 MEMBERS_DIR = "members"
+# ensemble kind → function(data_dir) giving its original shards and their forget-sample counts
+ORIGINAL_SHARDS: Registry[Callable[[Path], tuple[list[list[dict[str, Any]]], list[int]]]] = (
+    Registry("ensemble method")
+)
 Rows = Sequence[dict[str, Any]]
 
 
@@ -258,18 +263,15 @@ def train_ensemble(
     returns the run manifest. The recipe, the data and the backbone (built for the first
     member) are checked before the run folder is created."""
     from e2urec.data.dataset import read_manifest
-    from e2urec.methods import receraser, sisa
     from e2urec.train.cost import CostMeter
     from e2urec.train.recipes import build_backbone, split_rows
     from e2urec.train.runner import finish_run, start_run
 
-    rebuild = {"sisa": sisa.original_shards, "receraser": receraser.original_shards}
-    if kind not in rebuild:
-        raise E2URecError(f"unknown ensemble method {kind!r}; valid: {', '.join(sorted(rebuild))}")
+    rebuild = ORIGINAL_SHARDS.get(kind)
     recipe.check()
     data_dir = Path(data_dir).absolute()
     read_manifest(data_dir)
-    shards, forget_counts = rebuild[kind](data_dir)
+    shards, forget_counts = rebuild(data_dir)
     for k, rows in enumerate(shards):
         require_rows(f"shard-{k}", rows)
     split_rows(data_dir, "valid", "early stopping")

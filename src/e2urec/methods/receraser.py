@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from e2urec.methods.base import Method, register
-from e2urec.methods.ensemble import unlearn_ensemble
+from e2urec.methods.ensemble import ORIGINAL_SHARDS, unlearn_ensemble
 
 
 @dataclass
@@ -17,6 +17,7 @@ class RecEraserParams:
     """No settings: unlearning reuses the original ensemble's recipe (members and aggregator)."""
 
 
+@ORIGINAL_SHARDS.register("receraser")
 def original_shards(data_dir: Path) -> tuple[list[list[dict[str, Any]]], list[int]]:
     """The original RecEraser shards (forget users included) and their forget-sample counts.
 

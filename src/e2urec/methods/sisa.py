@@ -10,7 +10,7 @@ import numpy as np
 
 from e2urec.errors import E2URecError
 from e2urec.methods.base import Method, register
-from e2urec.methods.ensemble import unlearn_ensemble
+from e2urec.methods.ensemble import ORIGINAL_SHARDS, unlearn_ensemble
 
 
 @dataclass
@@ -19,6 +19,7 @@ class SISAParams:
     shard is what training without the forget samples would have produced."""
 
 
+@ORIGINAL_SHARDS.register("sisa")
 def original_shards(data_dir: Path) -> tuple[list[list[dict[str, Any]]], list[int]]:
     """The original SISA shards (forget samples included) and their forget-sample counts.
 
