@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -279,6 +280,17 @@ def test_lora_training_saves_a_merged_single_model(data_dir: Path, rows, tmp_pat
     model = load_run_model(tmp_path / "lora")
     logits = model.answer_logits(model.recommender.collate(rows["test"][:4]))
     assert logits.shape[0] == 4 and torch.isfinite(logits).all()
+
+
+def test_keep_last_needs_no_valid_split(data_dir: Path, tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    shutil.copytree(data_dir, data)
+    (data / "valid.jsonl").write_text("", encoding="utf-8")
+    options = dict(epochs=1, max_steps=2, batch_size=32, max_length=MAX_LENGTH)
+    with pytest.raises(E2URecError, match="split 'valid' .* is empty; early stopping needs it"):
+        api.train(data, "train", "t5-tiny", tmp_path / "best", **options)
+    manifest = api.train(data, "train", "t5-tiny", tmp_path / "last", keep="last", **options)
+    assert manifest["validation"] == "none (keep=last: the last epoch kept)"
 
 
 @pytest.mark.parametrize(

@@ -112,15 +112,16 @@ def train_member(
 ) -> int:
     """Train one member with the supervised recipe (`recipes.fit_supervised`, starting from
     `built` when given) on `rows`, save it in `folder`; returns its parameter count."""
-    from e2urec.train.recipes import fit_supervised, split_rows
+    from e2urec.train.recipes import fit_supervised, validation_rows
 
     require_rows(name, rows)
+    loop = recipe.loop_config()
     recommender, _ = fit_supervised(
         data_dir,
         rows,
-        split_rows(data_dir, "valid", "early stopping"),
+        validation_rows(data_dir, loop),
         recipe.backbone,
-        recipe.loop_config(),
+        loop,
         run_dir,
         max_length=recipe.max_length,
         init_seed=recipe.init_seed,
@@ -264,7 +265,7 @@ def train_ensemble(
     member) are checked before the run folder is created."""
     from e2urec.data.dataset import read_manifest
     from e2urec.train.cost import CostMeter
-    from e2urec.train.recipes import build_backbone, split_rows
+    from e2urec.train.recipes import build_backbone, validation_rows
     from e2urec.train.runner import finish_run, start_run
 
     rebuild = ORIGINAL_SHARDS.get(kind)
@@ -274,7 +275,7 @@ def train_ensemble(
     shards, forget_counts = rebuild(data_dir)
     for k, rows in enumerate(shards):
         require_rows(f"shard-{k}", rows)
-    split_rows(data_dir, "valid", "early stopping")
+    validation_rows(data_dir, recipe.loop_config())
     meter = CostMeter()
     built = build_backbone(
         data_dir,

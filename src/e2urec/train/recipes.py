@@ -143,10 +143,18 @@ def split_rows(data_dir: str | Path, name: str, purpose: str) -> list[dict[str, 
     return rows
 
 
+def validation_rows(data_dir: Path, cfg: Any) -> list[dict[str, Any]] | None:
+    """The valid split's rows that early stopping scores, or None when the loop keeps the last
+    epoch (`cfg.keep == "last"`) and never validates; an empty valid split is one error."""
+    if cfg.keep == "last":
+        return None
+    return split_rows(data_dir, "valid", "early stopping")
+
+
 def fit_supervised(
     data_dir: Path,
     rows: Sequence[dict[str, Any]],
-    valid_rows: Sequence[dict[str, Any]],
+    valid_rows: Sequence[dict[str, Any]] | None,
     backbone: str,
     cfg: Any,
     run_dir: Path,
@@ -162,7 +170,8 @@ def fit_supervised(
     """The paper's supervised recipe on `rows`: build the backbone (`build_backbone`, unless
     `built` holds its result already; weights from `init_seed`, like one pretrained checkpoint
     shared by every run; `cfg.seed` drives data order and dropout), AdamW on answer CE, early
-    stopping on the valid split's answer CE, best epoch kept. Returns the recommender holding
+    stopping on `valid_rows`' answer CE, best epoch kept (None: no validation, the last epoch
+    kept; see `validation_rows`). Returns the recommender holding
     the trained model (PEFT-wrapped for LoRA, so its trainable parameters can still be counted)
     and the FitResult."""
     from e2urec.train.loop import fit
@@ -182,7 +191,11 @@ def fit_supervised(
         SupervisedTask(recommender, rows),
         cfg,
         run_dir,
-        validate=lambda m: evaluate_ce(recommender, m, valid_rows, cfg.eval_batch_size),
+        validate=(
+            None
+            if valid_rows is None
+            else lambda m: evaluate_ce(recommender, m, valid_rows, cfg.eval_batch_size)
+        ),
         resume=resume,
         meter=meter,
         desc=desc,
@@ -245,7 +258,7 @@ def train(
     read_manifest(data)
     family, _ = parse_spec(backbone)
     rows = split_rows(data, on, "training")
-    valid_rows = split_rows(data, "valid", "early stopping")
+    valid_rows = validation_rows(data, cfg)
     meter = CostMeter()
     built = build_backbone(
         data, backbone, init_seed=init_seed, max_length=max_length, meter=meter, finetune=finetune
@@ -296,7 +309,11 @@ def train(
             "init_seed": init_seed,
             "loop": dataclasses.asdict(cfg),
             "fit": {k: v for k, v in dataclasses.asdict(result).items() if k != "history"},
-            "validation": "answer cross-entropy on the valid split",
+            "validation": (
+                "answer cross-entropy on the valid split"
+                if valid_rows is not None
+                else "none (keep=last: the last epoch kept)"
+            ),
             "cost": cost,
         },
     )
