@@ -165,24 +165,24 @@ def score_rows(
     device = model_device(run_model)
     ref_device = model_device(reference) if reference is not None else None
     kept: torch.Tensor | None = None
+    needs_batches = run_logits is None or (reference is not None and reference_logits is None)
     bar = tqdm(total=n, desc=desc, unit="row", disable=None if progress else True, leave=False)
     with torch.no_grad(), bar:
         for index in batches(rows, batch_size, by_length=True):
-            needs_model = run_logits is None or (reference is not None and reference_logits is None)
-            batch = recommender.collate([rows[i] for i in index]) if needs_model else {}
+            batch = recommender.collate([rows[i] for i in index]) if needs_batches else {}
             q = _answer_logits(run_model, run_logits, batch, index, device)
             p_yes[index] = p_yes_from_logits(q[:, answer_ids[0]], q[:, answer_ids[1]])
             if reference is not None:
                 p = _answer_logits(reference, reference_logits, batch, index, ref_device)
-                if kept is None and n * p.shape[1] * p.element_size() <= keep_reference_within:
-                    kept = torch.empty((n, p.shape[1]), dtype=p.dtype)
-                if kept is not None:
-                    kept[index] = p.cpu()
                 if p.shape != q.shape:
                     raise E2URecError(
                         f"the run and the reference give logits of different shapes "
                         f"{tuple(q.shape)} vs {tuple(p.shape)}; compare runs of one backbone"
                     )
+                if kept is None and n * p.shape[1] * p.element_size() <= keep_reference_within:
+                    kept = torch.empty((n, p.shape[1]), dtype=p.dtype)
+                if kept is not None:
+                    kept[index] = p.cpu()
                 p = p.to(q.device)
                 ref_p_yes[index] = p_yes_from_logits(p[:, answer_ids[0]], p[:, answer_ids[1]])
                 pairs = {"vocab": (p, q), "yes_no": (p[:, answer_ids], q[:, answer_ids])}
