@@ -54,7 +54,7 @@ from e2urec.runs import read_run_manifest
 DEFAULT_RAW = Path(__file__).resolve().parents[2] / "shared" / "data" / "ml-100k"
 PRESET = preset_values("cpu-ml100k")
 RECIPE = {k: v for k, v in PRESET["train"].items() if k != "backbone"}
-SETS = [f"{k}={v}" for k, v in PRESET["method_params"]["e2urec"].items()]
+PRESET_SETS = [f"{k}={v}" for k, v in PRESET["method_params"]["e2urec"].items()]
 TOKEN = "bench"
 
 
@@ -119,7 +119,7 @@ def sequential(base: Path, work: Path, users: list[int], args: argparse.Namespac
         start_auc = _sample_auc(worker)
         for user in users:
             wall, cpu = time.perf_counter(), time.process_time()
-            record, _ = dep.enqueue([user], sets=SETS)
+            record, _ = dep.enqueue([user], sets=args.set)
             (done,) = worker.drain()
             wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
             timings = pass_timings(dep, done["pass"])
@@ -170,7 +170,7 @@ def coalesced(base: Path, work: Path, users: list[int], args: argparse.Namespace
     dep = copy_of(base, work, "coalesced")
     with Worker(dep, max_users=args.max_users) as worker:
         wall, cpu = time.perf_counter(), time.process_time()
-        ids = [dep.enqueue([u], sets=SETS)[0]["request_id"] for u in users]
+        ids = [dep.enqueue([u], sets=args.set)[0]["request_id"] for u in users]
         served = worker.drain()
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     passes = sorted({r["pass"] for r in served})
@@ -275,7 +275,7 @@ def stream(base: Path, work: Path, users: list[int], args: argparse.Namespace) -
     def post(user: int) -> tuple[int, str, float]:
         began = time.perf_counter()
         reply = httpx.post(
-            f"{url}/forget", json={"users": [user], "sets": SETS}, headers=auth, timeout=120
+            f"{url}/forget", json={"users": [user], "sets": args.set}, headers=auth, timeout=120
         )
         return (
             reply.status_code,
@@ -331,7 +331,7 @@ def kill_trials(base: Path, work: Path, users: list[int], args: argparse.Namespa
     trials = []
     for trial in range(args.kill_trials):
         mine = users[2 * trial : 2 * trial + 2]
-        ids = [dep.enqueue([u], sets=SETS)[0]["request_id"] for u in mine]
+        ids = [dep.enqueue([u], sets=args.set)[0]["request_id"] for u in mine]
         process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=env)
         assert process.stderr is not None
         for line in process.stderr:
@@ -411,7 +411,15 @@ def main() -> None:
     parser.add_argument(
         "--parts", default="sequential,coalesced,retrain,stream,kill", help="parts to run"
     )
+    parser.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="an E2URec setting of every request, after the cpu-ml100k preset's "
+        f"({', '.join(PRESET_SETS)}), e.g. teacher=contrastive; repeatable",
+    )
     args = parser.parse_args()
+    args.set = PRESET_SETS + (args.set or [])
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     parts = set(args.parts.split(","))
@@ -426,6 +434,7 @@ def main() -> None:
     users = pick_users(dep, args.requests, seed=0)
     results["setup"] = {
         "deployment": str(base),
+        "sets": args.set,
         "store": dep.store.counts(),
         "users": users,
         "threads": os.environ.get("OMP_NUM_THREADS"),
