@@ -103,10 +103,17 @@ def evaluate(
         place(ref_model, device)
     place(model, device)
 
+    # A run's cached logits are named by its manifest (which holds its weights' sha256).
+    digests = {
+        of: sha256_file(of / MANIFEST)
+        for of in (run, reference)
+        if logit_cache is not None and of is not None
+    }
+
     def cache_key(of: Path | None, split: str) -> tuple[str, ...] | None:
-        if logit_cache is None or of is None:
+        if of not in digests:
             return None
-        return (sha256_file(of / MANIFEST), data_sha, split, str(batch_size), str(device))
+        return (digests[of], data_sha, split, str(batch_size), str(device))
 
     entries, tables, all_scores = {}, {}, {}
     for name, frame in frames.items():

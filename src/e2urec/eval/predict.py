@@ -190,7 +190,9 @@ def score_rows(
                     for name, metric in FORGET_METRICS.items():
                         distances[scope][name][index] = metric(ref_scores, run_scores)
             bar.update(len(index))
-    return Scores(p_yes=p_yes, distances=distances, reference_p_yes=ref_p_yes, reference_logits=kept)
+    return Scores(
+        p_yes=p_yes, distances=distances, reference_p_yes=ref_p_yes, reference_logits=kept
+    )
 
 
 def _answer_logits(

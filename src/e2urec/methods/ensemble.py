@@ -7,10 +7,10 @@ folders), manifest "members" (name, path, samples, forget_samples, sha256 of the
 
 Original ensembles are trained on shards that include the forget samples; `data prepare` writes
 the shards without them, so each method rebuilds its original shards from the prepared data
-(`ORIGINAL_SHARDS`, filled by `sisa.original_shards` and `receraser.original_shards`). Unlearning retrains, with the same
-recipe (and the unlearning run's seed), only the members whose original shard held forget
-samples, on the prepared (retained) shard, and links the other members' files unchanged
-(hardlink, else a copy) whatever the seed.
+(`ORIGINAL_SHARDS`, filled by `sisa.original_shards` and `receraser.original_shards`).
+Unlearning retrains, with the same recipe (and the unlearning run's seed), only the members
+whose original shard held forget samples, on the prepared (retained) shard, and links the other
+members' files unchanged (hardlink, else a copy) whatever the seed.
 """
 
 from __future__ import annotations
