@@ -9,9 +9,10 @@ the cross-entropy over the full vocabulary at every answer position; during the 
 `forget_epochs` epochs the loss is `H(p_f, p_student)_forget` alone.
 
 Teachers other than the paper's (`teacher=`, see TEACHERS) and a stop rule that needs no
-Retrain (`stop=membership`, see e2urec_membership.MembershipMonitor) address the measured failure of the paper's
-teacher at small scale: the augmented model mostly recalibrates the forgotten users' Yes-bias
-and the forcing term mirrors that recalibration instead of removing memorised answers.
+Retrain (`stop=membership`, see e2urec_membership.MembershipMonitor) address the measured
+failure of the paper's teacher at small scale: the augmented model mostly recalibrates the
+forgotten users' Yes-bias and the forcing term mirrors that recalibration instead of removing
+memorised answers.
 
 The run saves only the adapters (`adapter/`, PEFT safetensors) and points at the original run
 (manifest "format": "adapter", "base_run"), which `runs.load_run_model` loads.
