@@ -28,8 +28,8 @@ from e2urec.backbones import create_recommender
 from e2urec.data.dataset import load_split
 from e2urec.data.prepare import PrepareConfig, prepare
 from e2urec.data.synthetic import generate, write_ml1m
+from e2urec.eval.scoring import to_device
 from e2urec.methods.e2urec import E2URecParams, E2URecTask, Teachers, add_lora
-from e2urec.methods.e2urec_membership import to_device
 
 
 def data_rows(folder: Path) -> tuple[list[dict], list[dict], list[str]]:

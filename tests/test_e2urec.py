@@ -11,7 +11,6 @@ import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
-import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -34,7 +33,6 @@ from e2urec.methods.e2urec import (
 )
 from e2urec.methods.e2urec_membership import (
     MembershipMonitor,
-    answer_stats,
     direction_warning,
     membership_verdict,
 )
@@ -259,16 +257,6 @@ def test_holdout_teacher_lowers_a_margin_to_its_target_and_never_raises_one():
     assert torch.equal(out[:, 1], z[:, 1])
 
 
-def test_answer_stats_on_hand_made_logits():
-    yes, no = 0, 1
-    logits = torch.log(torch.tensor([[[0.6, 0.3, 0.1]], [[0.2, 0.2, 0.6]]]))
-    labels = torch.tensor([[yes], [no]])
-    stats = answer_stats(logits, labels, yes, no)
-    assert torch.allclose(stats["loss"], torch.tensor([-np.log(0.6), -np.log(0.2)]).float())
-    assert torch.allclose(stats["margin"], torch.tensor([np.log(2.0), 0.0]).float())
-    assert torch.allclose(stats["p_yes"], torch.tensor([2 / 3, 0.5]))
-
-
 def test_membership_verdict_and_direction_warning():
     assert membership_verdict(0.51, 0.001, 0.5, 0.02, 0.05) == "MIA AUC 0.510 within 0.02 of 0.500"
     assert membership_verdict(0.60, 0.2, 0.5, 0.02, 0.05) == "KS p 0.200 ≥ 0.05"
@@ -352,7 +340,8 @@ def test_membership_monitor_stops_once_forget_rows_look_like_holdout_rows(setup)
     forget = [{**r, "target": "Yes.", "label": 1} for r in rows(64)]
     holdout = [{**r, "target": "No.", "label": 0} for r in rows(64, 1)]
     params = E2URecParams(check_rows=48, check_every=2, stop="membership")
-    monitor = MembershipMonitor(recommender, forget, holdout, params, 0, torch.device("cpu"))
+    rule = params.membership_rule()
+    monitor = MembershipMonitor(recommender, forget, holdout, rule, 0, torch.device("cpu"))
     model = ShiftedAnswers(len(recommender.tokenizer), recommender.yes_id)
     assert len(monitor.forget) == len(monitor.holdout) == 48
     with torch.no_grad():  # trained answers: Yes on forget rows, sure of it; No on holdout rows

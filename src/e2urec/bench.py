@@ -407,6 +407,7 @@ class Bench:
                 ref_forget, evidence.read_predictions(ref_dir, HOLDOUT_SPLIT)
             )
             out["mia_auc"] = own
+            out["mia_loss"] = evidence.MIA_LOSS
             out["forget_privleak"] = metrics.privleak(own, ref)
         targets = self.scenario.get("target_items")
         if targets:

@@ -3,8 +3,8 @@
 unlearn: method name + `--set key=value` → the method's params dataclass (unknown names listed,
 values out of range refused); the `--from` run must be a complete original run (trained on the
 full train split, of the format the method starts from, its weight files unchanged) on the same
-prepared data (data manifest sha256) with a non-empty forget set, whose forget and retain splits
-are read. All of that is checked before anything is written. The method then runs inside a run
+prepared data (data manifest sha256) with a non-empty forget set; the forget split and the
+splits the method trains on are read and must hold rows. All of that is checked before anything is written. The method then runs inside a run
 folder opened by `runner.start_run` and closed by `runner.finish_run` with the method's manifest
 fields plus kind, method, params, base run, data, seed and cost. An interrupted unlearning run
 is started again with --overwrite (there is no --resume).
@@ -82,6 +82,16 @@ def check_data(data_dir: Path, base_run: Path, base: dict[str, Any]) -> str:
     return sha
 
 
+def check_streams(ctx: Any, method: Any) -> None:
+    """Read the forget split and every split the method trains on (`Method.streams`) before the
+    run folder exists; an empty one is one clear error (the manifest's counts may not match the
+    files: a split edited by hand)."""
+    for split in dict.fromkeys(("forget", *method.streams)):
+        if not ctx.rows(split):
+            why = "nothing to unlearn" if split == "forget" else f"{method.name} trains on it"
+            raise E2URecError(f"the {split} set of {ctx.data_dir} is empty: {why}")
+
+
 @quiet_transformers()
 def unlearn(
     method: str,
@@ -117,8 +127,7 @@ def unlearn(
     }
     run_dir = Path(out).absolute()
     ctx = UnlearnContext(base_run, base, data_dir, run_dir, seed, CostMeter(), params)
-    for split in ("forget", "retain"):  # read (and so checked) before the run folder exists
-        ctx.rows(split)
+    check_streams(ctx, spec)
     start_run(run_dir, config, overwrite=overwrite, resume=False, can_resume=False)
     fields = spec.run(ctx)
     manifest = {

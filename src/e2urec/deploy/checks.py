@@ -1,10 +1,10 @@
 """The checks run on every deletion request, before and after: forgetting and utility.
 
-- Forgetting: loss-based membership inference (`metrics.mia_auc`). The loss of a row is the
-  cross-entropy of its answer's first token over the full vocabulary at the first answer
-  position; members = the forgotten users' train rows, non-members = held-out test rows of the
-  remaining users. An AUC near 0.5 after unlearning means the attack can no longer tell the
-  forgotten rows from data the model never saw.
+- Forgetting: loss-based membership inference (`scoring.membership_auc` with loss MIA_LOSS =
+  "vocab": the cross-entropy of a row's answer's first token over the full vocabulary at the
+  first answer position); members = the forgotten users' train rows, non-members = held-out
+  test rows of the remaining users. An AUC near 0.5 after unlearning means the attack can no
+  longer tell the forgotten rows from data the model never saw.
 - Utility: AUC of P(Yes) on the remaining users' validation rows.
 
 Large sets are subsampled (seeded) to at most `limit` rows each, so checks stay cheap.
@@ -19,13 +19,12 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
-from e2urec.backbones import batches
-from e2urec.eval import metrics
+from e2urec.eval import metrics, scoring
 from e2urec.eval.predict import model_device
 from e2urec.runs import RunModel
+
+MIA_LOSS = "vocab"  # the membership-inference loss of every check (see eval.scoring.LOSSES)
 
 
 def sample(rows: list[dict[str, Any]], limit: int, seed: int = 0) -> list[dict[str, Any]]:
@@ -39,22 +38,17 @@ def sample(rows: list[dict[str, Any]], limit: int, seed: int = 0) -> list[dict[s
 def losses_and_p_yes(
     run_model: RunModel, rows: Sequence[dict[str, Any]], batch_size: int = 64
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Per row: first-answer-token cross-entropy (full vocabulary) and P(Yes)."""
+    """Per row: the MIA_LOSS loss (`scoring.loss_vocab`) and P(Yes)."""
     recommender = run_model.recommender
-    n = len(rows)
-    losses, p_yes = np.empty(n), np.empty(n)
-    device = model_device(run_model)
-    with torch.no_grad():
-        for index in batches(rows, batch_size, by_length=True):
-            batch = recommender.collate([rows[i] for i in index])
-            batch = {k: v.to(device) for k, v in batch.items()}
-            logits, labels = recommender.target_logits(batch, recommender.model)
-            first = logits[:, 0, :].float()
-            losses[index] = F.cross_entropy(first, labels[:, 0], reduction="none").cpu().numpy()
-            p_yes[index] = metrics.p_yes_from_logits(
-                first[:, recommender.yes_id], first[:, recommender.no_id]
-            )
-    return losses, p_yes
+    stats = scoring.score_stats(
+        recommender,
+        lambda batch: recommender.target_logits(batch, recommender.model),
+        rows,
+        batch_size,
+        model_device(run_model),
+        by_length=True,
+    )
+    return stats[scoring.loss_column(MIA_LOSS)], stats["p_yes"]
 
 
 def measure(
@@ -79,7 +73,8 @@ def mia_or_none(member_losses: np.ndarray, nonmember_losses: np.ndarray) -> floa
     """Membership-inference AUC, or None without members or non-members."""
     if not len(member_losses) or not len(nonmember_losses):
         return None
-    return metrics.mia_auc(member_losses, nonmember_losses)
+    column = scoring.loss_column(MIA_LOSS)
+    return scoring.membership_auc({column: member_losses}, {column: nonmember_losses}, MIA_LOSS)
 
 
 def auc_or_none(labels: Sequence[int], p_yes: np.ndarray) -> float | None:

@@ -6,7 +6,8 @@ paper_jsd, jsd and l2 at the first answer position, on the full vocabulary (scop
 the paper's) and on the two-way Yes/No distribution (scope "yes_no"), plus the KS forget quality
 (p-value of the two models' per-row answer margins; high = indistinguishable). When the forget
 and holdout splits are both evaluated, "membership" holds the loss-based MIA AUC of forget rows
-against the holdout users' rows (and with a reference its AUC and MUSE's PrivLeak).
+against the holdout users' rows, with the loss it used (`mia_loss`: yes_no), and with a reference
+the reference's AUC and MUSE's PrivLeak.
 
 metrics.json is merged by split: evaluating some splits replaces those splits' entries and
 keeps the others (each entry names the data it was computed on). Per-example predictions go to
@@ -177,7 +178,10 @@ def _membership(
     """MIA AUC forget vs holdout for the run (and the reference, with PrivLeak), if both given."""
     if not {FORGET, HOLDOUT} <= set(tables):
         return {}
-    result: dict[str, Any] = {"mia_auc": evidence.membership_auc(tables[FORGET], tables[HOLDOUT])}
+    result: dict[str, Any] = {
+        "mia_auc": evidence.membership_auc(tables[FORGET], tables[HOLDOUT]),
+        "mia_loss": evidence.MIA_LOSS,
+    }
     if {FORGET, HOLDOUT} <= set(reference_tables):
         reference = evidence.membership_auc(reference_tables[FORGET], reference_tables[HOLDOUT])
         result["reference_mia_auc"] = reference

@@ -1,9 +1,10 @@
 """Forgetting evidence from per-row predictions (tables of id, label, p_yes in split order).
 
 The pieces `e2urec eval` and the bench share: KS forget quality of a run against its Retrain on
-the forget set, the loss-based membership AUC of forget rows against holdout users' rows, and
-mean P(Yes) on a subset of items (the shilling targets). Pure functions of the tables; the
-tables come from `RUN/predictions/<split>.parquet` or from scoring in memory.
+the forget set, the loss-based membership AUC of forget rows against holdout users' rows (loss
+MIA_LOSS, named next to the AUC as `mia_loss` in every output), and mean P(Yes) on a subset
+of items (the shilling targets). Pure functions of the tables; the tables come from
+`RUN/predictions/<split>.parquet` or from scoring in memory.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from e2urec.errors import E2URecError
-from e2urec.eval import metrics
+from e2urec.eval import metrics, scoring
 from e2urec.runs import PREDICTIONS_DIR
 
 
@@ -44,12 +45,17 @@ def forget_quality(table: pd.DataFrame, reference: pd.DataFrame) -> float:
     return metrics.ks_forget_quality(margins(table), margins(reference))
 
 
+MIA_LOSS = "yes_no"  # the loss a prediction table (label, P(Yes)) supports: see eval.scoring
+
+
 def membership_auc(forget: pd.DataFrame, holdout: pd.DataFrame) -> float:
-    """Loss-based MIA AUC: forget rows (members) against holdout users' rows (non-members)."""
-    return metrics.mia_auc(
-        metrics.answer_loss(forget["label"].to_numpy(), forget["p_yes"].to_numpy()),
-        metrics.answer_loss(holdout["label"].to_numpy(), holdout["p_yes"].to_numpy()),
-    )
+    """Loss-based MIA AUC (`scoring.membership_auc`, loss MIA_LOSS): forget rows (members)
+    against holdout users' rows (non-members)."""
+    return scoring.membership_auc(_stats(forget), _stats(holdout), MIA_LOSS)
+
+
+def _stats(table: pd.DataFrame) -> dict[str, np.ndarray]:
+    return scoring.yes_no_stats(table["label"].to_numpy(), table["p_yes"].to_numpy())
 
 
 def mean_p_yes_on_items(table: pd.DataFrame, item_ids: pd.Series, items: list[int]) -> float:

@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from e2urec.backbones import batches
 from e2urec.errors import E2URecError
 from e2urec.eval.metrics import FORGET_METRICS, SCOPES, p_yes_from_logits
+from e2urec.eval.scoring import collate, to_device
 from e2urec.runs import RunModel
 
 
@@ -169,7 +170,7 @@ def score_rows(
     bar = tqdm(total=n, desc=desc, unit="row", disable=None if progress else True, leave=False)
     with torch.no_grad(), bar:
         for index in batches(rows, batch_size, by_length=True):
-            batch = recommender.collate([rows[i] for i in index]) if needs_batches else {}
+            batch = collate(recommender, rows, index) if needs_batches else {}
             q = _answer_logits(run_model, run_logits, batch, index, device)
             p_yes[index] = p_yes_from_logits(q[:, answer_ids[0]], q[:, answer_ids[1]])
             if reference is not None:
@@ -205,4 +206,4 @@ def _answer_logits(
     """The batch's answer logits: the cached rows (moved to `device`) or the model's output."""
     if cached is not None:
         return cached[index].to(device)
-    return run_model.answer_logits({k: v.to(device) for k, v in batch.items()})
+    return run_model.answer_logits(to_device(batch, device))

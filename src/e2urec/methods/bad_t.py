@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from e2urec.backbones import Recommender
 from e2urec.methods.base import Method, TrainParams, UnlearnContext, register
 from e2urec.methods.gradient import GradientTask, flip_answers, train_original
 
@@ -22,12 +24,22 @@ class BadTParams(TrainParams):
     forget_weight: float = 0.2
 
 
+def make_task(
+    recommender: Recommender,
+    forget: Sequence[dict[str, Any]],
+    retain: Sequence[dict[str, Any]],
+    params: BadTParams,
+) -> GradientTask:
+    """CE(retain) + forget_weight·CE(forget with its answers flipped)."""
+    streams = {"retain": retain, "forget": flip_answers(forget)}
+    return GradientTask(recommender, streams, {"retain": 1.0, "forget": params.forget_weight})
+
+
 def run(ctx: UnlearnContext) -> dict[str, Any]:
     """Run Bad-T from the original model."""
     recommender = ctx.original()
-    streams = {"retain": ctx.rows("retain"), "forget": flip_answers(ctx.rows("forget"))}
-    weights = {"retain": 1.0, "forget": ctx.params.forget_weight}
-    return train_original(ctx, GradientTask(recommender, streams, weights), recommender)
+    task = make_task(recommender, ctx.rows("forget"), ctx.rows("retain"), ctx.params)
+    return train_original(ctx, task, recommender)
 
 
 register(

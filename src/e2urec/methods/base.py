@@ -25,6 +25,8 @@ class Method:
 
     base_format: the run format `--from` must have ("single" for one model, "ensemble" for a
     SISA/RecEraser original). source: "paper", "paper's code" or "this project".
+    streams: the prepared splits `run` trains on; `e2urec.unlearn` reads them (and forget)
+    before the run folder exists and refuses an empty one.
     """
 
     name: str
@@ -33,6 +35,7 @@ class Method:
     description: str
     source: str
     base_format: str = "single"
+    streams: tuple[str, ...] = ("forget", "retain")
 
 
 METHODS: Registry[Method] = Registry("method")

@@ -32,26 +32,17 @@ from torch.nn.utils.rnn import pad_sequence
 
 from e2urec.backbones import BACKBONES, IGNORE, Recommender
 from e2urec.errors import E2URecError
+from e2urec.eval.scoring import answer_tokens, row_batches, score_stats
 from e2urec.methods.base import Method, TrainParams, UnlearnContext, register
 from e2urec.methods.e2urec_membership import (
     MembershipMonitor,
+    MembershipRule,
     check_direction,
     holdout_available,
     inference,
-    row_batches,
     sample_rows,
-    score_rows,
 )
-from e2urec.methods.e2urec_teachers import (
-    TEACHERS,
-    answer_margin,
-    answer_tokens,
-    contrastive_teacher,
-    forced_teacher,
-    holdout_teacher,
-    label_teacher,
-    quantile_match,
-)
+from e2urec.methods.e2urec_teachers import TEACHERS, TeacherInputs
 from e2urec.runs import ADAPTER_DIR
 
 Batch = dict[str, torch.Tensor]
@@ -149,6 +140,18 @@ class E2URecParams(TrainParams):
         if not 0.0 < self.ks_alpha < 1.0 or self.mia_tol < 0.0:
             raise E2URecError("e2urec parameters ks_alpha must lie in (0, 1), mia_tol ≥ 0")
 
+    def membership_rule(self) -> MembershipRule:
+        """The `stop=membership` settings as the monitor takes them."""
+        return MembershipRule(
+            check_every=self.check_every,
+            check_rows=self.check_rows,
+            mia_tol=self.mia_tol,
+            mia_target=self.mia_target,
+            ks_alpha=self.ks_alpha,
+            needs=self.stop_needs,
+            batch_size=self.batch_size,
+        )
+
     def needs_holdout(self) -> str | None:
         """Which setting needs the holdout split (None: none does)."""
         if self.stop == "membership":
@@ -227,9 +230,9 @@ class TeacherCache:
 
         hidden = None if progress else True
         with tqdm(total=len(rows), desc="teacher cache", unit="row", disable=hidden) as bar:
-            for batch in row_batches(recommender, rows, batch_size, device):
-                self(batch)
-                bar.update(len(batch["index"]))
+            for index, batch in row_batches(recommender, rows, batch_size, device):
+                self({**batch, "index": torch.tensor(index, device=device)})
+                bar.update(len(index))
 
     def nbytes(self) -> int:
         """Bytes held by the cache."""
@@ -246,9 +249,10 @@ class Teachers:
     """The frozen teachers of E2URec as functions of a batch.
 
     original(batch): the student with adapters disabled (= the original model).
-    forgetting(batch): the forgetting teacher named `teacher` (see TEACHERS), from the original
-    and the frozen models it needs (`augmented`, `control`); the holdout teacher needs
-    `matched` = (sorted forget margins, sorted holdout margins) of the original.
+    forgetting(batch): the logits of the forgetting teacher named `teacher`, computed by its
+    spec's function (TEACHERS[teacher].logits) from the original's and the frozen models' it
+    lists (`augmented`, `control`: each must be given); the holdout teacher needs `matched` =
+    (sorted forget margins, sorted holdout margins) of the original.
     `forget_p_yes()`: over the forget rows seen so far (each row counted once), the mean P(Yes)
     of the original, the frozen models and the forgetting teacher (first answer position,
     softmax over Yes/No): which way the forgetting teacher pushes the forget set.
@@ -271,8 +275,11 @@ class Teachers:
         self.teacher = teacher
         self.spec = TEACHERS.get(teacher)
         self.matched = matched
+        missing = [name for name in self.spec.models if self.frozen.get(name) is None]
+        if missing:
+            raise E2URecError(f"teacher {teacher!r} needs the {' and '.join(missing)} model")
         if self.spec.holdout and matched is None:
-            raise ValueError(f"teacher {teacher!r} needs the matched forget/holdout margins")
+            raise E2URecError(f"teacher {teacher!r} needs the matched forget/holdout margins")
         self._p_yes_sums: dict[str, float] = {}
         self._p_yes_rows = 0
         self._counted: set[int] = set()
@@ -290,6 +297,8 @@ class Teachers:
             return self.recommender.target_logits(batch, self.student)
 
     def _frozen(self, name: str, batch: Batch) -> torch.Tensor:
+        if name not in self.frozen:
+            raise E2URecError(f"no frozen model {name!r}; E2URec builds {', '.join(self.frozen)}")
         model = self.frozen[name]
         if model is None:
             raise RuntimeError(f"the {name} model was released after caching")
@@ -300,18 +309,8 @@ class Teachers:
         z_orig, labels = self.original(batch)
         frozen = {name: self._frozen(name, batch) for name in self.spec.models}
         trained, other = answer_tokens(labels, self.recommender.yes_id, self.recommender.no_id)
-        if self.teacher == "paper":
-            z_forced = forced_teacher(z_orig, frozen["augmented"], self.alpha)
-        elif self.teacher == "contrastive":
-            z_forced = contrastive_teacher(
-                z_orig, frozen["augmented"], frozen["control"], self.alpha
-            )
-        elif self.teacher == "label":
-            z_forced = label_teacher(z_orig, trained, self.alpha)
-        else:  # holdout
-            assert self.matched is not None
-            target = quantile_match(answer_margin(z_orig, trained, other), *self.matched)
-            z_forced = holdout_teacher(z_orig, trained, other, target)
+        inputs = TeacherInputs(z_orig, trained, other, frozen, self.alpha, self.matched)
+        z_forced = self.spec.logits(inputs)
         self._count_p_yes(batch, original=z_orig, **frozen, forgetting_teacher=z_forced)
         return z_forced, labels
 
@@ -505,13 +504,12 @@ def run(ctx: UnlearnContext) -> dict[str, Any]:
     holdout = monitor = matched = None
     if holdout_rows is not None:
         with ctx.meter.phase("holdout_scores"), inference(recommender.model):
-            holdout = score_rows(recommender, original, holdout_rows, params.batch_size, device)
+            holdout = score_stats(recommender, original, holdout_rows, params.batch_size, device)
         fields["holdout_p_yes"] = {"original": round(float(holdout["p_yes"].mean()), 4)}
     if params.stop == "membership":
         assert holdout_rows is not None  # check_data
-        monitor = MembershipMonitor(
-            recommender, forget_rows, holdout_rows, params, ctx.seed, device
-        )
+        rule = params.membership_rule()
+        monitor = MembershipMonitor(recommender, forget_rows, holdout_rows, rule, ctx.seed, device)
         with ctx.meter.phase("membership_checks"), inference(recommender.model):
             already = monitor.start(original)
         if already:  # nothing measurable to forget: the student is the original
@@ -521,7 +519,7 @@ def run(ctx: UnlearnContext) -> dict[str, Any]:
     if TEACHERS.get(params.teacher).holdout:
         assert holdout is not None  # check_data
         with ctx.meter.phase("holdout_scores"), inference(recommender.model):
-            forget = score_rows(recommender, original, forget_rows, params.batch_size, device)
+            forget = score_stats(recommender, original, forget_rows, params.batch_size, device)
         matched = (
             torch.tensor(np.sort(forget["margin"])),
             torch.tensor(np.sort(holdout["margin"])),

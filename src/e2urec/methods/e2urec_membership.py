@@ -1,24 +1,22 @@
-"""E2URec's view of rows it does not train on: answer statistics of a model over rows, the
-holdout users (same-period non-members), the membership stop rule (`stop=membership`) and the
-check of which way the forgetting teacher pushes the forget set."""
+"""E2URec's view of rows it does not train on: the holdout users (same-period non-members), the
+membership stop rule (`stop=membership`, scored by `eval.scoring`) and the check of which way
+the forgetting teacher pushes the forget set."""
 
 from __future__ import annotations
 
 import contextlib
 import logging
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
 from e2urec.backbones import Recommender
-from e2urec.methods.e2urec_teachers import answer_margin, answer_tokens
-
-if TYPE_CHECKING:
-    from e2urec.methods.e2urec import E2URecParams
+from e2urec.eval import scoring
 
 log = logging.getLogger(__name__)
 Batch = dict[str, torch.Tensor]
@@ -36,21 +34,6 @@ def inference(model: nn.Module) -> Iterator[None]:
         model.train(was_training)
 
 
-def to_device(batch: Batch, device: torch.device) -> Batch:
-    """The batch's tensors on `device`."""
-    return {k: v.to(device) for k, v in batch.items()}
-
-
-def row_batches(
-    recommender: Recommender, rows: Sequence[dict[str, Any]], batch_size: int, device: Any
-) -> Iterator[Batch]:
-    """Consecutive batches of `rows` on `device`, each with its rows' positions as `index`."""
-    for start in range(0, len(rows), batch_size):
-        batch = recommender.collate(rows[start : start + batch_size])
-        batch["index"] = torch.arange(start, start + len(batch["input_ids"]))
-        yield to_device(batch, device)
-
-
 NO_HOLDOUT = "needs a holdout split: prepare the data with --holdout-ratio"
 
 
@@ -66,51 +49,16 @@ def holdout_available(data_dir: Path) -> bool:
     )
 
 
-def answer_stats(
-    logits: torch.Tensor, labels: torch.Tensor, yes_id: int, no_id: int
-) -> dict[str, torch.Tensor]:
-    """Per row at the first answer position: `loss` = −log P(trained answer) over the full
-    vocabulary, `margin` = log P(trained answer) − log P(other answer), `p_yes` = P(Yes) of the
-    softmax over the two answer tokens."""
-    trained, other = answer_tokens(labels, yes_id, no_id)
-    first = logits[:, 0].float()
-    log_p = torch.log_softmax(first, dim=-1)
-    return {
-        "loss": -log_p.gather(1, trained[:, None])[:, 0],
-        "margin": answer_margin(logits, trained, other),
-        "p_yes": torch.sigmoid(first[:, yes_id] - first[:, no_id]),
-    }
-
-
-def score_rows(
-    recommender: Recommender,
-    forward: Callable[[Batch], tuple[torch.Tensor, torch.Tensor]],
-    rows: Sequence[dict[str, Any]],
-    batch_size: int,
-    device: Any,
-) -> dict[str, np.ndarray]:
-    """`answer_stats` of `forward(batch) -> (logits, labels)` over every row (numpy, float64);
-    the caller sets eval mode and no gradients."""
-    parts: dict[str, list[torch.Tensor]] = {}
-    for batch in row_batches(recommender, rows, batch_size, device):
-        logits, labels = forward(batch)
-        for name, values in answer_stats(
-            logits, labels, recommender.yes_id, recommender.no_id
-        ).items():
-            parts.setdefault(name, []).append(values.detach().cpu())
-    return {name: torch.cat(values).double().numpy() for name, values in parts.items()}
-
-
-def membership_stats(forget: dict[str, np.ndarray], holdout: dict[str, np.ndarray]) -> dict:
-    """Loss-based MIA AUC of forget (members) vs holdout rows, and the two-sample KS test of
-    their answer margins (statistic and p-value)."""
+def membership_stats(
+    forget: dict[str, np.ndarray], holdout: dict[str, np.ndarray], loss: str
+) -> dict:
+    """Loss-based MIA AUC (`scoring.membership_auc` with the named loss) of forget (members) vs
+    holdout rows, and the two-sample KS test of their answer margins (statistic and p-value)."""
     from scipy.stats import ks_2samp
-
-    from e2urec.eval.metrics import mia_auc
 
     ks = ks_2samp(forget["margin"], holdout["margin"])
     return {
-        "mia_auc": round(mia_auc(forget["loss"], holdout["loss"]), 4),
+        "mia_auc": round(scoring.membership_auc(forget, holdout, loss), 4),
         "ks_stat": round(float(ks.statistic), 4),
         "ks_p": round(float(ks.pvalue), 4),
     }
@@ -168,6 +116,22 @@ def sample_rows(
     return [rows[i] for i in permutation(len(rows), seed, "e2urec", name)[:size]]
 
 
+@dataclass(frozen=True)
+class MembershipRule:
+    """The settings of `stop=membership` (E2URecParams holds them under these names: check_every,
+    check_rows, mia_tol, mia_target, ks_alpha, stop_needs as `needs`, batch_size) and the loss
+    its membership inference uses (`scoring.LOSSES`)."""
+
+    check_every: int
+    check_rows: int
+    mia_tol: float
+    mia_target: str
+    ks_alpha: float
+    needs: str
+    batch_size: int
+    loss: str = "vocab"
+
+
 class MembershipMonitor:
     """`stop=membership`: are the forget rows still more recognisable than holdout users' rows?
 
@@ -184,36 +148,35 @@ class MembershipMonitor:
         recommender: Recommender,
         forget_rows: Sequence[dict[str, Any]],
         holdout_rows: Sequence[dict[str, Any]],
-        params: E2URecParams,
+        rule: MembershipRule,
         seed: int,
         device: Any,
     ):
         self.recommender = recommender
-        self.params = params
+        self.rule = rule
         self.device = device
-        self.forget = sample_rows(forget_rows, params.check_rows, seed, "check-forget")
-        self.holdout = sample_rows(holdout_rows, params.check_rows, seed, "check-holdout")
+        self.forget = sample_rows(forget_rows, rule.check_rows, seed, "check-forget")
+        self.holdout = sample_rows(holdout_rows, rule.check_rows, seed, "check-holdout")
         self.target = 0.5
         self.holdout_auc: float | None = None
         self.checks: list[dict[str, Any]] = []
         self.stopped: dict[str, Any] | None = None
 
     def _judge(self, step: int, forward: Callable[[Batch], Any]) -> bool:
-        size = self.params.batch_size
-        forget = score_rows(self.recommender, forward, self.forget, size, self.device)
-        holdout = score_rows(self.recommender, forward, self.holdout, size, self.device)
+        rule = self.rule
+        forget, holdout = (
+            scoring.score_stats(self.recommender, forward, rows, rule.batch_size, self.device)
+            for rows in (self.forget, self.holdout)
+        )
         if self.holdout_auc is None:
-            from e2urec.eval.metrics import mia_auc
-
-            half = len(self.holdout) // 2
-            losses = holdout["loss"]
-            self.holdout_auc = round(mia_auc(losses[:half], losses[half:]), 4)
-            if self.params.mia_target == "holdout":
+            half, column = len(self.holdout) // 2, scoring.loss_column(rule.loss)
+            halves = ({column: holdout[column][:half]}, {column: holdout[column][half:]})
+            self.holdout_auc = round(scoring.membership_auc(*halves, rule.loss), 4)
+            if rule.mia_target == "holdout":
                 self.target = self.holdout_auc
-        stats = membership_stats(forget, holdout)
-        p = self.params
+        stats = membership_stats(forget, holdout, rule.loss)
         reason = membership_verdict(
-            stats["mia_auc"], stats["ks_p"], self.target, p.mia_tol, p.ks_alpha, p.stop_needs
+            stats["mia_auc"], stats["ks_p"], self.target, rule.mia_tol, rule.ks_alpha, rule.needs
         )
         self.checks.append({"step": step, **stats, "passed": reason is not None})
         if reason is not None and self.stopped is None:
@@ -225,7 +188,7 @@ class MembershipMonitor:
         return self._judge(0, forward)
 
     def __call__(self, model: nn.Module, step: int) -> bool:
-        if step % self.params.check_every:
+        if step % self.rule.check_every:
             return False
         with inference(model):
             return self._judge(step, lambda b: self.recommender.target_logits(b, model))
@@ -247,6 +210,7 @@ class MembershipMonitor:
             "reason": self.stopped["reason"] if self.stopped else "step budget reached",
             **{k: v for k, v in last.items() if k != "step"},
             "step": self.stopped["step"] if self.stopped else steps,
+            "mia_loss": self.rule.loss,
             "target_auc": self.target,
             "holdout_halves_auc": self.holdout_auc,
             "rows": {"forget": len(self.forget), "holdout": len(self.holdout)},

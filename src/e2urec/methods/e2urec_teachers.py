@@ -9,11 +9,14 @@ instead of removing memorised answers): see each function and TEACHERS.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
+from e2urec.errors import E2URecError
+from e2urec.eval.scoring import logit_margin
 from e2urec.registry import Registry
 
 
@@ -29,20 +32,6 @@ def contrastive_teacher(
     forget set adds beyond tuning a control copy on as many retained rows (the shift both share,
     e.g. a generic recalibration, cancels)."""
     return z_orig - alpha * F.relu((z_aug - z_orig) - (z_ctrl - z_orig))
-
-
-def answer_tokens(
-    labels: torch.Tensor, yes_id: int, no_id: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per row, the trained answer token (first answer position) and the other answer token."""
-    trained = labels[:, 0]
-    return trained, torch.where(trained == yes_id, no_id, yes_id)
-
-
-def answer_margin(z: torch.Tensor, trained: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
-    """log P(trained answer) − log P(other answer) at the first answer position, per row."""
-    first = z[:, 0].float()
-    return first.gather(1, trained[:, None])[:, 0] - first.gather(1, other[:, None])[:, 0]
 
 
 def lower_answer_logit(
@@ -87,29 +76,85 @@ def holdout_teacher(
     """Lower each row's trained-answer logit so its margin is min(margin, target): forget rows
     more sure of their trained answer than the matched holdout quantile are pulled down to it,
     the others are left as the original has them (never pushed towards the trained answer)."""
-    excess = F.relu(answer_margin(z_orig, trained, other) - target.float())
+    excess = F.relu(logit_margin(z_orig, trained, other) - target.float())
     return lower_answer_logit(z_orig, trained, excess)
+
+
+@dataclass(frozen=True)
+class TeacherInputs:
+    """What a forgetting teacher reads for one batch: the original's logits [B, T, V], each
+    row's trained and other answer token [B], the logits of the frozen models its spec lists
+    (by name), the strength α and, for teachers that need them, the matched margins (sorted
+    forget margins, sorted holdout margins) of the original."""
+
+    z_orig: torch.Tensor
+    trained: torch.Tensor
+    other: torch.Tensor
+    frozen: dict[str, torch.Tensor]
+    alpha: float
+    matched: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def model(self, name: str) -> torch.Tensor:
+        """The logits of frozen model `name`; one a teacher's spec does not list is an error."""
+        if name not in self.frozen:
+            raise E2URecError(f"this forgetting teacher reads the {name} model its spec omits")
+        return self.frozen[name]
+
+    def margins(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The matched (forget, holdout) margins; a teacher given none is an error."""
+        if self.matched is None:
+            raise E2URecError("this forgetting teacher needs the matched forget/holdout margins")
+        return self.matched
+
+
+def _paper(x: TeacherInputs) -> torch.Tensor:
+    return forced_teacher(x.z_orig, x.model("augmented"), x.alpha)
+
+
+def _contrastive(x: TeacherInputs) -> torch.Tensor:
+    return contrastive_teacher(x.z_orig, x.model("augmented"), x.model("control"), x.alpha)
+
+
+def _label(x: TeacherInputs) -> torch.Tensor:
+    return label_teacher(x.z_orig, x.trained, x.alpha)
+
+
+def _holdout(x: TeacherInputs) -> torch.Tensor:
+    target = quantile_match(logit_margin(x.z_orig, x.trained, x.other), *x.margins())
+    return holdout_teacher(x.z_orig, x.trained, x.other, target)
 
 
 @dataclass(frozen=True)
 class TeacherSpec:
     """A forgetting teacher: the frozen models it reads beside the original, whether it needs
-    the holdout users' margins, and its formula (recorded in the run's manifest)."""
+    the holdout users' margins, its formula (recorded in the run's manifest) and the function
+    that computes its logits from a batch's `TeacherInputs` (a spec without one is refused)."""
 
     models: tuple[str, ...]
     holdout: bool
     formula: str
+    logits: Callable[[TeacherInputs], torch.Tensor]
+
+    def __post_init__(self) -> None:
+        if not callable(self.logits):
+            raise TypeError(f"teacher {self.formula!r}: logits must be a function of inputs")
 
 
 TEACHERS: Registry[TeacherSpec] = Registry("e2urec teacher")
 for _name, _spec in {
-    "paper": TeacherSpec(("augmented",), False, "z_orig − α·ReLU(z_aug − z_orig)"),
+    "paper": TeacherSpec(("augmented",), False, "z_orig − α·ReLU(z_aug − z_orig)", _paper),
     "contrastive": TeacherSpec(
-        ("augmented", "control"), False, "z_orig − α·ReLU((z_aug − z_orig) − (z_ctrl − z_orig))"
+        ("augmented", "control"),
+        False,
+        "z_orig − α·ReLU((z_aug − z_orig) − (z_ctrl − z_orig))",
+        _contrastive,
     ),
-    "label": TeacherSpec((), False, "z_orig with the trained answer's logit lowered by α"),
+    "label": TeacherSpec((), False, "z_orig with the trained answer's logit lowered by α", _label),
     "holdout": TeacherSpec(
-        (), True, "z_orig with the trained answer's margin lowered to the holdout quantile"
+        (),
+        True,
+        "z_orig with the trained answer's margin lowered to the holdout quantile",
+        _holdout,
     ),
 }.items():
     TEACHERS.register(_name)(_spec)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from e2urec.backbones import Recommender
 from e2urec.methods.base import Method, TrainParams, UnlearnContext, register
 from e2urec.methods.gradient import GradientTask, train_original
 
@@ -17,11 +19,15 @@ class GradAscentParams(TrainParams):
     """
 
 
+def make_task(recommender: Recommender, forget: Sequence[dict[str, Any]]) -> GradientTask:
+    """−CE(forget), the forget stream alone."""
+    return GradientTask(recommender, {"forget": forget}, {"forget": -1.0})
+
+
 def run(ctx: UnlearnContext) -> dict[str, Any]:
     """Run gradient ascent from the original model."""
     recommender = ctx.original()
-    task = GradientTask(recommender, {"forget": ctx.rows("forget")}, {"forget": -1.0})
-    return train_original(ctx, task, recommender)
+    return train_original(ctx, make_task(recommender, ctx.rows("forget")), recommender)
 
 
 register(
@@ -31,5 +37,6 @@ register(
         run=run,
         description="gradient ascent on the forget set only",
         source="this project",
+        streams=("forget",),
     )
 )

@@ -64,5 +64,6 @@ register(
         "affected shards and the aggregator",
         source="paper",
         base_format="ensemble",
+        streams=(),  # the shards, rebuilt from the base manifest
     )
 )

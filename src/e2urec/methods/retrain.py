@@ -57,5 +57,6 @@ register(
         description="train from the base backbone on the retained data with the original's "
         "recipe (the gold reference)",
         source="paper",
+        streams=("retain",),
     )
 )

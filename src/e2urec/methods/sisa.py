@@ -58,5 +58,6 @@ register(
         description="random shards, one model each, mean of logits; retrains affected shards",
         source="paper",
         base_format="ensemble",
+        streams=(),  # the shards, rebuilt from the base manifest
     )
 )
