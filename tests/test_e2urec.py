@@ -22,6 +22,7 @@ from e2urec.data.dataset import load_split
 from e2urec.data.prepare import PrepareConfig, prepare
 from e2urec.data.synthetic import generate, write_ml1m
 from e2urec.errors import E2URecError
+from e2urec.eval.scoring import answer_tokens, logit_margin
 from e2urec.methods.e2urec import (
     E2URecParams,
     E2URecTask,
@@ -38,6 +39,7 @@ from e2urec.methods.e2urec_membership import (
 )
 from e2urec.methods.e2urec_teachers import (
     TEACHERS,
+    TeacherSpec,
     contrastive_teacher,
     forced_teacher,
     holdout_teacher,
@@ -318,6 +320,76 @@ def test_every_teacher_is_cached_like_it_is_recomputed(setup, name):
     if TEACHERS.get(name).models:
         with pytest.raises(RuntimeError, match="released"):
             teachers.forgetting(forget)
+
+
+def expected_teacher(name, z_orig, labels, recommender, frozen, alpha, matched):
+    """Each registered teacher's formula, written out from the pure functions."""
+    trained, other = answer_tokens(labels, recommender.yes_id, recommender.no_id)
+    if name == "paper":
+        return forced_teacher(z_orig, frozen["augmented"], alpha)
+    if name == "contrastive":
+        return contrastive_teacher(z_orig, frozen["augmented"], frozen["control"], alpha)
+    if name == "label":
+        return label_teacher(z_orig, trained, alpha)
+    target = quantile_match(logit_margin(z_orig, trained, other), *matched)
+    return holdout_teacher(z_orig, trained, other, target)
+
+
+@pytest.mark.parametrize("name", TEACHERS.names())
+def test_each_teacher_computes_its_own_formula(setup, name):
+    recommender = setup[0]
+    teachers = make_teachers(setup, name)
+    forget = batch(recommender, rows(4))
+    z_f, labels = teachers.forgetting(forget)
+    z_orig, _ = teachers.original(forget)
+    frozen = {m: teachers._frozen(m, forget) for m in ("augmented", "control")}
+    expected = expected_teacher(name, z_orig, labels, recommender, frozen, 1.0, teachers.matched)
+    assert torch.equal(z_f, expected)
+
+
+def test_a_new_teacher_gets_its_own_function_not_another_teachers(setup, monkeypatch):
+    """Before, `Teachers.forgetting` branched on names and its last `else` (the holdout
+    formula) caught any teacher registered later."""
+    recommender, student, _, _ = setup
+    seen = []
+
+    def halved(inputs):
+        seen.append(sorted(inputs.frozen))
+        return inputs.z_orig * 0.5
+
+    monkeypatch.setitem(TEACHERS._items, "halved", TeacherSpec((), False, "z_orig / 2", halved))
+    monkeypatch.setitem(TEACHERS._meta, "halved", {})
+    teachers = Teachers(recommender, student, None, 1.0, teacher="halved")
+    forget = batch(recommender, rows(4))
+    z_f, _ = teachers.forgetting(forget)
+    assert torch.equal(z_f, teachers.original(forget)[0] * 0.5) and seen == [[]]
+
+
+def test_unknown_or_incomplete_teachers_are_refused(setup, monkeypatch):
+    recommender, student, augmented, _ = setup
+    with pytest.raises(TypeError):
+        TeacherSpec((), False, "a spec without its function")
+    with pytest.raises(TypeError, match="logits must be a function"):
+        TeacherSpec((), False, "a spec whose function is not one", None)
+    with pytest.raises(E2URecError, match="unknown e2urec teacher 'nope'"):
+        Teachers(recommender, student, augmented, 1.0, teacher="nope")
+    with pytest.raises(E2URecError, match="needs the augmented and control model"):
+        Teachers(recommender, student, None, 1.0, teacher="contrastive")
+    with pytest.raises(E2URecError, match="needs the matched forget/holdout margins"):
+        Teachers(recommender, student, augmented, 1.0, teacher="holdout")
+    # a function reading a model its spec does not list never gets one
+    sneaky = TeacherSpec((), False, "reads the augmented model", lambda x: x.model("augmented"))
+    monkeypatch.setitem(TEACHERS._items, "sneaky", sneaky)
+    monkeypatch.setitem(TEACHERS._meta, "sneaky", {})
+    teachers = Teachers(recommender, student, augmented, 1.0, teacher="sneaky")
+    with pytest.raises(E2URecError, match="reads the augmented model its spec omits"):
+        teachers.forgetting(batch(recommender, rows(4)))
+    needs_margins = TeacherSpec((), False, "reads margins", lambda x: x.margins()[0])
+    monkeypatch.setitem(TEACHERS._items, "unmatched", needs_margins)
+    monkeypatch.setitem(TEACHERS._meta, "unmatched", {})
+    teachers = Teachers(recommender, student, augmented, 1.0, teacher="unmatched")
+    with pytest.raises(E2URecError, match="needs the matched forget/holdout margins"):
+        teachers.forgetting(batch(recommender, rows(4)))
 
 
 # ---------------------------------------------------------------- the membership stop rule

@@ -13,7 +13,7 @@ import torch
 from e2urec import cli
 from e2urec.artifacts import sha256_file
 from e2urec.data.dataset import load_split
-from e2urec.data.prepare import PrepareConfig, prepare
+from e2urec.data.prepare import PrepareConfig, prepare, split_file
 from e2urec.data.synthetic import generate, write_ml1m
 from e2urec.methods import METHODS
 from e2urec.methods.ensemble import Recipe, train_ensemble
@@ -205,3 +205,28 @@ def test_library_calls_leave_transformers_logging_as_the_caller_set_it(world):
         assert logging.is_progress_bar_enabled()
     finally:
         logging.set_verbosity_warning()
+
+
+def emptied(world, split: str) -> Path:
+    """A copy of the data with the `split` file emptied by hand and its manifest (so its sha256,
+    which the original run records) unchanged: the counts no longer match the file."""
+    data = world["root"] / f"emptied-{split}"
+    if not data.exists():
+        shutil.copytree(world["data"], data)
+        (data / split_file(split)).write_text("")
+    return data
+
+
+@pytest.mark.parametrize("method", METHODS.names())
+def test_empty_streams_are_refused_before_the_run_folder_exists(world, method, capsys):
+    """What the issue met: neggrad on an emptied forget split failed in the training loop after
+    the run folder existed (complete: false), which blocked the corrected rerun."""
+    base = original_for(world, method)
+    for split in dict.fromkeys(("forget", *METHODS.get(method).streams)):
+        out = world["root"] / f"refused-{method}-{split}"
+        args = ["unlearn", "--method", method, "--from", str(base),
+                "--data", str(emptied(world, split)), "--out", str(out)]  # fmt: skip
+        code, err = run_cli(args, capsys)
+        assert code == 2 and len(err.splitlines()) == 1, err
+        assert f"the {split} set of" in err and "is empty" in err, err
+        assert not out.exists()
