@@ -249,6 +249,27 @@ def test_cli_eval_prints_a_table(world, runs, capsys):
     assert "paper_jsd" in out and out.splitlines()[1].startswith("forget")
 
 
+def test_default_splits_add_the_holdout_when_the_data_has_one(tmp_path, capsys):
+    """Without --splits, a folder with a holdout split gets its membership evidence."""
+    splits = {**make_splits(), "holdout": _rows("holdout", 12, np.random.default_rng(3), 500)}
+    write_data(tmp_path / "data", splits)
+    corpus = [r["prompt"] for rows in splits.values() for r in rows]
+    run = write_run(tmp_path / "run", corpus, 0, None)
+    code = cli.main(["eval", str(run), "--data", str(tmp_path / "data"), "--batch-size", "8"])
+    out = capsys.readouterr().out
+    result = json.loads((run / "metrics.json").read_text())
+    assert code == 0 and set(result["splits"]) == {"test", "forget", "holdout"}
+    assert result["membership"]["mia_loss"] == "yes_no"
+    assert 0.0 <= result["membership"]["mia_auc"] <= 1.0
+    assert [line.split()[0] for line in out.splitlines()[1:]] == ["test", "forget", "holdout"]
+    assert (run / "predictions" / "holdout.parquet").is_file()
+    no_holdout = {k: v for k, v in splits.items() if k != "holdout"}
+    write_data(tmp_path / "plain", no_holdout)
+    plain = write_run(tmp_path / "plain-run", corpus, 0, None)
+    result = _evaluate(plain, tmp_path / "plain", batch_size=8)
+    assert set(result["splits"]) == {"test", "forget"} and "membership" not in result
+
+
 # ---------------------------------------------------------------- bad input
 def _missing_run(world, runs, tmp):
     return [str(tmp / "nope"), "--data", str(world["data"])]

@@ -249,7 +249,9 @@ def add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", required=True, metavar="DIR", help="prepared data folder")
     p.add_argument("--reference", metavar="RUN", help="reference run (Retrain) for distances")
     p.add_argument(
-        "--splits", default="test,forget", help="comma-separated splits (default test,forget)"
+        "--splits",
+        default=None,
+        help="comma-separated splits (default test,forget, plus holdout when the data has one)",
     )
     p.add_argument("--batch-size", type=int, default=64, help="rows per batch (default 64)")
     p.add_argument("--device", help="torch device (default: cuda if available, else cpu)")

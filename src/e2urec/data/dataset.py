@@ -35,6 +35,14 @@ def read_manifest(data_dir: str | Path) -> dict[str, Any]:
     return manifest
 
 
+def has_rows(manifest: dict[str, Any], name: str) -> bool:
+    """Whether a prepared folder's manifest lists split `name` with at least one sample."""
+    files = manifest.get("files", {})
+    return name in manifest.get("splits", []) and bool(
+        files.get(split_file(name), {}).get("samples")
+    )
+
+
 def split_names(data_dir: str | Path) -> list[str]:
     """The split names a prepared folder holds (train, valid, ..., sisa-K, receraser-K)."""
     return list(read_manifest(data_dir)["splits"])

@@ -35,7 +35,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from e2urec.artifacts import MANIFEST, atomic_write_bytes, atomic_write_json, read_json, sha256_file
-from e2urec.data.dataset import load_split, read_manifest
+from e2urec.data.dataset import has_rows, load_split, read_manifest
 from e2urec.errors import E2URecError
 from e2urec.eval import evidence, metrics
 from e2urec.eval.predict import (
@@ -58,7 +58,7 @@ def evaluate(
     run: str | Path,
     data: str | Path,
     reference: str | Path | None = None,
-    splits: str | Sequence[str] = DEFAULT_SPLITS,
+    splits: str | Sequence[str] | None = None,
     batch_size: int = 64,
     device: str | None = None,
     progress: bool = True,
@@ -67,8 +67,8 @@ def evaluate(
     """Evaluate `run` on `splits` of the prepared folder `data` (against `reference` if given).
 
     Writes RUN/predictions/<split>.parquet and RUN/metrics.json (merged by split), atomically,
-    and returns the metrics.json content. `splits` is a list or a comma-separated string;
-    `device` defaults to CUDA when available. `logit_cache` keeps the reference's answer logits
+    and returns the metrics.json content. `splits` is a list or a comma-separated string (None:
+    `default_splits`, with the holdout split when the data has one); `device` defaults to CUDA when available. `logit_cache` keeps the reference's answer logits
     for later calls and serves the run's or the reference's when they are already held.
     """
     run, data = Path(run), Path(data)
@@ -87,6 +87,8 @@ def evaluate(
                 f"(data manifest sha256 {ref_sha[:12]} vs {run_sha[:12]})"
             )
         _check_data(reference, ref_manifest, data, data_sha)
+    if splits is None:
+        splits = default_splits(data_manifest)
     names = _split_names(splits, list(data_manifest["splits"]))
     frames = {name: load_split(data, name) for name in names}
     for name, frame in frames.items():
@@ -172,6 +174,12 @@ def evaluate(
     return result
 
 
+def default_splits(data_manifest: dict[str, Any]) -> tuple[str, ...]:
+    """test and forget, plus holdout (the membership evidence's non-members) when the prepared
+    data has a non-empty holdout split."""
+    return DEFAULT_SPLITS + ((HOLDOUT,) if has_rows(data_manifest, HOLDOUT) else ())
+
+
 def _membership(
     tables: dict[str, pd.DataFrame], reference_tables: dict[str, pd.DataFrame]
 ) -> dict[str, Any]:
@@ -249,8 +257,11 @@ def _parquet_bytes(table: pd.DataFrame) -> bytes:
     return sink.getvalue().to_pybytes()
 
 
-def summary_lines(result: dict[str, Any], splits: str | Sequence[str]) -> list[str]:
-    """A plain-text table of the given splits' utility and (if present) vocab-scope distances."""
+def summary_lines(result: dict[str, Any], splits: str | Sequence[str] | None) -> list[str]:
+    """A plain-text table of the given splits' utility and (if present) vocab-scope distances;
+    None: the default splits the result holds."""
+    if splits is None:
+        splits = [name for name in (*DEFAULT_SPLITS, HOLDOUT) if name in result["splits"]]
     names = _split_names(splits, list(result["splits"]))
     keys = list(metrics.FORGET_METRICS)
     lines = [

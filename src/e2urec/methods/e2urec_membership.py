@@ -39,14 +39,9 @@ NO_HOLDOUT = "needs a holdout split: prepare the data with --holdout-ratio"
 
 def holdout_available(data_dir: Path) -> bool:
     """Whether the prepared data has a non-empty `holdout` split."""
-    from e2urec.data.dataset import read_manifest
-    from e2urec.data.prepare import split_file
+    from e2urec.data.dataset import has_rows, read_manifest
 
-    manifest = read_manifest(data_dir)
-    files = manifest.get("files", {})
-    return "holdout" in manifest.get("splits", []) and bool(
-        files.get(split_file("holdout"), {}).get("samples")
-    )
+    return has_rows(read_manifest(data_dir), "holdout")
 
 
 def membership_stats(
