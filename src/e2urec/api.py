@@ -81,20 +81,15 @@ def synthesize(
 
 
 def evaluate(
-    run: str | Path,
-    data: str | Path,
-    reference: str | Path | None = None,
-    splits: str | Sequence[str] | None = None,
-    batch_size: int = 64,
-    device: str | None = None,
-    progress: bool = True,
+    run: str | Path, data: str | Path, reference: str | Path | None = None, **options: Any
 ) -> dict[str, Any]:
-    """Score `run` on prepared splits (None: test, forget and, when the data has one, holdout;
-    against a `reference` run if given); write RUN/metrics.json (merged by split) and
-    RUN/predictions/<split>.parquet. See `e2urec.eval.evaluate`."""
+    """Score `run` on prepared splits (and against a `reference` run); write RUN/metrics.json
+    (merged by split) and RUN/predictions/<split>.parquet. Options (splits: None = test, forget
+    and, when the data has one, holdout; batch_size, device, progress, logit_cache): see
+    `e2urec.eval.evaluate.evaluate`."""
     from e2urec.eval.evaluate import evaluate as run_eval
 
-    return run_eval(run, data, reference, splits, batch_size, device, progress)
+    return run_eval(run, data, reference, **options)
 
 
 def train(

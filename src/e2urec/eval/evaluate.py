@@ -25,7 +25,7 @@ vocabulary means another backbone, which is not a Retrain of the evaluated model
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -68,17 +68,50 @@ def evaluate(
 
     Writes RUN/predictions/<split>.parquet and RUN/metrics.json (merged by split), atomically,
     and returns the metrics.json content. `splits` is a list or a comma-separated string (None:
-    `default_splits`, with the holdout split when the data has one); `device` defaults to CUDA when available. `logit_cache` keeps the reference's answer logits
-    for later calls and serves the run's or the reference's when they are already held.
+    `default_splits`, with the holdout split when the data has one); `device` defaults to CUDA
+    when available. `logit_cache` keeps the reference's answer logits for later calls and serves
+    the run's or the reference's when they are already held.
     """
     run, data = Path(run), Path(data)
+    reference = Path(reference) if reference is not None else None
     device = resolve_device(device)
+    data_sha, frames, previous = _checked_inputs(run, data, reference, splits)
+    with quiet_transformers():
+        model = load_run_model(run)
+        ref_model = load_run_model(reference) if reference is not None else None
+    if ref_model is not None:
+        check_same_vocabulary(model, ref_model)
+        place(ref_model, device)
+    place(model, device)
+
+    key = _cache_keys(logit_cache, (run, reference), data_sha, str(batch_size), str(device))
+    entries, tables, reference_tables = {}, {}, {}
+    for name, frame in frames.items():
+        rows = frame[["prompt", "target"]].to_dict("records")
+        keys = key(run, name), key(reference, name)
+        scores = _score_split(model, ref_model, rows, name, batch_size, progress, logit_cache, keys)
+        entries[name] = _split_entry(frame, scores, data, data_sha, reference)
+        tables[name] = _table(frame, scores.p_yes)
+        if scores.reference_p_yes is not None:
+            reference_tables[name] = _table(frame, scores.reference_p_yes)
+    if FORGET in reference_tables:
+        entries[FORGET]["forget_quality"] = evidence.forget_quality(
+            tables[FORGET], reference_tables[FORGET]
+        )
+    membership = _membership(tables, reference_tables)
+    return _write(run, data, tables, entries, membership, previous)
+
+
+def _checked_inputs(
+    run: Path, data: Path, reference: Path | None, splits: str | Sequence[str] | None
+) -> tuple[str, dict[str, pd.DataFrame], dict[str, Any]]:
+    """Every input checked before anything is loaded or written: the data manifest's sha256,
+    the split frames (none empty) and the run's earlier metrics (an e2urec metrics file)."""
     run_manifest = read_run_manifest(run)
     data_manifest = read_manifest(data)
     data_sha = sha256_file(data / MANIFEST)
     _check_data(run, run_manifest, data, data_sha)
     if reference is not None:
-        reference = Path(reference)
         ref_manifest = read_run_manifest(reference)
         run_sha, ref_sha = _data_sha(run_manifest), _data_sha(ref_manifest)
         if run_sha and ref_sha and run_sha != ref_sha:
@@ -97,67 +130,79 @@ def evaluate(
     previous = read_json(run / METRICS, "run metrics") if (run / METRICS).exists() else {}
     if not isinstance(previous, dict) or not isinstance(previous.get("splits", {}), dict):
         raise E2URecError(f"{run / METRICS} is not an e2urec metrics file; move it away first")
+    return data_sha, frames, previous
 
-    with quiet_transformers():
-        model = load_run_model(run)
-        ref_model = load_run_model(reference) if reference is not None else None
-    if ref_model is not None:
-        check_same_vocabulary(model, ref_model)
-        place(ref_model, device)
-    place(model, device)
 
-    # A run's cached logits are named by its manifest (which holds its weights' sha256).
+Key = tuple[str, ...]
+
+
+def _cache_keys(
+    logit_cache: AnswerLogitCache | None, runs: tuple[Path | None, ...], *context: str
+) -> Callable[[Path | None, str], Key | None]:
+    """key(run, split): the logit cache's key for a run's logits on a split (None without a
+    cache or a run). A run's logits are named by its manifest (which holds its weights' sha256)
+    and the `context` they were scored in (data sha256, batch size, device)."""
     digests = {
-        of: sha256_file(of / MANIFEST)
-        for of in (run, reference)
-        if logit_cache is not None and of is not None
+        of: sha256_file(of / MANIFEST) for of in runs if logit_cache is not None and of is not None
     }
 
-    def cache_key(of: Path | None, split: str) -> tuple[str, ...] | None:
-        if of not in digests:
-            return None
-        return (digests[of], data_sha, split, str(batch_size), str(device))
+    def key(of: Path | None, split: str) -> Key | None:
+        return (digests[of], context[0], split, *context[1:]) if of in digests else None
 
-    entries, tables, all_scores = {}, {}, {}
-    for name, frame in frames.items():
-        rows = frame[["prompt", "target"]].to_dict("records")
-        run_key, ref_key = cache_key(run, name), cache_key(reference, name)
-        ref_logits = logit_cache.get(ref_key) if ref_key else None
-        scores = score_rows(
-            model,
-            rows,
-            batch_size,
-            ref_model,
-            desc=name,
-            progress=progress,
-            run_logits=logit_cache.get(run_key) if run_key else None,
-            reference_logits=ref_logits,
-            keep_reference_within=logit_cache.max_bytes if ref_key and ref_logits is None else 0,
-        )
-        if ref_key and scores.reference_logits is not None:
-            logit_cache.put(ref_key, scores.reference_logits)
-        all_scores[name] = scores
-        entries[name] = _split_entry(frame, scores, data, data_sha, reference)
-        tables[name] = pd.DataFrame(
-            {
-                "id": frame["id"].to_numpy(),
-                "user_id": frame["user_id"].to_numpy(),
-                "label": frame["label"].to_numpy(),
-                "p_yes": scores.p_yes,
-            }
-        )
+    return key
 
-    reference_tables = {
-        name: tables[name].assign(p_yes=scores.reference_p_yes)
-        for name, scores in all_scores.items()
-        if scores.reference_p_yes is not None
-    }
-    if FORGET in reference_tables:
-        entries[FORGET]["forget_quality"] = evidence.forget_quality(
-            tables[FORGET], reference_tables[FORGET]
-        )
-    membership = _membership(tables, reference_tables)
 
+def _score_split(
+    model: Any,
+    ref_model: Any,
+    rows: list[dict[str, Any]],
+    name: str,
+    batch_size: int,
+    progress: bool,
+    logit_cache: AnswerLogitCache | None,
+    keys: tuple[Key | None, Key | None],
+) -> Scores:
+    """`score_rows` of one split, served from and kept in the logit cache (`keys`: the run's and
+    the reference's) where it can be."""
+    run_key, ref_key = keys
+    ref_logits = logit_cache.get(ref_key) if ref_key else None
+    scores = score_rows(
+        model,
+        rows,
+        batch_size,
+        ref_model,
+        desc=name,
+        progress=progress,
+        run_logits=logit_cache.get(run_key) if run_key else None,
+        reference_logits=ref_logits,
+        keep_reference_within=logit_cache.max_bytes if ref_key and ref_logits is None else 0,
+    )
+    if ref_key and scores.reference_logits is not None:
+        logit_cache.put(ref_key, scores.reference_logits)
+    return scores
+
+
+def _table(frame: pd.DataFrame, p_yes: Any) -> pd.DataFrame:
+    """The predictions table of a split: id, user_id, label and the given P(Yes)."""
+    return pd.DataFrame(
+        {
+            "id": frame["id"].to_numpy(),
+            "user_id": frame["user_id"].to_numpy(),
+            "label": frame["label"].to_numpy(),
+            "p_yes": p_yes,
+        }
+    )
+
+
+def _write(
+    run: Path,
+    data: Path,
+    tables: dict[str, pd.DataFrame],
+    entries: dict[str, Any],
+    membership: dict[str, Any],
+    previous: dict[str, Any],
+) -> dict[str, Any]:
+    """Write the predictions and metrics.json (merged with `previous` by split); the result."""
     for name, table in tables.items():
         atomic_write_bytes(run / PREDICTIONS_DIR / f"{name}.parquet", _parquet_bytes(table))
     result = {
@@ -168,7 +213,7 @@ def evaluate(
     }
     if membership:
         result["membership"] = membership
-    elif "membership" in previous and not {FORGET, HOLDOUT} & set(names):
+    elif "membership" in previous and not {FORGET, HOLDOUT} & set(tables):
         result["membership"] = previous["membership"]
     atomic_write_json(run / METRICS, result)
     return result

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from e2urec.backbones import Recommender
 from e2urec.methods.base import Method, TrainParams, UnlearnContext, register
-from e2urec.methods.gradient import GradientTask, flip_answers, train_original
+from e2urec.methods.gradient import (
+    GradientTask,
+    Rows,
+    flip_answers,
+    retain_and_forget,
+    train_original,
+)
 
 
 @dataclass
@@ -25,14 +30,10 @@ class BadTParams(TrainParams):
 
 
 def make_task(
-    recommender: Recommender,
-    forget: Sequence[dict[str, Any]],
-    retain: Sequence[dict[str, Any]],
-    params: BadTParams,
+    recommender: Recommender, forget: Rows, retain: Rows, params: BadTParams
 ) -> GradientTask:
     """CE(retain) + forget_weight·CE(forget with its answers flipped)."""
-    streams = {"retain": retain, "forget": flip_answers(forget)}
-    return GradientTask(recommender, streams, {"retain": 1.0, "forget": params.forget_weight})
+    return retain_and_forget(recommender, flip_answers(forget), retain, params.forget_weight)
 
 
 def run(ctx: UnlearnContext) -> dict[str, Any]:

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from e2urec.backbones import Recommender
 from e2urec.methods.base import Method, TrainParams, UnlearnContext, register
-from e2urec.methods.gradient import GradientTask, train_original
+from e2urec.methods.gradient import GradientTask, Rows, train_original
 
 
 @dataclass
@@ -19,7 +18,7 @@ class GradAscentParams(TrainParams):
     """
 
 
-def make_task(recommender: Recommender, forget: Sequence[dict[str, Any]]) -> GradientTask:
+def make_task(recommender: Recommender, forget: Rows) -> GradientTask:
     """−CE(forget), the forget stream alone."""
     return GradientTask(recommender, {"forget": forget}, {"forget": -1.0})
 

@@ -15,6 +15,7 @@ from e2urec.backbones import IGNORE, Recommender, save_recommender
 from e2urec.methods.base import TrainParams, UnlearnContext
 
 Batch = dict[str, torch.Tensor]
+Rows = Sequence[dict[str, Any]]
 
 
 def flip_answers(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -65,6 +66,18 @@ class GradientTask:
             total = total.to(term.device) + term
             logs[name] = float(term.detach())
         return total, logs
+
+
+def retain_and_forget(
+    recommender: Recommender,
+    forget: Sequence[dict[str, Any]],
+    retain: Sequence[dict[str, Any]],
+    forget_weight: float,
+) -> GradientTask:
+    """CE(retain) + forget_weight·CE(forget): NegGrad's (negative weight) and Bad-T's (flipped
+    forget rows) objective."""
+    streams = {"retain": retain, "forget": forget}
+    return GradientTask(recommender, streams, {"retain": 1.0, "forget": forget_weight})
 
 
 def train_original(ctx: UnlearnContext, task: GradientTask, recommender: Recommender) -> dict:

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from e2urec.backbones import Recommender
 from e2urec.methods.base import Method, TrainParams, UnlearnContext, register
-from e2urec.methods.gradient import GradientTask, train_original
+from e2urec.methods.gradient import GradientTask, Rows, retain_and_forget, train_original
 
 
 @dataclass
@@ -25,14 +24,10 @@ class NegGradParams(TrainParams):
 
 
 def make_task(
-    recommender: Recommender,
-    forget: Sequence[dict[str, Any]],
-    retain: Sequence[dict[str, Any]],
-    params: NegGradParams,
+    recommender: Recommender, forget: Rows, retain: Rows, params: NegGradParams
 ) -> GradientTask:
     """CE(retain) − forget_weight·CE(forget) over the two streams."""
-    weights = {"retain": 1.0, "forget": -params.forget_weight}
-    return GradientTask(recommender, {"retain": retain, "forget": forget}, weights)
+    return retain_and_forget(recommender, forget, retain, -params.forget_weight)
 
 
 def run(ctx: UnlearnContext) -> dict[str, Any]:
