@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import ClassVar
 
 from e2urec.backbones import Recommender
-from e2urec.methods.base import Method, TrainParams, UnlearnContext, register
+from e2urec.methods.base import Method, TrainParams, register
 from e2urec.methods.gradient import (
     GradientTask,
     Rows,
     flip_answers,
+    from_original,
     retain_and_forget,
-    train_original,
 )
 
 
@@ -36,18 +36,11 @@ def make_task(
     return retain_and_forget(recommender, flip_answers(forget), retain, params.forget_weight)
 
 
-def run(ctx: UnlearnContext) -> dict[str, Any]:
-    """Run Bad-T from the original model."""
-    recommender = ctx.original()
-    task = make_task(recommender, ctx.rows("forget"), ctx.rows("retain"), ctx.params)
-    return train_original(ctx, task, recommender)
-
-
 register(
     Method(
         name="bad-t",
         params=BadTParams,
-        run=run,
+        run=from_original(make_task),
         description="retain CE plus CE towards flipped Yes/No answers on forget",
         source="paper's code",
     )

@@ -488,7 +488,7 @@ def run(ctx: UnlearnContext) -> dict[str, Any]:
     params.check_data(ctx.data_dir)
     accelerator = Accelerator()
     device = accelerator.device
-    forget_rows, retain_rows = ctx.rows("forget"), ctx.rows("retain")
+    forget_rows = ctx.rows("forget")
     holdout_rows = ctx.rows("holdout") if holdout_available(ctx.data_dir) else None
     recommender = ctx.original()  # loading draws no random numbers: the LoRA init is unchanged
     recommender.model.to(device)
@@ -501,10 +501,9 @@ def run(ctx: UnlearnContext) -> dict[str, Any]:
         "base_run": str(ctx.base_run.absolute()),
         "teacher": {"name": params.teacher, "formula": TEACHERS.get(params.teacher).formula},
     }
-    holdout = monitor = matched = None
+    holdout = matched = monitor = None
     if holdout_rows is not None:
-        with ctx.meter.phase("holdout_scores"), inference(recommender.model):
-            holdout = score_stats(recommender, original, holdout_rows, params.batch_size, device)
+        holdout = original_stats(ctx, recommender, original, holdout_rows, device)
         fields["holdout_p_yes"] = {"original": round(float(holdout["p_yes"].mean()), 4)}
     if params.stop == "membership":
         assert holdout_rows is not None  # check_data
@@ -518,45 +517,14 @@ def run(ctx: UnlearnContext) -> dict[str, Any]:
             return {**fields, **save_student(ctx, student), "stop": monitor.summary(0)}
     if TEACHERS.get(params.teacher).holdout:
         assert holdout is not None  # check_data
-        with ctx.meter.phase("holdout_scores"), inference(recommender.model):
-            forget = score_stats(recommender, original, forget_rows, params.batch_size, device)
+        forget = original_stats(ctx, recommender, original, forget_rows, device)
         matched = (
             torch.tensor(np.sort(forget["margin"])),
             torch.tensor(np.sort(holdout["margin"])),
         )
-
-    frozen = frozen_models(ctx, params, accelerator)
-    if not frozen:  # nothing was trained before: seed the adapters' initialisation here
-        torch.manual_seed(derive_seed(ctx.seed, "lora"))
-    student = add_lora(recommender, params).to(device)
-    teachers = Teachers(
-        recommender,
-        student,
-        frozen.get("augmented"),
-        params.alpha,
-        teacher=params.teacher,
-        control=frozen.get("control"),
-        matched=matched,
-    )
-    del frozen
-    cache_retain = (
-        params.cache_teachers
-        and params.remember == "original"
-        and retain_rows_repeat(
-            params, len(forget_rows), len(retain_rows), accelerator.num_processes
-        )
-    )
-    task = E2URecTask(recommender, forget_rows, retain_rows, teachers, params, cache_retain)
+    student, teachers, task = build_task(ctx, accelerator, recommender, matched)
     if params.cache_teachers:
-        with ctx.meter.phase("teacher_cache"):
-            task.forget_teacher.fill(
-                recommender,
-                forget_rows,
-                params.batch_size,
-                device,
-                progress=accelerator.is_main_process,
-            )
-        teachers.release()  # cached: the tuned copies are no longer needed
+        fill_teacher_cache(ctx, accelerator, recommender, task, teachers)
         check_direction(fields, teachers.forget_p_yes(), params.teacher, holdout)  # before training
     result = fit(
         recommender,
@@ -572,17 +540,7 @@ def run(ctx: UnlearnContext) -> dict[str, Any]:
     if monitor is not None:
         with ctx.meter.phase("membership_checks"):
             monitor.finish(student, result.steps)
-    cache_mb = (task.forget_teacher.nbytes() + task.retain_teacher.nbytes()) / 2**20
-    fields.update(
-        teacher_cache={
-            "enabled": params.cache_teachers,
-            "retain_enabled": cache_retain,
-            "storage": "float16 full-vocabulary log-probs at answer positions",
-            "forget_rows": len(task.forget_teacher.rows),
-            "retain_rows": len(task.retain_teacher.rows),
-            "mb": round(cache_mb, 1),
-        },
-    )
+    fields["teacher_cache"] = cache_summary(task)
     if not params.cache_teachers:  # the teachers' means gathered along the first epoch
         check_direction(fields, teachers.forget_p_yes(), params.teacher, holdout)
     fields["stop"] = (
@@ -591,6 +549,87 @@ def run(ctx: UnlearnContext) -> dict[str, Any]:
         else {"rule": "budget", "stopped_by": "budget", "step": result.steps}
     )
     return {**fields, **save_student(ctx, student)}
+
+
+def original_stats(
+    ctx: UnlearnContext,
+    recommender: Recommender,
+    original: Callable[[Batch], tuple[torch.Tensor, torch.Tensor]],
+    rows: Sequence[dict[str, Any]],
+    device: Any,
+) -> dict[str, np.ndarray]:
+    """The original's per-row answer statistics (`score_stats`) over `rows`, timed as phase
+    holdout_scores."""
+    with ctx.meter.phase("holdout_scores"), inference(recommender.model):
+        return score_stats(recommender, original, rows, ctx.params.batch_size, device)
+
+
+def build_task(
+    ctx: UnlearnContext,
+    accelerator: Any,
+    recommender: Recommender,
+    matched: tuple[torch.Tensor, torch.Tensor] | None,
+) -> tuple[nn.Module, Teachers, E2URecTask]:
+    """The frozen copies the teacher reads, the LoRA student (its initialisation seeded here
+    when nothing was trained before), the teachers and the task."""
+    from e2urec.train.loop import derive_seed
+
+    params: E2URecParams = ctx.params
+    frozen = frozen_models(ctx, params, accelerator)
+    if not frozen:  # nothing was trained before: seed the adapters' initialisation here
+        torch.manual_seed(derive_seed(ctx.seed, "lora"))
+    student = add_lora(recommender, params).to(accelerator.device)
+    teachers = Teachers(
+        recommender,
+        student,
+        frozen.get("augmented"),
+        params.alpha,
+        teacher=params.teacher,
+        control=frozen.get("control"),
+        matched=matched,
+    )
+    forget_rows, retain_rows = ctx.rows("forget"), ctx.rows("retain")
+    cache_retain = (
+        params.cache_teachers
+        and params.remember == "original"
+        and retain_rows_repeat(
+            params, len(forget_rows), len(retain_rows), accelerator.num_processes
+        )
+    )
+    task = E2URecTask(recommender, forget_rows, retain_rows, teachers, params, cache_retain)
+    return student, teachers, task
+
+
+def fill_teacher_cache(
+    ctx: UnlearnContext,
+    accelerator: Any,
+    recommender: Recommender,
+    task: E2URecTask,
+    teachers: Teachers,
+) -> None:
+    """Compute the forgetting teacher on every forget row once, then drop the tuned copies."""
+    with ctx.meter.phase("teacher_cache"):
+        task.forget_teacher.fill(
+            recommender,
+            ctx.rows("forget"),
+            ctx.params.batch_size,
+            accelerator.device,
+            progress=accelerator.is_main_process,
+        )
+    teachers.release()  # cached: the tuned copies are no longer needed
+
+
+def cache_summary(task: E2URecTask) -> dict[str, Any]:
+    """The manifest's record of the teacher caches: enabled, rows held, size."""
+    cache_mb = (task.forget_teacher.nbytes() + task.retain_teacher.nbytes()) / 2**20
+    return {
+        "enabled": task.forget_teacher.enabled,
+        "retain_enabled": task.retain_teacher.enabled,
+        "storage": "float16 full-vocabulary log-probs at answer positions",
+        "forget_rows": len(task.forget_teacher.rows),
+        "retain_rows": len(task.retain_teacher.rows),
+        "mb": round(cache_mb, 1),
+    }
 
 
 def save_student(ctx: UnlearnContext, student: nn.Module) -> dict[str, Any]:

@@ -5,7 +5,7 @@ terms (NPO). Epoch = one pass over the forget set; other streams are drawn along
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -78,6 +78,20 @@ def retain_and_forget(
     forget rows) objective."""
     streams = {"retain": retain, "forget": forget}
     return GradientTask(recommender, streams, {"retain": 1.0, "forget": forget_weight})
+
+
+def from_original(
+    make_task: Callable[[Recommender, Rows, Rows, Any], GradientTask],
+) -> Callable[[UnlearnContext], dict[str, Any]]:
+    """A method's `run`: `make_task(recommender, forget rows, retain rows, params)` trained from
+    the original model by `train_original`."""
+
+    def run(ctx: UnlearnContext) -> dict[str, Any]:
+        recommender = ctx.original()
+        task = make_task(recommender, ctx.rows("forget"), ctx.rows("retain"), ctx.params)
+        return train_original(ctx, task, recommender)
+
+    return run
 
 
 def train_original(ctx: UnlearnContext, task: GradientTask, recommender: Recommender) -> dict:

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import ClassVar
 
 from e2urec.backbones import Recommender
-from e2urec.methods.base import Method, TrainParams, UnlearnContext, register
-from e2urec.methods.gradient import GradientTask, Rows, retain_and_forget, train_original
+from e2urec.methods.base import Method, TrainParams, register
+from e2urec.methods.gradient import GradientTask, Rows, from_original, retain_and_forget
 
 
 @dataclass
@@ -30,18 +30,11 @@ def make_task(
     return retain_and_forget(recommender, forget, retain, -params.forget_weight)
 
 
-def run(ctx: UnlearnContext) -> dict[str, Any]:
-    """Run NegGrad from the original model."""
-    recommender = ctx.original()
-    task = make_task(recommender, ctx.rows("forget"), ctx.rows("retain"), ctx.params)
-    return train_original(ctx, task, recommender)
-
-
 register(
     Method(
         name="neggrad",
         params=NegGradParams,
-        run=run,
+        run=from_original(make_task),
         description="gradient descent on retain, ascent on forget (all parameters)",
         source="paper",
     )
