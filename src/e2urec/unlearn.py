@@ -4,10 +4,11 @@ unlearn: method name + `--set key=value` → the method's params dataclass (unkn
 values out of range refused); the `--from` run must be a complete original run (trained on the
 full train split, of the format the method starts from, its weight files unchanged) on the same
 prepared data (data manifest sha256) with a non-empty forget set; the forget split and the
-splits the method trains on are read and must hold rows. All of that is checked before anything is written. The method then runs inside a run
-folder opened by `runner.start_run` and closed by `runner.finish_run` with the method's manifest
-fields plus kind, method, params, base run, data, seed and cost. An interrupted unlearning run
-is started again with --overwrite (there is no --resume).
+splits the method trains on (`Method.streams`) are read and must hold rows. All of that is
+checked before anything is written. The method then runs inside a run folder opened by
+`runner.start_run` and closed by `runner.finish_run` with the method's manifest fields plus
+kind, method, params, base run, data, seed and cost. An interrupted unlearning run is started
+again with --overwrite (there is no --resume).
 
 export: a self-contained single-format run from an adapter run (`--merge` folds the LoRA
 weights into the base model) or a copy of a single-format run.

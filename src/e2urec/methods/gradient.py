@@ -69,10 +69,7 @@ class GradientTask:
 
 
 def retain_and_forget(
-    recommender: Recommender,
-    forget: Sequence[dict[str, Any]],
-    retain: Sequence[dict[str, Any]],
-    forget_weight: float,
+    recommender: Recommender, forget: Rows, retain: Rows, forget_weight: float
 ) -> GradientTask:
     """CE(retain) + forget_weight·CE(forget): NegGrad's (negative weight) and Bad-T's (flipped
     forget rows) objective."""
