@@ -167,7 +167,8 @@ def test_npo_at_initialisation_is_its_closed_form():
 
 
 def test_npo_extra_follows_the_log_ratio_to_the_reference():
-    """(2/β)·mean softplus(β·(log π_θ − log π_ref)): a reference δ higher gives softplus(−βδ)."""
+    """(2/β)·mean softplus(β·(log π_θ − log π_ref)): a reference δ higher gives
+    (2/β)·softplus(−βδ)."""
     recommender = TableRecommender()
     beta, delta = 0.5, 1.2
     task = npo_task(recommender, delta, beta)
