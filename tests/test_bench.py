@@ -139,3 +139,33 @@ def test_methods_select_variants_by_name_or_by_their_method(tmp_path, methods, e
         assert set(chosen) == set(METHODS.names()) - {RETRAIN} | set(config.variants)
     else:
         assert chosen == expected
+
+
+def test_floor_seeds_add_a_second_retrain_for_the_noise_floor_only(tmp_path, monkeypatch) -> None:
+    """One seed of every method plus a floor-only Retrain: one Original row, two Retrain rows,
+    one noise-floor row against the methods' Retrain (so it has a residual), full evidence."""
+    monkeypatch.setenv("E2UREC_CACHE", str(tmp_path / "cache"))
+    sets = [*TINY[:6], "method_params={neggrad: {max_steps: 2}}", "seeds=[0]", "floor_seeds=[1]"]
+    result = api.bench("demo", tmp_path / "out", str(tmp_path), None, ["neggrad"], None, sets)
+    rows = result.rows
+    assert [(r["method"], r["seed"]) for r in rows if r["method"] != RETRAIN] == [
+        (ORIGINAL, 0),
+        ("neggrad", 0),
+        (NOISE_FLOOR, 1),
+    ]
+    assert sorted(r["seed"] for r in rows if r["method"] == RETRAIN) == [0, 1]
+    assert not (tmp_path / "out" / "runs" / "neggrad-seed1").exists()
+    floor = next(r for r in rows if r["method"] == NOISE_FLOOR)
+    assert floor["reference"].endswith("retrain-seed0") and floor["forget_residual_jsd"] >= 0
+    neggrad = next(r for r in rows if r["method"] == "neggrad")
+    assert 0 <= neggrad["forget_quality"] <= 1 and "forget_privleak" in neggrad
+    signal = json.loads((tmp_path / "out" / "signal.json").read_text())
+    assert signal["floor"] == floor["forget_paper_jsd"] and len(signal["seeds"]) == 1
+
+
+def test_floor_seeds_must_be_a_list_of_integers(tmp_path, capsys) -> None:
+    out = tmp_path / "out"
+    args = ["bench", "--preset", "demo", "--out", str(out), "--set", "floor_seeds=[a]"]
+    assert cli.main(args) == 2
+    assert "bench floor_seeds must be a list of integers" in capsys.readouterr().err
+    assert not out.exists()

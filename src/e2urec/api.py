@@ -48,6 +48,22 @@ def bench(
     return run(preset, out, data_root, seeds, methods, config_file, sets)
 
 
+def report(results: str | Path, columns: Sequence[str] | None = None) -> str:
+    """The Markdown table (and signal check) of a bench's results.json: `results` is the file
+    or the folder holding it (a bench's OUT); `columns` picks table columns by name."""
+    from e2urec.report.tables import render_results
+
+    return render_results(results, columns)
+
+
+def register_method(method: Any) -> Any:
+    """Make an `e2urec.methods.Method` known by its name to `unlearn`, `bench`, `forget` and
+    `describe("methods")`; returns it. See the docs' "Add your own method"."""
+    from e2urec.methods.base import register
+
+    return register(method)
+
+
 def prepare(config: PrepareConfig, overwrite: bool = False) -> PrepareResult:
     """Prepare a dataset with the paper's protocol (see `e2urec.data.prepare`)."""
     from e2urec.data.prepare import prepare as run

@@ -1,7 +1,7 @@
 """`e2urec bench`: the paper's whole experiment as one resumable plan of steps.
 
-Plan: prepare the data → train the Original → Retrain for every seed (the reference; two
-Retrains of different seeds give the noise floor) → the SISA / RecEraser original ensembles
+Plan: prepare the data → train the Original → Retrain for every seed and every floor seed
+(the reference; two Retrains of different seeds give the noise floor) → the SISA / RecEraser original ensembles
 when those methods are selected → every selected method for every seed → evaluate each run on
 test and forget against the Retrain of the same seed (each Retrain's answer logits are scored
 once and held in memory for the evaluations after it) → results.json / .csv / .md and plots.
@@ -137,6 +137,8 @@ class Bench:
         self.data_dir = out / "data"
         # Every method is evaluated against its seed's Retrain: score each Retrain once per split.
         self.logit_cache = AnswerLogitCache()
+        # Retrain seeds: the methods' seeds, then the floor-only ones (noise floor, no methods).
+        self.retrain_seeds = list(dict.fromkeys([*config.seeds, *config.floor_seeds]))
         self.steps: list[Step] = []
         self.started = time.monotonic()
 
@@ -166,7 +168,7 @@ class Bench:
             )
 
         steps.append(train_step(ORIGINAL, "train", c.seeds[0]))
-        steps += [train_step(f"{RETRAIN}-seed{s}", "retain", s) for s in c.seeds]
+        steps += [train_step(f"{RETRAIN}-seed{s}", "retain", s) for s in self.retrain_seeds]
         for method in self.methods:
             if method in ENSEMBLE_METHODS:
                 out = self.run_dir(f"{method}-original")
@@ -240,14 +242,14 @@ class Bench:
         )
 
     def _eval_steps(self) -> list[Step]:
-        seeds = self.config.seeds
+        seeds, retrain_seeds = self.config.seeds, self.retrain_seeds
         pairs = [(ORIGINAL, s) for s in seeds]
         pairs += [(f"{m}-seed{s}", s) for s in seeds for m in self.methods]
         steps = []
         for name, seed in pairs:
             steps.append(self._eval_step(name, f"{RETRAIN}-seed{seed}"))
-        for i, seed in enumerate(seeds):  # each Retrain against the next seed's: the noise floor
-            other = seeds[(i + 1) % len(seeds)]
+        for i, seed in enumerate(retrain_seeds):  # each Retrain against the next: the noise floor
+            other = retrain_seeds[(i + 1) % len(retrain_seeds)]
             if other != seed:
                 steps.append(self._eval_step(f"{RETRAIN}-seed{seed}", f"{RETRAIN}-seed{other}"))
         return steps
@@ -335,8 +337,10 @@ class Bench:
     # ------------------------------------------------------------------ results
     def rows(self) -> list[dict[str, Any]]:
         """One row per method × seed (plus Original, Retrain and noise-floor rows)."""
-        seeds = self.config.seeds
-        retrain_time = {s: _cost(self.run_dir(f"{RETRAIN}-seed{s}"))["wall_s"] for s in seeds}
+        seeds, retrain_seeds = self.config.seeds, self.retrain_seeds
+        retrain_time = {
+            s: _cost(self.run_dir(f"{RETRAIN}-seed{s}"))["wall_s"] for s in retrain_seeds
+        }
         rows = []
         for seed in seeds:
             rows.append(self._row(ORIGINAL, ORIGINAL, seed, f"{RETRAIN}-seed{seed}", retrain_time))
@@ -344,8 +348,8 @@ class Bench:
                 run = f"{method}-seed{seed}"
                 rows.append(self._row(method, run, seed, f"{RETRAIN}-seed{seed}", retrain_time))
         pairs_seen = set()  # the distances are symmetric: one noise-floor row per pair of seeds
-        for i, seed in enumerate(seeds):
-            other = seeds[(i + 1) % len(seeds)]
+        for i, seed in enumerate(retrain_seeds):
+            other = retrain_seeds[(i + 1) % len(retrain_seeds)]
             if other == seed:
                 continue
             run = f"{RETRAIN}-seed{seed}"
@@ -353,7 +357,8 @@ class Bench:
             floor = {k: retrain.pop(k) for k in list(retrain) if k.startswith("forget_")}
             rows.append(retrain)
             pair = frozenset((seed, other))
-            if pair not in pairs_seen:
+            # the floor row is compared with a methods' seed, whose Original gives its residual
+            if pair not in pairs_seen and other in seeds:
                 pairs_seen.add(pair)
                 rows.append(
                     {
@@ -395,7 +400,7 @@ class Bench:
 
         run_dir, ref_dir = self.run_dir(run), self.run_dir(reference)
         out: dict[str, Any] = {"reference": str(ref_dir)}
-        if len(self.config.seeds) < 2:  # a lone Retrain is never scored itself
+        if len(self.retrain_seeds) < 2:  # a lone Retrain is never scored itself
             return out
         forget = evidence.read_predictions(run_dir, "forget")
         ref_forget = evidence.read_predictions(ref_dir, "forget")

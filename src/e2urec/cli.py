@@ -801,6 +801,30 @@ def run_bench(args: argparse.Namespace) -> None:
         print(f"  {name:22s} {path}")
 
 
+def add_report(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "report",
+        help="print a bench's results.json as the Markdown table the docs show",
+        description="Render RESULTS (a bench's OUT folder, or a results.json file) as the "
+        "Markdown table of results.md: mean ± std per method over seeds, best unlearning method "
+        "in bold, and the signal check when signal.json lies beside it.",
+    )
+    p.add_argument("results", metavar="RESULTS", help="bench output folder or results.json")
+    p.add_argument(
+        "--columns",
+        type=lambda v: [c.strip() for c in v.split(",") if c.strip()],
+        help="comma-separated columns, e.g. forget_residual_jsd,test_auc,time_ratio "
+        "(default: every column that holds a value)",
+    )
+    p.set_defaults(func=run_report)
+
+
+def run_report(args: argparse.Namespace) -> None:
+    from e2urec import api
+
+    print(api.report(args.results, args.columns), end="")
+
+
 COMMANDS = [  # in workflow order, as `e2urec --help` lists them
     add_data,
     add_train,
@@ -809,6 +833,7 @@ COMMANDS = [  # in workflow order, as `e2urec --help` lists them
     add_eval,
     add_export,
     add_bench,
+    add_report,
     add_list,
     add_deploy,
     add_forget,

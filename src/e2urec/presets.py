@@ -62,6 +62,9 @@ class BenchConfig:
     data: BenchData = field(default_factory=BenchData)
     train: BenchTrain = field(default_factory=BenchTrain)
     seeds: list = field(default_factory=lambda: [0, 1])
+    # Extra Retrain seeds trained only for the noise floor (no method runs at them): one seed
+    # of every method plus `floor_seeds: [1]` gives the floor at the cost of one more Retrain.
+    floor_seeds: list = field(default_factory=list)
     methods: Any = "all"
     method_params: dict = field(default_factory=dict)
     variants: dict = field(default_factory=dict)  # row name -> {method, params}
@@ -99,6 +102,12 @@ def resolve(
         setattr(built, name, cfg.build(cls, section, f"bench {name}"))
     if not built.seeds or not all(isinstance(s, int) for s in built.seeds):
         raise E2URecError(f"bench seeds must be a non-empty list of integers, got {built.seeds!r}")
+    if not isinstance(built.floor_seeds, list) or not all(
+        isinstance(s, int) for s in built.floor_seeds
+    ):
+        raise E2URecError(
+            f"bench floor_seeds must be a list of integers, got {built.floor_seeds!r}"
+        )
     return built
 
 

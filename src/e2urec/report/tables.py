@@ -11,13 +11,13 @@ Bold marks the best mean per column among the unlearning methods only, in the di
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from e2urec.artifacts import atomic_write_text
+from e2urec.artifacts import atomic_write_text, read_json
 from e2urec.errors import E2URecError
 from e2urec.eval.metrics import metric_info
 
@@ -158,12 +158,18 @@ def best_methods(summary: pd.DataFrame, column: str) -> set[str]:
     return winners if len(winners) < len(candidates) else set()
 
 
-def to_markdown(summary: pd.DataFrame) -> str:
-    """The summary as a Markdown table in the paper's layout, best unlearning method in bold."""
+def to_markdown(summary: pd.DataFrame, columns: Sequence[str] | None = None) -> str:
+    """The summary as a Markdown table in the paper's layout, best unlearning method in bold;
+    `columns` (names of TABLE_COLUMNS) picks and orders the columns, default all that hold a
+    value."""
+    specs = {spec[0]: spec for spec in TABLE_COLUMNS}
+    unknown = [c for c in columns or () if c not in specs]
+    if unknown:
+        raise E2URecError(f"unknown table column {unknown[0]!r}; valid: {', '.join(specs)}")
     columns = [
-        spec
-        for spec in TABLE_COLUMNS
-        if f"{spec[0]}_mean" in summary and summary[f"{spec[0]}_mean"].notna().any()
+        specs[name]
+        for name in (columns or specs)
+        if f"{name}_mean" in summary and summary[f"{name}_mean"].notna().any()
     ]
     headers = ["method", *(header for _, header, _ in columns), "seeds"]
     best = {column: best_methods(summary, column) for column, *_ in columns}
@@ -211,3 +217,20 @@ def write_tables(
     text = to_markdown(summary) + "\n" + LEGEND + (f"\n{notes}" if notes else "")
     atomic_write_text(paths["results_md"], text)
     return paths
+
+
+def render_results(path: str | Path, columns: Sequence[str] | None = None) -> str:
+    """The Markdown table of a bench's `results.json` (PATH, or a folder holding it), with the
+    signal check's paragraph when `signal.json` lies beside it: what `e2urec report` prints."""
+    from e2urec.report.forgetting import signal_text
+
+    path = Path(path)
+    results = path / "results.json" if path.is_dir() else path
+    rows = read_json(results, "results file")
+    if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+        raise E2URecError(f"results file must hold a list of result rows: {results}")
+    text = to_markdown(summarise(rows), columns)
+    signal = results.parent / "signal.json"
+    if signal.is_file():
+        text += "\n" + signal_text(read_json(signal, "signal file"))
+    return text

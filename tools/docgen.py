@@ -1,0 +1,183 @@
+"""Generated blocks in README.md and docs/: tables rendered from committed results files, the CLI
+reference from the argparse parser, every method's parameters from the registry.
+
+A block is an HTML comment pair around generated Markdown:
+
+    <!-- generated: KIND [ARG ...] -->
+    ...
+    <!-- end generated -->
+
+Kinds:
+    results PATH [columns=a,b]  a bench's results.json (+ signal.json beside it), as `e2urec report`
+    record PATH                 a transcribed table: YAML with source, columns, align, rows
+    cli                         every `e2urec` subcommand with its arguments
+    methods                     every registered method with its parameters and defaults
+
+`python tools/docgen.py` rewrites every stale block in place; `--check` changes nothing and exits 1
+naming each stale block (tests/test_docs.py and `mkdocs build` run the check). PATHs are relative
+to the repository root.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+BLOCK = re.compile(
+    r"(?P<open><!-- generated: (?P<spec>[^\n]*?) -->\n)(?P<body>.*?)(?P<close><!-- end generated -->)",
+    re.DOTALL,
+)
+
+
+def pages(root: Path = REPO) -> list[Path]:
+    """The Markdown files that may hold blocks: README.md and every page under docs/."""
+    return [root / "README.md", *sorted((root / "docs").rglob("*.md"))]
+
+
+def render(spec: str, root: Path = REPO) -> str:
+    """The Markdown a block of `spec` ("KIND ARG ...") holds."""
+    kind, *args = spec.split()
+    options = dict(a.split("=", 1) for a in args if "=" in a)
+    paths = [a for a in args if "=" not in a]
+    if kind == "results" and len(paths) == 1:
+        return render_results(paths[0], options.get("columns"), root)
+    if kind == "record" and len(paths) == 1:
+        return render_record(root / paths[0])
+    if kind == "cli" and not args:
+        return render_cli()
+    if kind == "methods" and not args:
+        return render_methods()
+    raise ValueError(f"unknown generated block {spec!r}")
+
+
+def render_results(path: str, columns: str | None, root: Path) -> str:
+    from e2urec.report.tables import render_results as table
+
+    text = table(root / path, columns.split(",") if columns else None)
+    return f"{text}\n*Rendered from `{path}` by `e2urec report`.*\n"
+
+
+def render_record(path: Path) -> str:
+    """A transcribed table: its cells as recorded, then where it was measured."""
+    record = yaml.safe_load(path.read_text(encoding="utf-8"))
+    columns, rows = record["columns"], record["rows"]
+    align = record.get("align") or ["l"] + ["r"] * (len(columns) - 1)
+    if any(len(row) != len(columns) for row in rows) or len(align) != len(columns):
+        raise ValueError(f"{path}: every row and `align` need {len(columns)} cells")
+    rule = "|" + "|".join("---:" if a == "r" else "---" for a in align) + "|"
+    lines = ["| " + " | ".join(map(str, columns)) + " |", rule]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    note = " ".join(str(record["source"]).split())
+    return "\n".join(lines) + f"\n\n*Transcribed record, not regenerated: {note}*\n"
+
+
+def _subcommands(parser: argparse.ArgumentParser) -> Iterator[argparse.ArgumentParser]:
+    """Every (sub)subcommand parser under `parser`, depth first, in declaration order."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                yield sub
+                yield from _subcommands(sub)
+
+
+def _prose(text: str | None) -> str:
+    """Help text as one Markdown line: whitespace collapsed, `<` shown rather than read as HTML."""
+    return " ".join((text or "").split()).replace("<", "&lt;")
+
+
+def _argument_row(action: argparse.Action) -> str:
+    if action.option_strings:
+        value = f" {action.metavar or action.dest.upper()}" if action.nargs != 0 else ""
+        names = ", ".join(f"`{o}{value}`" for o in action.option_strings)
+    else:
+        names = f"`{action.metavar or action.dest}`"
+    text = _prose(action.help).replace("|", "\\|")
+    if action.choices and not isinstance(action, argparse._SubParsersAction):
+        text += " (one of " + ", ".join(f"`{c}`" for c in action.choices) + ")"
+    if action.required and action.option_strings:
+        text += " **required**"
+    return f"| {names} | {text} |"
+
+
+def render_cli() -> str:
+    """One section per subcommand: its description and a table of its arguments."""
+    from e2urec.cli import build_parser
+
+    parts = []
+    root = build_parser()
+    for sub in [root, *_subcommands(root)]:
+        actions = [
+            a
+            for a in sub._actions
+            if not isinstance(a, (argparse._HelpAction, argparse._SubParsersAction))
+        ]
+        parts.append(f"## `{sub.prog}`\n\n{_prose(sub.description)}\n")
+        if actions:
+            rows = "\n".join(_argument_row(a) for a in actions)
+            parts.append(f"| argument | meaning |\n|---|---|\n{rows}\n")
+        else:
+            parts.append("Subcommands are listed below.\n")
+    return "\n".join(parts)
+
+
+def render_methods() -> str:
+    """Every registered method: where it comes from, what it does, its parameters (as `e2urec
+    list methods` shows them)."""
+    import dataclasses
+
+    from e2urec.methods import METHODS
+
+    parts = []
+    for name in METHODS.names():
+        method = METHODS.get(name)
+        fields = dataclasses.fields(method.params)
+        params = ", ".join(f"`{f.name}={f.default!r}`" for f in fields) or (
+            "none (the original run's recipe is reused)"
+        )
+        parts.append(
+            f"**`{name}`**: {method.description} *(source: {method.source})*. "
+            f"Parameters: {params}.\n"
+        )
+    return "\n".join(parts)
+
+
+def refresh(path: Path, root: Path = REPO) -> tuple[str, list[str]]:
+    """`path`'s text with every block regenerated, and the specs of the blocks that changed."""
+    text = path.read_text(encoding="utf-8")
+    stale: list[str] = []
+
+    def replace(match: re.Match) -> str:
+        body = render(match["spec"], root)
+        if body != match["body"]:
+            stale.append(match["spec"])
+        return match["open"] + body + match["close"]
+
+    return BLOCK.sub(replace, text), stale
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="fail on a stale block, write none")
+    args = parser.parse_args(argv)
+    failed = False
+    for path in pages():
+        text, stale = refresh(path)
+        for spec in stale:
+            print(f"{path.relative_to(REPO)}: stale block `{spec}`", file=sys.stderr)
+        if stale and args.check:
+            failed = True
+        elif stale:
+            path.write_text(text, encoding="utf-8")
+    if failed:
+        print("run `python tools/docgen.py` (or `make docs`) to regenerate", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
