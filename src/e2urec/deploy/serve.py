@@ -1,16 +1,20 @@
 """`e2urec serve`: a FastAPI app over one deployment.
 
 POST /predict {user, items} → {user, version, scores: {item: P(like)}} with the current version.
-POST /forget {users, method?, reason?, request_id?, sets?} records a deletion request in the
-  deployment's durable queue and answers at once: 202 {request_id, state: "queued", position}
-  (the same request again: its record, 200 once done). It needs `Authorization: Bearer <token>`
-  matching $E2UREC_SERVE_TOKEN (unset: 403, forgetting is disabled; missing or wrong: 401).
-  Unknown users, an empty list, bad settings: 422 (nothing queued); a request id already used
-  for other users: 409; a full queue: 503.
-GET /requests/ID (same token) → the request's record: state queued, running, done (version,
-  checks, rows removed, ledger seq) or failed (error); unknown: 404.
-GET /ledger → {entries, verified} (a tampered ledger: 409 naming the first bad entry).
+POST /forget {users, purpose?, method?, reason?, request_id?, sets?} records a deletion request
+  in the deployment's durable queue and answers at once: 202 {request_id, state: "queued",
+  position} (the same request again: its record, 200 once done). Unknown users, an empty list,
+  bad settings: 422 (nothing queued); a request id already used for other users: 409; a full
+  queue: 503.
+GET /requests/ID → the request's record: state queued, running, done (version, checks, rows
+  removed, ledger seq) or failed (error); unknown: 404.
+GET /ledger → {entries, verified, head} (a tampered ledger: 409 naming the first bad entry).
 Predict lookups that fail (unknown user or item, deleted history): 404.
+
+Tokens (`Authorization: Bearer <token>`): /forget needs the forget token ($E2UREC_SERVE_TOKEN;
+unset: 403, forgetting is disabled); /predict, /requests and /ledger need the read token
+($E2UREC_READ_TOKEN) or the forget token; with no token set they are open, which `serve` allows
+on a loopback address only. Missing or wrong: 401.
 
 A worker thread (`e2urec.deploy.worker`, started with the app unless worker=False) serves the
 queue in coalesced passes and swaps its new model in under a lock; predictions keep being served
@@ -23,12 +27,13 @@ from __future__ import annotations
 
 import contextlib
 import hmac
+import ipaddress
 import logging
 import os
 import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -45,6 +50,7 @@ from e2urec.runs import RunModel
 log = logging.getLogger("e2urec.serve")
 
 TOKEN_ENV = "E2UREC_SERVE_TOKEN"
+READ_TOKEN_ENV = "E2UREC_READ_TOKEN"
 
 
 class PredictBody(BaseModel):
@@ -58,7 +64,8 @@ class ForgetBody(BaseModel):
     """A deletion request."""
 
     users: list[int] = Field(min_length=1)
-    method: str = "e2urec"
+    purpose: Literal["privacy", "pollution"] = "privacy"
+    method: str | None = None
     reason: str | None = None
     request_id: str | None = None
     sets: list[str] = Field(default_factory=list)
@@ -133,6 +140,39 @@ def _validation_message(exc: RequestValidationError) -> str:
     return "invalid request: " + "; ".join(parts)
 
 
+class Tokens:
+    """The forget token and the read token (default: the environment); `forget(request)` and
+    `read(request)` give the refusal, or None when the request may go on."""
+
+    def __init__(self, forget: str | None = None, read: str | None = None) -> None:
+        self.forget_token = forget if forget is not None else os.environ.get(TOKEN_ENV) or None
+        self.read_token = read if read is not None else os.environ.get(READ_TOKEN_ENV) or None
+
+    def _given(self, request: Request, *tokens: str | None) -> bool:
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        return scheme.lower() == "bearer" and any(
+            t is not None and hmac.compare_digest(given.encode(), t.encode()) for t in tokens
+        )
+
+    def forget(self, request: Request) -> JSONResponse | None:
+        """None when the forget token was given."""
+        if self.forget_token is None:
+            return _error(403, f"forgetting is disabled: start the server with ${TOKEN_ENV} set")
+        return (
+            None
+            if self._given(request, self.forget_token)
+            else _error(401, "missing or wrong bearer token")
+        )
+
+    def read(self, request: Request) -> JSONResponse | None:
+        """None when a token was given (or none is configured)."""
+        if self.forget_token is None and self.read_token is None:
+            return None
+        if self._given(request, self.read_token, self.forget_token):
+            return None
+        return _error(401, "missing or wrong bearer token")
+
+
 def create_app(
     deployment: str | Path,
     token: str | None = None,
@@ -140,12 +180,14 @@ def create_app(
     max_users: int = MAX_USERS,
     max_wait: float = 0.0,
     queue_limit: int = QUEUE_LIMIT,
+    read_token: str | None = None,
 ) -> FastAPI:
-    """The app serving `deployment`; `token` (default $E2UREC_SERVE_TOKEN) guards /forget and
-    /requests. With `worker`, a queue worker thread (max_users, max_wait: see `Worker`) holds
-    the deployment while the app runs; creating the app fails if another worker holds it."""
+    """The app serving `deployment`; `token` and `read_token` (default: the environment, see
+    the module docstring) guard its routes. With `worker`, a queue worker thread (max_users,
+    max_wait: see `Worker`) holds the deployment while the app runs; creating the app fails if
+    another worker holds it."""
     dep = Deployment(deployment)
-    token = token if token is not None else os.environ.get(TOKEN_ENV) or None
+    tokens = Tokens(token, read_token)
     live = Live(dep)
     background = None
     if worker:
@@ -167,21 +209,21 @@ def create_app(
         title="e2urec", description="LLM recommender with deletion requests", lifespan=lifespan
     )
 
-    def refused(request: Request) -> JSONResponse | None:
-        if token is None:
-            return _error(403, f"forgetting is disabled: start the server with ${TOKEN_ENV} set")
-        scheme, _, given = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(given.encode(), token.encode()):
-            return _error(401, "missing or wrong bearer token")
-        return None
-
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         return _error(422, _validation_message(exc))
 
+    _read_routes(app, dep, live, tokens, refresh=background is None)
+    _forget_route(app, dep, tokens, queue_limit)
+    return app
+
+
+def _read_routes(app: FastAPI, dep: Deployment, live: Live, tokens: Tokens, refresh: bool) -> None:
     @app.post("/predict")
-    def predict(body: PredictBody) -> Any:
-        if background is None:
+    def predict(body: PredictBody, request: Request) -> Any:
+        if (denied := tokens.read(request)) is not None:
+            return denied
+        if refresh:
             live.refresh()
         version, model = live.get()
         try:
@@ -190,36 +232,9 @@ def create_app(
             return _error(404, str(exc))
         return {"user": body.user, "version": version, "scores": scores}
 
-    @app.post("/forget")
-    def forget(body: ForgetBody, request: Request) -> Any:
-        denied = refused(request)
-        if denied is not None:
-            return denied
-        try:
-            record, _ = dep.enqueue(
-                body.users,
-                method=body.method,
-                sets=body.sets,
-                reason=body.reason,
-                request_id=body.request_id,
-                limit=queue_limit,
-            )
-        except Conflict as exc:
-            return _error(409, str(exc))
-        except QueueFull as exc:
-            return _error(503, str(exc))
-        except E2URecError as exc:
-            return _error(422, str(exc))
-        status = 200 if record["state"] == "done" else 202
-        fields = ("request_id", "state", "position", "merged_with", "version")
-        return JSONResponse(
-            status_code=status, content={k: record[k] for k in fields if record.get(k) is not None}
-        )
-
     @app.get("/requests/{request_id}")
     def request_state(request_id: str, request: Request) -> Any:
-        denied = refused(request)
-        if denied is not None:
+        if (denied := tokens.read(request)) is not None:
             return denied
         try:
             record = dep.request(request_id)
@@ -230,7 +245,9 @@ def create_app(
         return {k: v for k, v in record.items() if k != "created_s"}
 
     @app.get("/ledger")
-    def ledger(expect_head: str | None = None) -> Any:
+    def ledger(request: Request, expect_head: str | None = None) -> Any:
+        if (denied := tokens.read(request)) is not None:
+            return denied
         try:
             entries = dep.ledger.entries(expect_head)
         except E2URecError as exc:
@@ -238,13 +255,47 @@ def create_app(
         head = entry_hash(entries[-1]) if entries else None
         return {"verified": True, "head": head, "entries": entries}
 
-    return app
+
+def _forget_route(app: FastAPI, dep: Deployment, tokens: Tokens, queue_limit: int) -> None:
+    @app.post("/forget")
+    def forget(body: ForgetBody, request: Request) -> Any:
+        if (denied := tokens.forget(request)) is not None:
+            return denied
+        try:
+            options = body.model_dump(exclude={"users"})
+            record, _ = dep.enqueue(body.users, limit=queue_limit, **options)
+        except Conflict as exc:
+            return _error(409, str(exc))
+        except QueueFull as exc:
+            return _error(503, str(exc))
+        except E2URecError as exc:
+            return _error(422, str(exc))
+        fields = ("request_id", "state", "position", "merged_with", "version")
+        content = {k: record[k] for k in fields if record.get(k) is not None}
+        return JSONResponse(status_code=200 if record["state"] == "done" else 202, content=content)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` is a loopback address (or localhost)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def serve(
     deployment: str | Path, host: str = "127.0.0.1", port: int = 8000, **options: Any
 ) -> None:
-    """Run the app with uvicorn until interrupted (`options`: see `create_app`)."""
+    """Run the app with uvicorn until interrupted (`options`: see `create_app`). A host that is
+    not a loopback address needs the tokens set (otherwise one clear error, nothing served)."""
     import uvicorn
 
+    tokens = Tokens(options.get("token"), options.get("read_token"))
+    if not is_loopback(host) and tokens.forget_token is None and tokens.read_token is None:
+        raise E2URecError(
+            f"refusing to serve on {host} without tokens: set ${TOKEN_ENV} (forget) and "
+            f"${READ_TOKEN_ENV} (predict, requests, ledger), or serve on 127.0.0.1"
+        )
     uvicorn.run(create_app(deployment, **options), host=host, port=port, log_level="info")
