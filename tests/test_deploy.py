@@ -13,7 +13,6 @@ from e2urec import api, cli
 from e2urec.data.prepare import PrepareConfig
 from e2urec.deploy.deployment import Deployment
 from e2urec.deploy.store import Store
-from e2urec.errors import E2URecError
 
 FAST = ["epochs=1", "aug_epochs=1", "max_steps=2", "batch_size=8"]
 

@@ -375,28 +375,23 @@ class Deployment:
         request = {
             k: options.pop(k) for k in ("method", "sets", "reason", "purpose") if k in options
         }
-        if users is None:
-            if request_id is None:
-                raise E2URecError("give the users to forget (or a --request-id to resume)")
-            rid = request_id
-        else:
-            rid = self.checked(users, request.get("method"), request.get("sets"),
-                               request.get("purpose", "privacy"), request_id)["request_id"]  # fmt: skip
-        record = self.request(rid)
-        if users is None and record is None:
-            raise E2URecError(f"no request {rid!r} to resume; give --users")
-        if users is not None and (record is None or record["state"] != "done"):
-            with Worker(self, say=say, **options) as worker:
-                record, _ = self.enqueue(users, request_id=rid, **request)
-                worker.drain()
-            return self._result(rid, "done")
-        if record is not None and record["state"] != "done":
-            with Worker(self, say=say, **options) as worker:
-                worker.drain()
-            return self._result(rid, "done")
+        if users is None and request_id is None:
+            raise E2URecError("give the users to forget (or a --request-id to resume)")
         if users is not None:
-            self.enqueue(users, request_id=rid, **request)  # a conflict is an error
-        return self._result(rid, "already done")
+            checks = {k: v for k, v in request.items() if k != "reason"}
+            request_id = self.checked(users, request_id=request_id, **checks)["request_id"]
+        record = self.request(request_id)
+        if record is None and users is None:
+            raise E2URecError(f"no request {request_id!r} to resume; give --users")
+        if record is not None and record["state"] == "done":
+            if users is not None:
+                self.enqueue(users, request_id=request_id, **request)  # a conflict is an error
+            return self._result(request_id, "already done")
+        with Worker(self, say=say, **options) as worker:
+            if users is not None:
+                self.enqueue(users, request_id=request_id, **request)
+            worker.drain()
+        return self._result(request_id, "done")
 
     def _result(self, request_id: str, status: str) -> ForgetResult:
         record = self.request(request_id) or {}
@@ -404,9 +399,7 @@ class Deployment:
             raise E2URecError(f"request {request_id} failed: {record.get('error')}")
         entry = self.ledger.entries()[record["ledger_seq"] - 1]
         missing = entry.get("no_training_data") or []
-        notes = [f"no training data held for {len(missing)} of the request's user(s)"] * bool(
-            missing
-        )
+        notes = [f"no training data held for {len(missing)} of its user(s)"] if missing else []
         if status == "done" and len(missing) == len(entry.get("users") or []):
             status = "no training data"
         return ForgetResult(status, request_id, entry, notes)
