@@ -189,8 +189,14 @@ def test_purpose_picks_the_method(
 
     other = tmp_path / "default"
     assert deploy(world, other) == 0
-    record, _ = api.enqueue(other, [a], purpose="pollution", sets=["max_steps=2"])
-    assert record["method"] == "e2urec" and record["sets"] == ["teacher=contrastive", "max_steps=2"]
+    record, _ = api.enqueue(other, [a], purpose="pollution", sets=["max_steps=2", "aug_epochs=1"])
+    assert record["method"] == "e2urec" and record["sets"][:2] == [
+        "teacher=contrastive",
+        "max_steps=2",
+    ]
+    with Worker(other) as worker:  # the default for pollution runs through the pipeline
+        (served,) = worker.drain()
+    assert served["state"] == "done" and api.ledger(other)[1]["params"][0] == "teacher=contrastive"
     with pytest.raises(E2URecError, match="purpose"):
         api.enqueue(other, [a], purpose="fun")
 

@@ -1,30 +1,18 @@
-"""The queue worker: the one deletion pipeline. It serves queued requests in order, in
-coalesced passes, warm.
+"""The queue worker, the one deletion pipeline: queued requests served in order, in
+coalesced passes, warm (a synchronous `forget` is a worker draining the queue in-process).
 
-A `Worker` holds the deployment's lock for its whole life (one worker per deployment; a
-synchronous `forget` is a worker draining the queue in-process) and keeps in memory what every
-pass needs: the serving model, the store's train rows, a fixed seeded sample of validation rows
-and of held-out test rows, and the serving model's outputs on both samples (P(Yes) and
-first-answer loss per row, computed once per version). A pass (see `queue.Queue.claim`) runs:
-
-  1. the data hashes before and after (one scan of the store), recorded on the pass;
-  2. the unlearning method over the union of the pass's users, in memory (the method's run
-     folder is requests/pass-N/run; its result is merged into one model);
-  3. checks sized to the request: membership-inference AUC of each request's own users' rows
-     against the held-out sample, validation AUC on the validation sample, before (cached
-     outputs of the serving model) and after (the new model);
-  4. the new version written whole to versions/vNNNN (staged, then one rename): the commit point;
-  5. the users' rows removed from the store (zeroed, the WAL truncated), current.json switched,
-     one ledger entry per request (one atomic ledger rewrite), the new model swapped in
-     (`on_switch`), the requests marked done with their users as pseudonyms (one transaction),
-     the superseded versions purged (see `Deployment.purge`).
-
-A crash before step 4 leaves no version: the restarted worker runs the pass again. A crash after
-it finishes step 5 from what the version folder records (its checks), so a version is never
-half switched and every accepted request ends done. An error before the commit point (the
-method failing) marks the pass's requests failed with the reason; a tampered ledger stops the
-worker before any pass starts. Starting, a worker adopts an older deployment's unfinished
-synchronous requests, removes leftover working folders and purges expired versions.
+A `Worker` holds the deployment's lock while it lives and keeps in memory the serving model, the
+store's train rows, seeded samples of validation and held-out test rows and the model's outputs
+on them (once per version). A pass (see `queue.Queue.claim`): 1. the data hashes before and
+after; 2. the method over the union of the pass's users, in memory, merged into one model;
+3. checks per request: membership-inference AUC of its users' rows against the held-out sample
+and validation AUC, before (cached) and after; 4. the version written whole (staged, one
+rename): the commit point; 5. the rows removed (zeroed, WAL truncated), current.json switched,
+one ledger entry per request (one atomic rewrite), the model swapped in (`on_switch`), the
+requests done with pseudonyms for users (one transaction), superseded versions purged.
+A crash before 4 leaves no version (the pass runs again); after it, step 5 is finished from the
+version folder. A method that fails marks the pass's requests failed. A starting worker adopts
+an older deployment's unfinished requests, removes leftovers and purges expired versions.
 """
 
 from __future__ import annotations
@@ -491,14 +479,12 @@ def _merged(fields: dict[str, Any], run_dir: Path, source: Any) -> Any:
 
 
 class Clock:
-    """Wall seconds and the worker thread's CPU seconds per phase of a pass. The CPU time is
-    what a phase costs without other processes competing for the cores (the model's own
-    operations run in the calling thread when torch uses one thread)."""
+    """Wall and CPU seconds (this thread's: what a phase costs without competing processes)
+    per phase of a pass."""
 
     def __init__(self) -> None:
-        self.began = time.perf_counter(), time.thread_time()
-        self.wall: dict[str, float] = {}
-        self.cpu: dict[str, float] = {}
+        self.began = (time.perf_counter(), time.thread_time())
+        self.spent: dict[str, list[float]] = {}
 
     @contextlib.contextmanager
     def phase(self, name: str) -> Iterator[None]:
@@ -507,14 +493,15 @@ class Clock:
         try:
             yield
         finally:
-            self.wall[name] = self.wall.get(name, 0.0) + time.perf_counter() - wall
-            self.cpu[name] = self.cpu.get(name, 0.0) + time.thread_time() - cpu
+            spent = self.spent.setdefault(name, [0.0, 0.0])
+            spent[0] += time.perf_counter() - wall
+            spent[1] += time.thread_time() - cpu
 
     def summary(self) -> dict[str, dict[str, float]]:
         """{"wall_s": {phase: s, ..., "total": s}, "cpu_s": {...}}, rounded to ms."""
-        wall = {**self.wall, "total": time.perf_counter() - self.began[0]}
-        cpu = {**self.cpu, "total": time.thread_time() - self.began[1]}
+        total = [time.perf_counter() - self.began[0], time.thread_time() - self.began[1]]
+        rows = {**self.spent, "total": total}
         return {
-            "wall_s": {k: round(v, 3) for k, v in wall.items()},
-            "cpu_s": {k: round(v, 3) for k, v in cpu.items()},
+            k: {n: round(v[i], 3) for n, v in rows.items()}
+            for i, k in enumerate(("wall_s", "cpu_s"))
         }
