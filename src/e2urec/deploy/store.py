@@ -12,8 +12,8 @@ Data tables:
 Queue tables (see `queue`): requests, passes; retired(version, since): superseded versions.
 
 Every connection runs in WAL mode with `secure_delete` on (deleted content is zeroed in the
-page); after rows leave, the WAL is checkpointed with TRUNCATE and the file vacuumed when
-freed pages pass a sixth of it, so no page of the file keeps deleted rows.
+page); after rows leave, the file is vacuumed when a fifth of it is free or unused space and
+the WAL is checkpointed with TRUNCATE, so no page of the file keeps deleted rows.
 """
 
 from __future__ import annotations
@@ -322,16 +322,23 @@ class Store:
             self.compact()
 
     def compact(self, tries: int = 50) -> None:
-        """VACUUM when freed pages exceed a sixth of the file, then checkpoint the WAL into
-        the file and truncate it (retried while readers hold old snapshots)."""
+        """VACUUM when more than a fifth of the file is free or unused page space (always when
+        SQLite lacks the dbstat table to tell), then checkpoint the WAL into the file and
+        truncate it (retried while readers hold old snapshots)."""
         conn = self._open(isolation_level=None)
         try:
-            free = conn.execute("PRAGMA freelist_count").fetchone()[0]
-            if free * 6 > conn.execute("PRAGMA page_count").fetchone()[0]:
+            try:
+                size, unused = conn.execute(
+                    "SELECT SUM(pgsize), SUM(unused) FROM dbstat"
+                ).fetchone()
+                free = conn.execute("PRAGMA freelist_count").fetchone()[0]
+                slack = (unused + free * conn.execute("PRAGMA page_size").fetchone()[0]) / size
+            except sqlite3.OperationalError:
+                slack = 1.0
+            if slack > 0.2:
                 conn.execute("VACUUM")
             for _ in range(tries):
-                busy, _, _ = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
-                if not busy:
+                if not conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]:
                     return
                 time.sleep(0.1)
         finally:
