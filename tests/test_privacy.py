@@ -127,6 +127,8 @@ def test_rollback_window_keeps_then_rollback_and_expiry(
     deployment = Deployment(dep)
     assert deployment.versions() == ["v0001", "v0002"]  # kept for the window
     capsys.readouterr()
+    assert cli.main(["audit", "--deployment", str(dep), "--user", str(first)]) == 1
+    assert "v0001: a model trained on the user's rows" in capsys.readouterr().out
     assert cli.main(["rollback", "--deployment", str(dep)]) == 0
     out = capsys.readouterr().out
     assert "rolled back v0002 -> v0001" in out and result.request_id in out
@@ -144,6 +146,7 @@ def test_rollback_window_keeps_then_rollback_and_expiry(
         pass
     assert deployment.versions() == ["v0003"]
     assert api.ledger(dep)[-1]["kind"] == "purge"
+    assert api.audit(dep, second).traces == 0
 
 
 @pytest.mark.parametrize(

@@ -4,6 +4,8 @@ Every file under the folder is read as bytes (the SQLite file with its free page
 version folders, request records, the ledger, logs, hidden files). A trace is:
 - a row of the user: the bytes of one of their prompts (raw, or JSON-escaped), or of a line of a
   prompt no other user's prompts contain (their history list), found anywhere;
+- a model trained on their rows: a version older than the one that unlearned them (kept by the
+  rollback window, or serving again after a rollback);
 - their id: a live row of the store naming it (samples, ratings, profiles, known users, queue
   records); in a JSON file, a user field holding it in plaintext; in the SQLite bytes or another
   file, a JSON list or a `user...` field holding it.
@@ -21,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from e2urec.deploy.deployment import Deployment
-from e2urec.deploy.ledger import SECRET, Keys
+from e2urec.deploy.ledger import SECRET, Keys, names
 from e2urec.deploy.store import SPLITS
 from e2urec.errors import E2URecError
 
@@ -87,7 +89,25 @@ def audit(
             report.notes.append(f"{name}: the user's keyed pseudonym {pseudonym} (expected)")
         report.files[name] = found
     report.files["store.sqlite (live rows)"] = _live_rows(dep, user)
+    report.files["versions (models)"] = _models(dep, user, pseudonym)
     return report
+
+
+def _models(dep: Deployment, user: int, pseudonym: str) -> list[str]:
+    """Versions present that were trained on the user's rows: those before the first version
+    that unlearned them (kept by the rollback window, or serving again after a rollback)."""
+    unlearned = [
+        e["version"]
+        for e in dep.ledger.entries()
+        if e.get("kind") == "forget" and e.get("method") and names(e, user, pseudonym)
+    ]
+    if not unlearned:
+        return []
+    return [
+        f"{v}: a model trained on the user's rows" + (" (it serves)" if v == dep.current() else "")
+        for v in dep.versions()
+        if v < min(unlearned)
+    ]
 
 
 def _needles(dep: Deployment, user: int, data: str | Path | None) -> list[bytes]:
