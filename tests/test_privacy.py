@@ -236,7 +236,12 @@ def test_old_format_deployment_loads_verifies_and_migrates(
                "method": "e2urec", "sets": FAST, "reason": None}  # fmt: skip
     (folder / "request.json").write_text(json.dumps(request))
 
+    receipt = dep / "requests" / "old-1"
+    receipt.mkdir()
+    (receipt / "request.json").write_text(json.dumps({**request, "status": "done", "users": [old]}))
     assert len(api.ledger(dep)) == 2  # verifies
+    with pytest.raises(E2URecError, match="their data was deleted"):
+        api.predict(dep, old, [1])
     with Worker(dep) as worker:  # adopts old-2, keys the deployment, pseudonymises `old`
         served = worker.drain()
     assert [r["request_id"] for r in served] == ["old-2"] and served[0]["state"] == "done"

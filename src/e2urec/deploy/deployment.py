@@ -185,8 +185,9 @@ class Deployment:
         return self._queue
 
     def ensure_keys(self) -> None:
-        """Create the secret of an older deployment that never had one (a deployment whose
-        secret went missing is an error, not a new key)."""
+        """Create the tables and the secret of an older deployment that never had them (a
+        deployment whose secret went missing is an error, not a new key)."""
+        self.queue  # noqa: B018 (an older store gets its queue tables first)
         if not self.keys.path.is_file() and not self.store.meta().get("keyed"):
             self.keys.create()
             self.store.set_meta({"keyed": True})
