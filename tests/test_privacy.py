@@ -230,19 +230,24 @@ def test_old_format_deployment_loads_verifies_and_migrates(
             "rows_removed": {"train": 3},
         }  # fmt: skip
     )
-    folder = dep / "requests" / "old-2"
-    folder.mkdir(parents=True)
-    request = {"request_id": "old-2", "status": "started", "users": [pending],
-               "method": "e2urec", "sets": FAST, "reason": None}  # fmt: skip
-    (folder / "request.json").write_text(json.dumps(request))
+    request = {"request_id": "old-1", "status": "done", "users": [old],
+               "method": "e2urec", "sets": FAST, "reason": "by mail"}  # fmt: skip
 
-    receipt = dep / "requests" / "old-1"
-    receipt.mkdir()
-    (receipt / "request.json").write_text(json.dumps({**request, "status": "done", "users": [old]}))
+    def request_folder(rid: str, state: str, user: int) -> Path:
+        folder = dep / "requests" / rid
+        folder.mkdir(parents=True)
+        record = {**request, "request_id": rid, "status": state, "users": [user]}
+        (folder / "request.json").write_text(json.dumps(record))
+        return folder
+
+    receipt = request_folder("old-1", "done", old)
     assert len(api.ledger(dep)) == 2  # verifies
     with pytest.raises(E2URecError, match="their data was deleted"):
         api.predict(dep, old, [1])
-    with Worker(dep) as worker:  # adopts old-2, keys the deployment, pseudonymises `old`
+    with Worker(dep):  # keys the deployment, pseudonymises `old`, drops the old receipt
+        assert not receipt.exists()
+    request_folder("old-2", "started", pending)  # an unfinished synchronous request
+    with Worker(dep) as worker:
         served = worker.drain()
     assert [r["request_id"] for r in served] == ["old-2"] and served[0]["state"] == "done"
     assert (dep / "secret.key").is_file() and not list((dep / "requests").rglob("*.json"))
