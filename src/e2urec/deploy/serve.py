@@ -51,6 +51,7 @@ log = logging.getLogger("e2urec.serve")
 
 TOKEN_ENV = "E2UREC_SERVE_TOKEN"
 READ_TOKEN_ENV = "E2UREC_READ_TOKEN"
+UNAUTHORIZED = "missing or wrong bearer token"
 
 
 class PredictBody(BaseModel):
@@ -72,16 +73,23 @@ class ForgetBody(BaseModel):
 
 
 class Live:
-    """The version that serves and its loaded model, swapped together under a lock."""
+    """The version that serves and its loaded model, swapped together under a lock. With a
+    `worker`, the queue worker runs in a thread from `start` until `close`: it takes the
+    deployment, hands its warm model here (one model in memory) and swaps in each new one."""
 
-    def __init__(self, deployment: Deployment) -> None:
-        self.deployment = deployment
+    def __init__(self, deployment: Deployment, worker: Worker | None = None) -> None:
+        self.deployment, self.worker = deployment, worker
         self._lock = threading.Lock()
         self.version = deployment.current()
         self.model = deployment.load_model(self.version)
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._work, name="e2urec-worker", daemon=True)
 
     def get(self) -> tuple[str, RunModel]:
-        """The current (version, model) pair."""
+        """The current (version, model) pair (without a worker: reloaded if it changed)."""
+        if self.worker is None and self.deployment.current() != self.version:
+            version = self.deployment.current()
+            self.set(version, self.deployment.load_model(version))
         with self._lock:
             return self.version, self.model
 
@@ -90,40 +98,25 @@ class Live:
         with self._lock:
             self.version, self.model = version, model
 
-    def refresh(self) -> None:
-        """Load the deployment's current version if it changed, then swap it in."""
-        version = self.deployment.current()
-        if version != self.get()[0]:
-            self.set(version, self.deployment.load_model(version))
-
-
-class Background:
-    """The queue worker in a thread from `start` until `close`: it takes the deployment, loads
-    its warm state, hands its model to `live` (one model in memory) and serves the queue."""
-
-    def __init__(self, worker: Worker, live: Live) -> None:
-        self.worker, self.live = worker, live
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, name="e2urec-worker", daemon=True)
-
-    def _run(self) -> None:
+    def _work(self) -> None:
         try:
-            with self.worker as worker:
-                warm = worker.warm
-                assert warm is not None
-                self.live.set(warm.version, warm.model)
-                worker.on_switch = self.live.set
+            with self.worker as worker:  # type: ignore[union-attr]
+                self.set(worker.warm.version, worker.warm.model)  # type: ignore[union-attr]
+                worker.on_switch = self.set
                 worker.run(self.stop)
         except Exception as exc:  # noqa: BLE001 (reported; predictions go on without a worker)
             log.error("e2urec worker stopped: %s", exc)
 
     def start(self) -> None:
-        self.thread.start()
+        """Start the worker thread, if any."""
+        if self.worker is not None:
+            self.thread.start()
 
     def close(self, timeout: float = 600.0) -> None:
         """Stop after the pass in progress (a pass cut short is finished on the next start)."""
-        self.stop.set()
-        self.thread.join(timeout)
+        if self.worker is not None:
+            self.stop.set()
+            self.thread.join(timeout)
 
 
 def _error(status: int, message: str) -> JSONResponse:
@@ -158,19 +151,17 @@ class Tokens:
         """None when the forget token was given."""
         if self.forget_token is None:
             return _error(403, f"forgetting is disabled: start the server with ${TOKEN_ENV} set")
-        return (
-            None
-            if self._given(request, self.forget_token)
-            else _error(401, "missing or wrong bearer token")
-        )
+        return None if self._given(request, self.forget_token) else _error(401, UNAUTHORIZED)
 
     def read(self, request: Request) -> JSONResponse | None:
         """None when a token was given (or none is configured)."""
         if self.forget_token is None and self.read_token is None:
             return None
-        if self._given(request, self.read_token, self.forget_token):
-            return None
-        return _error(401, "missing or wrong bearer token")
+        return (
+            None
+            if self._given(request, self.read_token, self.forget_token)
+            else _error(401, UNAUTHORIZED)
+        )
 
 
 def create_app(
@@ -188,22 +179,18 @@ def create_app(
     another worker holds it."""
     dep = Deployment(deployment)
     tokens = Tokens(token, read_token)
-    live = Live(dep)
-    background = None
     if worker:
         with dep.lock("a queue worker"):  # one clear error now if another worker holds DEP
             pass
-        background = Background(Worker(dep, max_users=max_users, max_wait=max_wait), live)
+    live = Live(dep, Worker(dep, max_users=max_users, max_wait=max_wait) if worker else None)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        if background is not None:
-            background.start()
+        live.start()
         try:
             yield
         finally:
-            if background is not None:
-                background.close()
+            live.close()
 
     app = FastAPI(
         title="e2urec", description="LLM recommender with deletion requests", lifespan=lifespan
@@ -213,18 +200,16 @@ def create_app(
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         return _error(422, _validation_message(exc))
 
-    _read_routes(app, dep, live, tokens, refresh=background is None)
+    _read_routes(app, dep, live, tokens)
     _forget_route(app, dep, tokens, queue_limit)
     return app
 
 
-def _read_routes(app: FastAPI, dep: Deployment, live: Live, tokens: Tokens, refresh: bool) -> None:
+def _read_routes(app: FastAPI, dep: Deployment, live: Live, tokens: Tokens) -> None:
     @app.post("/predict")
     def predict(body: PredictBody, request: Request) -> Any:
         if (denied := tokens.read(request)) is not None:
             return denied
-        if refresh:
-            live.refresh()
         version, model = live.get()
         try:
             scores = dep.predict(body.user, body.items, model=model)
