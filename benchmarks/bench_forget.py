@@ -18,7 +18,8 @@ Then, each part on its own copy of the deployment:
   privacy     one single-user deletion (synchronous `forget`): version folders left, `e2urec
               audit` of the user, files holding any byte sequence of the user's prompts, the
               store's size over a compacted copy (VACUUM INTO);
-  kill        --kill-trials times: --kill-batch requests queued, an `e2urec work` process killed
+  kill        --kill-trials times, each on a fresh copy: --kill-batch single-user requests (users
+              drawn from all train users) queued, an `e2urec work` process killed
               with SIGKILL at a random moment after its pass began, a new `e2urec work --once`
               finishes; every request done, the ledger verifies, no rows left, no partial
               version, one version folder, no file holding the trial users' prompts, the audit
@@ -96,9 +97,9 @@ def copy_of(base: Path, work: Path, name: str) -> Deployment:
 
 
 def pick_users(
-    dep: Deployment, count: int, seed: int, exclude: set[int] = frozenset()
+    dep: Deployment, count: int | None, seed: int, exclude: set[int] = frozenset()
 ) -> list[int]:
-    """`count` seeded random users holding train rows."""
+    """`count` (None: all) seeded random users holding train rows."""
     with dep.store.connect() as conn:
         users = [
             u
@@ -107,7 +108,7 @@ def pick_users(
             )
             if u not in exclude
         ]
-    return random.Random(seed).sample(users, count)
+    return random.Random(seed).sample(users, len(users) if count is None else count)
 
 
 def pass_timings(dep: Deployment, pass_id: int) -> dict[str, float]:
@@ -330,15 +331,15 @@ def stream(base: Path, work: Path, users: list[int], args: argparse.Namespace) -
 
 # ---------------------------------------------------------------- kill -9
 def kill_trials(base: Path, work: Path, users: list[int], args: argparse.Namespace) -> dict:
-    dep = copy_of(base, work, "kill")
+    """Each trial on a fresh copy of the deployment: --kill-batch users drawn from `users`."""
     rng = random.Random(1)
-    command = [sys.executable, "-m", "e2urec", "work", "--deployment", str(dep.path)]
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     trials = []
-    batch = args.kill_batch
     sets = args.set + (args.kill_set or [])
     for trial in range(args.kill_trials):
-        mine = users[batch * trial : batch * (trial + 1)]
+        dep = copy_of(base, work, "kill")
+        command = [sys.executable, "-m", "e2urec", "work", "--deployment", str(dep.path)]
+        mine = sorted(rng.sample(users, args.kill_batch))
         needles = [r["prompt"].encode() for s in SPLITS for r in dep.store.rows(s, mine)]
         ids = [dep.enqueue([u], sets=sets)[0]["request_id"] for u in mine]
         process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=env)
@@ -528,9 +529,7 @@ def main() -> None:
         finals = {n: work / n for n in ("sequential", "coalesced") if (work / n).is_dir()}
         results["retrain"] = retrain_distance(base, work, users, finals, args)
         save()
-    others = pick_users(
-        dep, args.stream + args.kill_batch * args.kill_trials + 1, seed=1, exclude=set(users)
-    )
+    others = pick_users(dep, args.stream + 1, seed=1, exclude=set(users))
     if "stream" in parts:
         say("stream")
         results["stream"] = stream(base, work, others[: args.stream], args)
@@ -541,7 +540,7 @@ def main() -> None:
         save()
     if "kill" in parts:
         say("kill -9")
-        results["kill"] = kill_trials(base, work, others[args.stream : -1], args)
+        results["kill"] = kill_trials(base, work, pick_users(dep, None, seed=2), args)
         save()
     results["setup"]["load_average_end"] = os.getloadavg()
     save()
