@@ -8,8 +8,8 @@ after; 2. the method over the union of the pass's users, in memory, merged into 
 3. checks per request: membership-inference AUC of its users' rows against the held-out sample
 and validation AUC, before (cached) and after; 4. the version written whole (staged, one
 rename): the commit point; 5. the rows removed (zeroed, WAL truncated), current.json switched,
-one ledger entry per request (one atomic rewrite), the model swapped in (`on_switch`), the
-requests done with pseudonyms for users (one transaction), superseded versions purged.
+one ledger entry per request (one atomic rewrite), the model swapped in (`on_switch`),
+superseded versions purged, the requests done with pseudonyms for users (one transaction).
 A crash before 4 leaves no version (the pass runs again); after it, step 5 is finished from the
 version folder. A method that fails marks the pass's requests failed. A starting worker adopts
 an older deployment's unfinished requests, removes leftovers and purges expired versions.
@@ -261,10 +261,11 @@ class Worker:
             checks_by_id, recorded = self._commit(work, final)
         with clock.phase("switch_memory"):
             self._advance(work, built)  # the new version serves before anyone reads "done"
+        with clock.phase("purge"):
+            self._purge()  # and the superseded one is gone (or kept for the window)
+            shutil.rmtree(folder, ignore_errors=True)
         timings = clock.summary()
         dep.queue.finish(work, checks_by_id, recorded, timings, dep.keys.pseudonyms)
-        shutil.rmtree(folder, ignore_errors=True)
-        self._purge()
         self.say(
             f"pass {work.pass_id}: version {work.version} serves ({timings['wall_s']['total']:.1f} s)"
         )
