@@ -15,10 +15,15 @@ Then, each part on its own copy of the deployment:
               Original's distance to the same Retrain;
   stream      --stream requests posted concurrently to a running `serve` (worker thread):
               all accepted, all done, the ledger verifies, none of their rows left;
-  kill        --kill-trials times: two requests queued, an `e2urec work` process killed with
-              SIGKILL at a random moment after its pass began, a new `e2urec work --once`
+  privacy     one single-user deletion (synchronous `forget`): version folders left, `e2urec
+              audit` of the user, files holding any byte sequence of the user's prompts, the
+              store's size over a compacted copy (VACUUM INTO);
+  kill        --kill-trials times, each on a fresh copy: --kill-batch single-user requests (users
+              drawn from all train users) queued, an `e2urec work` process killed
+              with SIGKILL at a random moment after its pass began, a new `e2urec work --once`
               finishes; every request done, the ledger verifies, no rows left, no partial
-              version.
+              version, one version folder, no file holding the trial users' prompts, the audit
+              of two of them clean, the store's size over a compacted copy.
 
 Prints a summary and writes WORK/results.json.
 
@@ -46,6 +51,7 @@ from typing import Any
 from e2urec import api
 from e2urec.data.prepare import PrepareConfig
 from e2urec.deploy.deployment import Deployment
+from e2urec.deploy.store import SPLITS
 from e2urec.deploy.worker import Worker
 from e2urec.errors import E2URecError
 from e2urec.presets import preset_values
@@ -91,9 +97,9 @@ def copy_of(base: Path, work: Path, name: str) -> Deployment:
 
 
 def pick_users(
-    dep: Deployment, count: int, seed: int, exclude: set[int] = frozenset()
+    dep: Deployment, count: int | None, seed: int, exclude: set[int] = frozenset()
 ) -> list[int]:
-    """`count` seeded random users holding train rows."""
+    """`count` (None: all) seeded random users holding train rows."""
     with dep.store.connect() as conn:
         users = [
             u
@@ -102,7 +108,7 @@ def pick_users(
             )
             if u not in exclude
         ]
-    return random.Random(seed).sample(users, count)
+    return random.Random(seed).sample(users, len(users) if count is None else count)
 
 
 def pass_timings(dep: Deployment, pass_id: int) -> dict[str, float]:
@@ -311,7 +317,8 @@ def stream(base: Path, work: Path, users: list[int], args: argparse.Namespace) -
         "done": sum(1 for r in states.values() if r["state"] == "done"),
         "passes": len({r["pass"] for r in states.values()}),
         "seconds": round(seconds, 1),
-        "ledger_verified": ledger.status_code == 200 and len(entries) == 1 + len(accepted),
+        "ledger_verified": ledger.status_code == 200
+        and sum(e["kind"] == "forget" for e in entries) == len(accepted),
         "rows_left": left,
     }
     say(
@@ -324,14 +331,17 @@ def stream(base: Path, work: Path, users: list[int], args: argparse.Namespace) -
 
 # ---------------------------------------------------------------- kill -9
 def kill_trials(base: Path, work: Path, users: list[int], args: argparse.Namespace) -> dict:
-    dep = copy_of(base, work, "kill")
+    """Each trial on a fresh copy of the deployment: --kill-batch users drawn from `users`."""
     rng = random.Random(1)
-    command = [sys.executable, "-m", "e2urec", "work", "--deployment", str(dep.path)]
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     trials = []
+    sets = args.set + (args.kill_set or [])
     for trial in range(args.kill_trials):
-        mine = users[2 * trial : 2 * trial + 2]
-        ids = [dep.enqueue([u], sets=args.set)[0]["request_id"] for u in mine]
+        dep = copy_of(base, work, "kill")
+        command = [sys.executable, "-m", "e2urec", "work", "--deployment", str(dep.path)]
+        mine = sorted(rng.sample(users, args.kill_batch))
+        needles = [r["prompt"].encode() for s in SPLITS for r in dep.store.rows(s, mine)]
+        ids = [dep.enqueue([u], sets=sets)[0]["request_id"] for u in mine]
         process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=env)
         assert process.stderr is not None
         for line in process.stderr:
@@ -352,6 +362,10 @@ def kill_trials(base: Path, work: Path, users: list[int], args: argparse.Namespa
             "rows_left": sum(len(dep.store.rows(s, mine)) for s in ("train", "valid", "test")),
             "partial_versions": len(list((dep.path / "versions").glob(".*"))),
             "current_whole": (dep.version_dir(current) / "version.json").is_file(),
+            "versions": len(dep.versions()),
+            "files_with_prompts": files_holding(dep.path, needles),
+            "audit_traces": sum(api.audit(dep.path, u).traces for u in mine[:2]),
+            "store_ratio": store_ratio(dep),
         }
         trials.append({"delay_s": round(delay, 2), "killed": where, **ok})
         say(f"  kill {trial + 1:2d}: after {delay:.1f} s ({where}) → {ok}")
@@ -364,8 +378,62 @@ def kill_trials(base: Path, work: Path, users: list[int], args: argparse.Namespa
         and not t["rows_left"]
         and not t["partial_versions"]
         and t["current_whole"]
+        and t["versions"] == 1
+        and not t["files_with_prompts"]
+        and not t["audit_traces"]
+        and t["store_ratio"] <= 1.2
     ]
     return {"trials": trials, "all_good": len(good) == len(trials)}
+
+
+def files_holding(folder: Path, needles: list[bytes]) -> list[str]:
+    """Files under `folder` holding any of `needles`."""
+    return [
+        p.relative_to(folder).as_posix()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and any(n in p.read_bytes() for n in needles)
+    ]
+
+
+def store_ratio(dep: Deployment) -> float:
+    """The store's size (with its WAL) over a compacted copy of the same rows."""
+    compact = dep.path.parent / f"{dep.path.name}-compact.sqlite"
+    compact.unlink(missing_ok=True)
+    with dep.store.connect() as conn:
+        conn.execute("VACUUM INTO ?", (str(compact),))
+    size = sum(
+        p.stat().st_size for p in dep.path.glob("store.sqlite*") if p.suffix != ".sqlite-shm"
+    )
+    ratio = size / compact.stat().st_size
+    compact.unlink()
+    return round(ratio, 4)
+
+
+def privacy(base: Path, work: Path, user: int, args: argparse.Namespace) -> dict:
+    """One deletion: what is left of the user in the deployment folder."""
+    dep = copy_of(base, work, "privacy")
+    needles = [r["prompt"].encode() for s in SPLITS for r in dep.store.rows(s, [user])]
+    before = files_holding(dep.path, needles)
+    began = time.perf_counter()
+    result = dep.forget([user], sets=args.set)
+    seconds = time.perf_counter() - began
+    report = api.audit(dep.path, user)
+    out = {
+        "user": user,
+        "status": result.status,
+        "rows": len(needles),
+        "seconds": round(seconds, 2),
+        "files_with_prompts_before": before,
+        "versions": dep.versions(),
+        "files_with_prompts_after": files_holding(dep.path, needles),
+        "audit_traces": report.traces,
+        "audit_files": len(report.files),
+        "audit_notes": report.notes,
+        "store_ratio": store_ratio(dep),
+        "wal_bytes": sum(p.stat().st_size for p in dep.path.glob("store.sqlite-wal")),
+    }
+    say(f"  privacy: {out}")
+    return out
 
 
 def _complete(run: Path) -> bool:
@@ -407,9 +475,16 @@ def main() -> None:
     parser.add_argument("--stream-timeout", type=float, default=900.0)
     parser.add_argument("--kill-trials", type=int, default=10)
     parser.add_argument("--kill-window", type=float, default=12.0, help="kill within s of a pass")
+    parser.add_argument("--kill-batch", type=int, default=2, help="requests per kill trial (2)")
+    parser.add_argument(
+        "--kill-set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="settings added for the kill trials only (e.g. max_steps=5 for short passes)",
+    )
     parser.add_argument("--max-users", type=int, default=64, help="users per pass (64)")
     parser.add_argument(
-        "--parts", default="sequential,coalesced,retrain,stream,kill", help="parts to run"
+        "--parts", default="sequential,coalesced,retrain,stream,privacy,kill", help="parts to run"
     )
     parser.add_argument(
         "--set",
@@ -454,14 +529,18 @@ def main() -> None:
         finals = {n: work / n for n in ("sequential", "coalesced") if (work / n).is_dir()}
         results["retrain"] = retrain_distance(base, work, users, finals, args)
         save()
-    others = pick_users(dep, args.stream + 2 * args.kill_trials, seed=1, exclude=set(users))
+    others = pick_users(dep, args.stream + 1, seed=1, exclude=set(users))
     if "stream" in parts:
         say("stream")
         results["stream"] = stream(base, work, others[: args.stream], args)
         save()
+    if "privacy" in parts:
+        say("privacy")
+        results["privacy"] = privacy(base, work, others[-1], args)
+        save()
     if "kill" in parts:
         say("kill -9")
-        results["kill"] = kill_trials(base, work, others[args.stream :], args)
+        results["kill"] = kill_trials(base, work, pick_users(dep, None, seed=2), args)
         save()
     results["setup"]["load_average_end"] = os.getloadavg()
     save()

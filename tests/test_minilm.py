@@ -203,7 +203,7 @@ def test_export_deploy_forget_predict_serve(world, tmp_path) -> None:
     assert set(scores) == {1, 2} and all(0.0 < s < 1.0 for s in scores.values())
     api.forget(dep, [user], sets=FAST + ["aug_epochs=1"], reason="test")
     assert api.predict(dep, other, [1, 2]) != scores  # the new version serves
-    client = TestClient(create_app(dep, token="t"))
+    client = TestClient(create_app(dep, token="t"), headers={"Authorization": "Bearer t"})
     reply = client.post("/predict", json={"user": other, "items": [3]})
     assert reply.status_code == 200 and reply.json()["version"] == "v0002", reply.text
     gone = client.post("/predict", json={"user": user, "items": [3]})

@@ -72,9 +72,10 @@ def test_enqueue_then_one_coalesced_pass(dep: Path, capsys: pytest.CaptureFixtur
     assert out.count("done; version v0002") == 2  # one pass served both
     entries = api.ledger(dep)
     one, two = entries[1], entries[2]
-    assert (one["users"], two["users"]) == ([a], sorted([b, c]))
+    keys = Deployment(dep).keys
+    assert (one["users"], two["users"]) == (keys.pseudonyms([a]), keys.pseudonyms(sorted([b, c])))
     assert one["version"] == two["version"] == "v0002" and one["parent_version"] == "v0001"
-    assert one["pass"] == two["pass"] and one["pass"]["users"] == sorted([a, b, c])
+    assert one["pass"] == two["pass"] and one["pass"]["users"] == keys.pseudonyms(sorted([a, b, c]))
     assert one["data_sha256_after"] == Store(dep / "store.sqlite").data_sha256()
     assert one["checks"]["members"] == one["rows_removed"]["train"] > 0
     assert 0.0 <= one["checks"]["mia_auc"]["after"] <= 1.0
@@ -83,6 +84,8 @@ def test_enqueue_then_one_coalesced_pass(dep: Path, capsys: pytest.CaptureFixtur
     check_all_done(dep, [one["request_id"], two["request_id"]], [a, b, c])
     record = Deployment(dep).request(one["request_id"])
     assert record["version"] == "v0002" and record["ledger_seq"] == 2 and record["seconds"] > 0
+    assert record["users"] == keys.pseudonyms([a])  # a done record keeps no plaintext id
+    assert entries[3]["kind"] == "purge" and Deployment(dep).versions() == ["v0002"]
     assert not any((dep / "requests").glob("pass-*"))  # no copies of personal data kept
 
     assert cli.main(["work", "--deployment", str(dep), "--once"]) == 0
@@ -143,13 +146,14 @@ def test_overlapping_requests_are_merged(dep: Path) -> None:
         worker.drain()
         entries = check_all_done(dep, [first["request_id"], "second"], [a, b])
         assert entries[1]["version"] == entries[2]["version"] == "v0002"
-        assert entries[1]["pass"]["users"] == sorted([a, b])  # a unlearned once
+        keys = Deployment(dep).keys
+        assert entries[1]["pass"]["users"] == keys.pseudonyms(sorted([a, b]))  # a unlearned once
         late = enqueue(dep, [a], request_id="late")  # a is already forgotten
         worker.drain()
     record = Deployment(dep).request(late["request_id"])
     assert record["state"] == "done" and record["version"] == "v0002"  # no new version
     entry = api.ledger(dep)[-1]
-    assert entry["no_training_data"] == [a] and entry["method"] is None
+    assert entry["no_training_data"] == keys.pseudonyms([a]) and entry["method"] is None
     assert Deployment(dep).current() == "v0002"
 
 
@@ -180,14 +184,17 @@ def test_bad_requests_queue_nothing(dep: Path, capsys: pytest.CaptureFixture) ->
         code = cli.main(["forget", "--deployment", str(dep), "--enqueue", *args])
         err = capsys.readouterr().err
         assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
-    # a synchronous forget does not jump the queue; nor does it run while a worker holds DEP
-    assert cli.main(["forget", "--deployment", str(dep), "--users", str(b)]) == 2
-    assert "queued deletion request" in capsys.readouterr().err
+    # a synchronous forget does not run while a worker holds DEP (nothing is queued)
     with Worker(dep):
         with pytest.raises(Busy, match="a queue worker"):
             api.forget(dep, [b], sets=FAST)
         with pytest.raises(Busy, match="busy"):
             Worker(dep).__enter__()
+    assert queue.unfinished() == 1
+    # nor does it jump the queue: the request queued before it is served first
+    result = api.forget(dep, [b], sets=FAST)
+    assert result.status == "done" and Deployment(dep).request("r1")["state"] == "done"
+    assert [e.get("request_id") for e in api.ledger(dep) if e["kind"] == "forget"][0] == "r1"
 
 
 def test_failed_pass_records_the_reason_and_the_queue_moves_on(
@@ -264,7 +271,8 @@ def test_crash_at_any_step_is_finished_by_the_next_worker(
     with Worker(dep) as worker:
         worker.drain()
     entries = check_all_done(dep, ids, users)
-    assert deployment.current() == "v0002" and len(entries) == 3
+    assert deployment.current() == "v0002" and deployment.versions() == ["v0002"]
+    assert [e["kind"] for e in entries] == ["deploy", "forget", "forget", "purge"]
 
 
 def test_kill_9_during_a_pass(dep: Path) -> None:

@@ -88,7 +88,7 @@ def wait_done(client: httpx.Client, request_id: str, timeout: float = 120) -> di
 
 def test_predict_during_forget_then_ledger(server: Running, dep: Path) -> None:
     user, other = train_users(dep)[:2]
-    with httpx.Client(base_url=server.url, timeout=120) as client:
+    with httpx.Client(base_url=server.url, timeout=120, headers=AUTH) as client:
         reply = client.post("/predict", json={"user": other, "items": [1, 2, 3]})
         assert reply.status_code == 200
         body = reply.json()
@@ -121,7 +121,8 @@ def test_predict_during_forget_then_ledger(server: Running, dep: Path) -> None:
         gone = client.post("/predict", json={"user": user, "items": [1]})
         assert gone.status_code == 404 and "no stored history" in gone.json()["detail"]
         ledger = client.get("/ledger").json()
-        assert ledger["verified"] and [e["kind"] for e in ledger["entries"]] == ["deploy", "forget"]
+        kinds = [e["kind"] for e in ledger["entries"]]
+        assert ledger["verified"] and kinds == ["deploy", "forget", "purge"]
         anchored = client.get("/ledger", params={"expect_head": ledger["head"][:16]})
         assert anchored.status_code == 200 and anchored.json()["head"] == ledger["head"]
         wrong = client.get("/ledger", params={"expect_head": "0" * 64})
@@ -133,12 +134,12 @@ def test_bad_requests(server: Running, dep: Path) -> None:
         reply = client.post(
             "/predict",
             content=b'{"user": 1, "items": [1,',
-            headers={"content-type": "application/json"},
+            headers={"content-type": "application/json", **AUTH},
         )
         assert reply.status_code == 422 and "malformed JSON" in reply.json()["detail"]
-        reply = client.post("/predict", json={"user": "x", "items": []})
+        reply = client.post("/predict", json={"user": "x", "items": []}, headers=AUTH)
         assert reply.status_code == 422 and reply.json()["detail"].startswith("invalid request")
-        reply = client.post("/predict", json={"user": 987654, "items": [1]})
+        reply = client.post("/predict", json={"user": 987654, "items": [1]}, headers=AUTH)
         assert reply.status_code == 404 and "unknown user" in reply.json()["detail"]
         reply = client.post("/forget", json={"users": [1]})
         assert reply.status_code == 401
@@ -171,7 +172,7 @@ def test_queue_refusals_with_a_separate_worker(dep: Path) -> None:
             with Worker(dep) as worker:
                 worker.drain()
             assert wait_done(client, "ticket-1")["version"] == "v0002"
-            reply = client.post("/predict", json={"user": second, "items": [1]})
+            reply = client.post("/predict", json={"user": second, "items": [1]}, headers=AUTH)
             assert reply.json()["version"] == "v0002"
     finally:
         running.stop()
@@ -193,8 +194,9 @@ def test_concurrent_stream_all_done(server: Running, dep: Path) -> None:
         done = [wait_done(client, b["request_id"]) for b in bodies]
         assert all(d["state"] == "done" for d in done)
         assert len({d["pass"] for d in done}) < len(bodies)  # coalesced
-        ledger = client.get("/ledger").json()
-        assert ledger["verified"] and len(ledger["entries"]) == 1 + len(bodies)
+        ledger = client.get("/ledger", headers=AUTH).json()
+        forgets = [e for e in ledger["entries"] if e["kind"] == "forget"]
+        assert ledger["verified"] and len(forgets) == len(bodies)
     assert user_rows(dep, users) == 0
 
 
@@ -210,3 +212,35 @@ def test_forget_refused_without_configured_token(
         assert reply.status_code == 403 and TOKEN_ENV in reply.json()["detail"]
     finally:
         running.stop()
+
+
+def test_read_token_guards_predict_requests_and_ledger(dep: Path) -> None:
+    """A read token opens /predict, /requests and /ledger but not /forget; no token: 401."""
+    running = Running(dep, TOKEN, worker=False, read_token="reader")
+    reader = {"Authorization": "Bearer reader"}
+    user = train_users(dep)[0]
+    try:
+        with httpx.Client(base_url=running.url, timeout=60) as client:
+            for headers, expected in (({}, 401), (reader, 200), (AUTH, 200)):
+                assert client.get("/ledger", headers=headers).status_code == expected
+                reply = client.post("/predict", json={"user": user, "items": [1]}, headers=headers)
+                assert reply.status_code == expected
+            assert client.get("/requests/x", headers={}).status_code == 401
+            assert client.get("/requests/x", headers=reader).status_code == 404
+            reply = client.post("/forget", json={"users": [user]}, headers=reader)
+            assert reply.status_code == 401 and len(reply.json()["detail"].splitlines()) == 1
+    finally:
+        running.stop()
+
+
+def test_serve_refuses_a_public_host_without_tokens(
+    dep: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    from e2urec import cli
+    from e2urec.deploy.serve import READ_TOKEN_ENV
+
+    monkeypatch.delenv(TOKEN_ENV, raising=False)
+    monkeypatch.delenv(READ_TOKEN_ENV, raising=False)
+    code = cli.main(["serve", "--deployment", str(dep), "--host", "0.0.0.0", "--no-worker"])
+    err = capsys.readouterr().err
+    assert code == 2 and "without tokens" in err and len(err.strip().splitlines()) == 1

@@ -167,17 +167,19 @@ def deploy(
     out: str | Path,
     raw: str | Path | None = None,
     overwrite: bool = False,
+    **settings: Any,
 ) -> Any:
-    """Create a deployment from `run` on prepared `data` (see `e2urec.deploy.deployment`);
-    returns the `Deployment`."""
+    """Create a deployment from `run` on prepared `data` (settings: rollback_window,
+    method_for; see `e2urec.deploy.deployment.deploy`); returns the `Deployment`."""
     from e2urec.deploy.deployment import deploy as run_deploy
 
-    return run_deploy(run, data, out, raw=raw, overwrite=overwrite)
+    return run_deploy(run, data, out, raw=raw, overwrite=overwrite, **settings)
 
 
 def forget(deployment: str | Path, users: Sequence[int] | None, **options: Any) -> Any:
-    """Serve a deletion request on `deployment` (options: method, sets, reason, request_id,
-    check_rows, say); returns the `ForgetResult`. See `e2urec.deploy.deployment`."""
+    """Serve a deletion request on `deployment` now (options: purpose, method, sets, reason,
+    request_id, say): enqueue it and drain the queue; returns the `ForgetResult`. See
+    `e2urec.deploy.deployment`."""
     from e2urec.deploy.deployment import Deployment
 
     return Deployment(deployment).forget(users, **options)
@@ -186,8 +188,8 @@ def forget(deployment: str | Path, users: Sequence[int] | None, **options: Any) 
 def enqueue(
     deployment: str | Path, users: Sequence[int], **options: Any
 ) -> tuple[dict[str, Any], bool]:
-    """Record a deletion request in the deployment's queue (options: method, sets, reason,
-    request_id, limit); returns its record and whether it is new. See `e2urec.deploy.queue`."""
+    """Record a deletion request in the deployment's queue (options: purpose, method, sets,
+    reason, request_id, limit); returns its record and whether it is new. See `e2urec.deploy.queue`."""
     from e2urec.deploy.deployment import Deployment
 
     return Deployment(deployment).enqueue(users, **options)
@@ -221,3 +223,34 @@ def predict(deployment: str | Path, user: int, items: Sequence[int]) -> dict[int
     from e2urec.deploy.deployment import Deployment
 
     return Deployment(deployment).predict(user, items)
+
+
+def rollback(deployment: str | Path, to: str | None = None) -> dict[str, Any]:
+    """Serve a version kept by the rollback window again (default: the newest one); returns
+    {"from", "to", "undoes": request ids}. See `e2urec.deploy.deployment`."""
+    from e2urec.deploy.deployment import Deployment
+
+    return Deployment(deployment).rollback(to)
+
+
+def forgotten(
+    deployment: str | Path, user: int, secret: str | Path | None = None
+) -> list[dict[str, Any]]:
+    """The verified ledger's forget entries that name `user` (by keyed pseudonym, which needs
+    the deployment's secret, or by id in older entries), each with the request's reason."""
+    from e2urec.deploy.deployment import Deployment
+    from e2urec.deploy.ledger import Keys, names
+
+    dep = Deployment(deployment)
+    pseudonym = (Keys(secret) if secret is not None else dep.keys).pseudonym(user)
+    found = [e for e in dep.ledger.entries() if e.get("kind") == "forget"]
+    found = [e for e in found if names(e, user, pseudonym)]
+    return [{**e, "reason": (dep.request(e["request_id"]) or {}).get("reason")} for e in found]
+
+
+def audit(deployment: str | Path, user: int, **options: Any) -> Any:
+    """Every trace of `user` in the deployment's files (options: data, secret); returns the
+    `Report`. See `e2urec.deploy.audit`."""
+    from e2urec.deploy.audit import audit as run_audit
+
+    return run_audit(deployment, user, **options)

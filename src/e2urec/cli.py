@@ -12,6 +12,7 @@ import logging
 import sys
 
 from e2urec import __version__
+from e2urec.cli_deploy import DEPLOY_COMMANDS
 from e2urec.config import KEEP_CHOICES
 from e2urec.errors import E2URecError
 
@@ -493,271 +494,6 @@ def run_export(args: argparse.Namespace) -> None:
     print(f"exported {api.export(args.run, args.out, args.merge, args.overwrite)}")
 
 
-# ---------------------------------------------------------------- deploy / forget / ledger / predict / serve
-def add_deploy(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "deploy",
-        help="create a deployment: a model version, its training data in SQLite, a ledger",
-        description="Create deployment DEP from run RUN (an adapter run is merged): "
-        "versions/v0001, store.sqlite with the run's training rows, the valid rows (utility "
-        "checks), the test rows (held-out non-members for membership inference), the users' "
-        "ratings, profiles and item titles (read from the raw data the folder was prepared "
-        "from, or --raw), ledger.jsonl starting with a deploy entry, and current.json. DEP "
-        "appears whole or not at all.",
-    )
-    p.add_argument("--from", dest="run", required=True, metavar="RUN", help="run to deploy")
-    p.add_argument("--data", required=True, metavar="DIR", help="the run's prepared data folder")
-    p.add_argument("--out", required=True, metavar="DEP", help="deployment folder to create")
-    p.add_argument("--raw", help="raw data for titles and profiles (default: the data's own)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing DEP")
-    p.set_defaults(func=run_deploy)
-
-
-def run_deploy(args: argparse.Namespace) -> None:
-    from e2urec import api
-
-    dep = api.deploy(args.run, args.data, args.out, raw=args.raw, overwrite=args.overwrite)
-    counts = dep.store.counts()
-    print(
-        f"deployed {args.out}: version {dep.current()}, {counts['train']} train / "
-        f"{counts['valid']} valid / {counts['test']} test rows in the store"
-    )
-
-
-def add_forget(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "forget",
-        help="serve a deletion request on a deployment: unlearn, check, switch, record",
-        description="Forget users: their stored training rows are unlearned from the current "
-        "version with --method (a new merged version), membership-inference AUC on their rows "
-        "and validation AUC are checked before and after, then their rows leave the store, "
-        "current.json switches and the ledger records the request. Rerunning an interrupted "
-        "request (same users and method, or --request-id) finishes it; a finished one prints "
-        "'already done'. With --enqueue the request is only recorded in the deployment's "
-        "durable queue and the command returns at once; a worker (`e2urec serve` or "
-        "`e2urec work`) serves queued requests in order, several in one pass.",
-    )
-    p.add_argument("--deployment", required=True, metavar="DEP", help="deployment folder")
-    p.add_argument("--users", help="comma-separated user ids, e.g. 12,45")
-    p.add_argument(
-        "--enqueue", action="store_true", help="queue the request and return (see `work`)"
-    )
-    p.add_argument("--method", default="e2urec", help="unlearning method (default e2urec)")
-    p.add_argument("--reason", help="free text recorded in the ledger")
-    p.add_argument(
-        "--request-id", help="request id (default: sha256 of users and method, 16 hex digits)"
-    )
-    p.add_argument(
-        "--set", dest="sets", action="append", metavar="KEY=VALUE", help="method parameter"
-    )
-    p.set_defaults(func=run_forget)
-
-
-def run_forget(args: argparse.Namespace) -> None:
-    from e2urec import api
-    from e2urec.deploy.deployment import parse_ids
-
-    users = None if args.users is None else parse_ids(args.users, "--users")
-    if args.enqueue:
-        if users is None:
-            raise E2URecError("--enqueue needs --users")
-        record, new = api.enqueue(
-            args.deployment,
-            users,
-            method=args.method,
-            sets=args.sets,
-            reason=args.reason,
-            request_id=args.request_id,
-        )
-        print(f"request {record['request_id']}: {_request_line(record, new)}")
-        return
-    result = api.forget(
-        args.deployment,
-        users,
-        method=args.method,
-        sets=args.sets,
-        reason=args.reason,
-        request_id=args.request_id,
-        say=lambda line: print(line, file=sys.stderr),
-    )
-    for note in result.notes:
-        print(f"note: {note}")
-    if result.status == "already done":
-        print(f"request {result.request_id}: already done (ledger entry {result.entry['seq']})")
-        return
-    entry = result.entry
-    rows = entry["rows_removed"]
-    print(
-        f"request {result.request_id}: {result.status}; version {entry['version']} serves; "
-        f"removed {rows['train']} train / {rows['valid']} valid / {rows['test']} test rows"
-    )
-    for name, check in (entry.get("checks") or {}).items():
-        if isinstance(check, dict):
-            before, after = (
-                "nan" if v is None else f"{v:.3f}" for v in (check["before"], check["after"])
-            )
-            print(f"  {name}: {before} -> {after}")
-
-
-def _request_line(record: dict, new: bool = False) -> str:
-    """A queued request's state in a few words."""
-    state = record["state"]
-    if state == "queued":
-        merged = record.get("merged_with") or []
-        also = f"; shares users with {', '.join(merged)}" if merged else ""
-        return f"queued (position {record['position']}){also}" + ("" if new else ", as before")
-    if state == "done":
-        return f"done; version {record['version']} (ledger entry {record['ledger_seq']})"
-    if state == "failed":
-        return f"failed: {record.get('error')}"
-    return state
-
-
-def add_work(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "work",
-        help="serve a deployment's queued deletion requests (a worker process)",
-        description="Hold DEP and serve its queue in order: the queued requests with one "
-        "method become one unlearning pass over the union of their users (at most "
-        "--max-users), checked on the requests' own rows, switched and recorded with one ledger "
-        "entry per request. The model and data stay in memory between passes. A pass cut short "
-        "(crash, kill) is finished first on the next start. Without --once it runs until "
-        "interrupted.",
-    )
-    p.add_argument("--deployment", required=True, metavar="DEP", help="deployment folder")
-    p.add_argument("--once", action="store_true", help="serve what is queued, then exit")
-    add_queue_options(p)
-    p.set_defaults(func=run_work)
-
-
-def add_queue_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--max-users", type=int, default=64, help="most users in one pass (default 64)")
-    p.add_argument(
-        "--max-wait",
-        type=float,
-        default=0.0,
-        help="seconds a queued request may wait for others to join its pass (default 0)",
-    )
-
-
-def run_work(args: argparse.Namespace) -> None:
-    from e2urec import api
-
-    records = api.work(
-        args.deployment,
-        once=args.once,
-        max_users=args.max_users,
-        max_wait=args.max_wait,
-        say=lambda line: print(line, file=sys.stderr),
-    )
-    for record in records:
-        print(f"request {record['request_id']}: {_request_line(record)}; {record['seconds']} s")
-    if args.once and not records:
-        print("nothing queued")
-
-
-def add_ledger(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "ledger",
-        help="print a deployment's history and verify its hash chain",
-        description="Print the ledger of DEP as a table (time, request, version, users, rows, "
-        "method, MIA AUC and valid AUC before->after) after verifying its sha256 hash chain; a "
-        "tampered ledger is one error naming the first bad entry (exit 2). The chain cannot "
-        "show a removed last entry by itself: keep the printed head hash elsewhere and pass it "
-        "later as --expect-head.",
-    )
-    p.add_argument("--deployment", required=True, metavar="DEP", help="deployment folder")
-    p.add_argument(
-        "--expect-head",
-        metavar="SHA256",
-        help="a head hash printed earlier (full or a 12+ digit prefix): fail unless it is "
-        "still an entry of the chain",
-    )
-    p.set_defaults(func=run_ledger)
-
-
-def run_ledger(args: argparse.Namespace) -> None:
-    from e2urec import api
-    from e2urec.deploy.ledger import entry_hash, table
-
-    entries = api.ledger(args.deployment, args.expect_head)
-    print(table(entries))
-    head = entry_hash(entries[-1]) if entries else "-"
-    print(f"hash chain verified: {len(entries)} entries; head sha256 {head}")
-
-
-def add_predict(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "predict",
-        help="P(like) per item for a user with a deployment's current version",
-        description="Render the prompt for USER from their most recent stored ratings (the "
-        "data's template and history length) for each item, and print P(Yes) per item.",
-    )
-    p.add_argument("--deployment", required=True, metavar="DEP", help="deployment folder")
-    p.add_argument("--user", required=True, type=int, help="user id")
-    p.add_argument("--items", required=True, help="comma-separated item ids")
-    p.set_defaults(func=run_predict)
-
-
-def run_predict(args: argparse.Namespace) -> None:
-    from e2urec import api
-    from e2urec.deploy.deployment import parse_ids
-
-    scores = api.predict(args.deployment, args.user, parse_ids(args.items, "--items"))
-    for item, p in scores.items():
-        print(f"{item}\t{p:.4f}")
-
-
-def add_serve(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "serve",
-        help="serve a deployment over HTTP (predict, forget, ledger)",
-        description="FastAPI + uvicorn: POST /predict {user, items}, POST /forget {users, "
-        "method?, reason?} with 'Authorization: Bearer $E2UREC_SERVE_TOKEN' (unset: forgetting "
-        "is refused) queues a deletion request (202 {request_id, state}), GET /requests/ID (same "
-        "token) its state, GET /ledger[?expect_head=SHA256] (entries and head hash). A worker "
-        "thread serves the queue (see `e2urec work`); predictions go on during a pass.",
-    )
-    p.add_argument("--deployment", required=True, metavar="DEP", help="deployment folder")
-    p.add_argument("--port", type=_port, default=8000, help="port (default 8000)")
-    p.add_argument("--host", default="127.0.0.1", help="address (default 127.0.0.1)")
-    p.add_argument(
-        "--no-worker", action="store_true", help="leave the queue to a separate `e2urec work`"
-    )
-    add_queue_options(p)
-    p.add_argument(
-        "--queue-limit",
-        type=int,
-        default=1000,
-        help="unfinished requests the queue holds before refusing more (default 1000)",
-    )
-    p.set_defaults(func=run_serve)
-
-
-def _port(value: str) -> int:
-    try:
-        port = int(value)
-    except ValueError:
-        port = -1
-    if not 0 <= port <= 65535:
-        raise argparse.ArgumentTypeError(f"expected a port number 0-65535, got {value!r}")
-    return port
-
-
-def run_serve(args: argparse.Namespace) -> None:
-    from e2urec.deploy.serve import serve
-
-    serve(
-        args.deployment,
-        host=args.host,
-        port=args.port,
-        worker=not args.no_worker,
-        max_users=args.max_users,
-        max_wait=args.max_wait,
-        queue_limit=args.queue_limit,
-    )
-
-
 def add_bench(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "bench",
@@ -835,12 +571,7 @@ COMMANDS = [  # in workflow order, as `e2urec --help` lists them
     add_bench,
     add_report,
     add_list,
-    add_deploy,
-    add_forget,
-    add_work,
-    add_ledger,
-    add_predict,
-    add_serve,
+    *DEPLOY_COMMANDS,
 ]
 
 
@@ -880,7 +611,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return EXIT_USAGE
     try:
-        args.func(args)
+        code = args.func(args)  # a run function may return an exit code (audit: 1 = traces)
     except E2URecError as exc:
         sys.stderr.write(f"e2urec: error: {exc}\n")
         return EXIT_USAGE
@@ -890,7 +621,7 @@ def main(argv: list[str] | None = None) -> int:
             "started stays, marked incomplete)\n"
         )
         return 130
-    return 0
+    return code or 0
 
 
 if __name__ == "__main__":

@@ -141,11 +141,12 @@ def load_run_model(run: str | Path) -> RunModel:
 
 
 @RUN_FORMATS.register("adapter")
-def load_adapter_run(run: Path, manifest: dict[str, Any]) -> RunModel:
-    """The base run's model with this run's LoRA adapters (run format "adapter")."""
+def load_adapter_run(run: Path, manifest: dict[str, Any], base: RunModel | None = None) -> RunModel:
+    """The base run's model with this run's LoRA adapters (run format "adapter"); `base`: the
+    base model already in memory (it is changed in place) instead of loading the base run."""
     from peft import PeftModel
 
-    base = load_run_model(manifest["base_run"])
+    base = base if base is not None else load_run_model(manifest["base_run"])
     if not isinstance(base, SingleModel):
         raise E2URecError(f"adapter run {run}: its base run is not a single model")
     recommender = base.recommender

@@ -1,1 +1,6 @@
-"""Deletion requests as a workflow: deployments, versions, the data store, ledger and server."""
+"""Deployments: versions, a data store, a request queue and worker, a ledger, checks, serving.
+
+The defaults the command line shows live here, so that parsing imports nothing heavy."""
+
+MAX_USERS = 64  # most users in one unlearning pass
+QUEUE_LIMIT = 1000  # unfinished requests a queue holds before refusing more

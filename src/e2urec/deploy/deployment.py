@@ -3,35 +3,28 @@
 A deployment folder DEP holds:
   versions/vNNNN/   single-format runs (manifest.json, model/, version.json), one per version
   current.json      which version serves (written atomically)
-  store.sqlite      the data the current version was trained on (see `store`)
-  ledger.jsonl      the hash-chained history (see `ledger`)
-  requests/ID/      a deletion request in progress (request.json is kept as a receipt)
-  requests/pass-N/  a queued pass in progress (see `worker`); the queue itself is in the store
+  store.sqlite      the data the current version was trained on and the request queue (`store`)
+  ledger.jsonl      the hash-chained history (`ledger`); secret.key keys its pseudonyms (0600)
+  requests/pass-N/  the working folder of a pass in progress (deleted when it ends)
 
-A deletion request (`forget`) runs these steps; each is skipped when a previous, interrupted
-attempt already did it, so rerunning the same request id finishes the job:
-  1. request.json: users, method, parent version, new version name, rows to remove, data hash;
-  2. requests/ID/data: a prepared data folder (train = the store's train rows, forget = the
-     users' train rows, retain = the rest, valid/test = the remaining users' rows);
-  3. requests/ID/base: the parent version seen as an original run trained on that train split
-     (hard links to its weights), so `unlearn` accepts it;
-  4. requests/ID/run: `unlearn` with the chosen method; 5. requests/ID/version: the run merged
-     into a single model (`export --merge`); 6. checks before (parent) and after (new);
-  7. the version renamed into versions/ (a version folder appears whole or not at all);
-  8. the users' rows removed from the store in one transaction; 9. current.json switched;
-  10. the ledger entry appended; 11. the request's copies of personal data deleted.
-One request runs at a time (a lock file); a new request is refused while another is unfinished,
-or while queued requests (`enqueue`, served by `e2urec.deploy.worker`) wait.
+Every deletion goes through one pipeline: `enqueue` records a checked request in the queue, a
+`worker.Worker` serves queued requests in passes; a synchronous `forget` is enqueue plus
+draining the queue in-process. After a switch, versions that no longer serve (every one was
+trained on, or derived from a model trained on, the forgotten rows) are purged at once, or once
+the deployment's rollback window has passed; each purge is a ledger entry. A request names a
+purpose (privacy or pollution) that picks the method and settings the deployment maps it to.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import json
 import os
 import re
 import shutil
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,8 +39,7 @@ from e2urec.artifacts import (
     sha256_file,
     staged_folder,
 )
-from e2urec.deploy import checks
-from e2urec.deploy.ledger import LEDGER, Ledger, now
+from e2urec.deploy.ledger import LEDGER, SECRET, Keys, Ledger, LedgerEntry, iso
 from e2urec.deploy.queue import QUEUE_LIMIT, Queue, ledger_record
 from e2urec.deploy.store import SPLITS, STORE, Store
 from e2urec.errors import E2URecError
@@ -57,11 +49,13 @@ from e2urec.runs import MODEL_DIR, RunModel
 CURRENT = "current.json"
 VERSIONS = "versions"
 REQUESTS = "requests"
-REQUEST = "request.json"
 VERSION_INFO = "version.json"
 LOCK = ".forget.lock"
-CHECK_ROWS = 2000
 REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
+PURPOSES = ("privacy", "pollution")
+# pollution: the contrastive teacher, the README's measured recommendation for poisoned rows
+DEFAULT_METHODS = {"privacy": ["e2urec"], "pollution": ["e2urec", "teacher=contrastive"]}
+UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
 def _say(message: str) -> None:
@@ -82,6 +76,39 @@ class ForgetResult:
     notes: list[str] = field(default_factory=list)
 
 
+@dataclass
+class VersionInfo:
+    """version.json of a version folder: where it came from and its weights' sha256."""
+
+    version: str
+    model_sha256: str
+    parent_version: str | None = None
+    created: str = dataclasses.field(default_factory=iso)
+    method: str | None = None
+    adapter_sha256: str | None = None
+    checks: dict[str, Any] | None = None
+    pass_id: int | None = None
+    requests: list[str] | None = None
+    source_run: str | None = None
+
+    def write(self, folder: Path) -> None:
+        """Write version.json into `folder` (atomic)."""
+        fields = {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+        if "pass_id" in fields:
+            fields["pass"] = fields.pop("pass_id")
+        atomic_write_json(folder / VERSION_INFO, fields)
+
+    @classmethod
+    def read(cls, folder: Path) -> VersionInfo:
+        """version.json of `folder` (older records included)."""
+        data = read_json(folder / VERSION_INFO, "version record")
+        data["pass_id"] = data.pop("pass", None)
+        if "request_id" in data:  # a synchronous request of an older deployment
+            data["requests"] = [data.pop("request_id")]
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
 def parse_ids(text: str, what: str) -> list[int]:
     """ "12,45" → [12, 45]; anything else is one clear error."""
     parts = [p.strip() for p in str(text).split(",") if p.strip()]
@@ -94,14 +121,46 @@ def parse_ids(text: str, what: str) -> list[int]:
     return sorted(set(ids))
 
 
-def _no_request(request_id: str) -> E2URecError:
-    return E2URecError(f"no request {request_id!r} to resume; give --users")
+def parse_duration(text: str) -> float:
+    """ "0", "90s", "30m", "12h", "7d" → seconds; a negative or malformed one is an error."""
+    match = re.fullmatch(r"\s*(-?\d+(?:\.\d+)?)\s*([smhd]?)\s*", str(text))
+    if match is None or float(match[1]) < 0:
+        raise E2URecError(
+            f"rollback window {text!r}: give a duration >= 0 like 0, 90s, 30m, 12h or 7d"
+        )
+    return float(match[1]) * UNITS[match[2] or "s"]
 
 
-def request_id_for(users: Sequence[int], method: str) -> str:
-    """The default request id: sha256 of the sorted users and the method, 16 hex digits."""
-    payload = json.dumps({"users": sorted(users), "method": method}, sort_keys=True)
-    return sha256_bytes(payload.encode())[:16]
+def check_method(method: str, sets: Sequence[str]) -> None:
+    """`method` must be a registered single-model method and `sets` valid settings of it."""
+    from e2urec.methods import METHODS
+    from e2urec.unlearn import method_params
+
+    spec = METHODS.get(method)
+    if spec.base_format != "single":
+        raise E2URecError(
+            f"method {method!r} starts from a {spec.base_format} original; a deployment "
+            "serves a single model"
+        )
+    method_params(method, list(sets))
+
+
+def parse_method_for(items: Sequence[str]) -> dict[str, list[str]]:
+    """ "pollution=e2urec:teacher=contrastive,alpha=2" items → purpose → [method, *settings],
+    over the defaults; each method and setting checked against the registry."""
+    purposes = {k: list(v) for k, v in DEFAULT_METHODS.items()}
+    for item in items:
+        purpose, _, spec = item.partition("=")
+        method, _, settings = spec.partition(":")
+        if purpose not in PURPOSES or not method:
+            raise E2URecError(
+                f"--method-for {item!r}: expected PURPOSE=METHOD[:KEY=VALUE,...] with PURPOSE "
+                f"one of {', '.join(PURPOSES)}"
+            )
+        sets = [s.strip() for s in settings.split(",") if s.strip()]
+        check_method(method, sets)
+        purposes[purpose] = [method, *sets]
+    return purposes
 
 
 class Deployment:
@@ -115,6 +174,7 @@ class Deployment:
             )
         self.store = Store(self.path / STORE)
         self.ledger = Ledger(self.path / LEDGER)
+        self.keys = Keys(self.path / SECRET)
         self._queue: Queue | None = None
 
     @property
@@ -124,6 +184,22 @@ class Deployment:
             self._queue = Queue(self.store)
         return self._queue
 
+    def ensure_keys(self) -> None:
+        """Create the tables and the secret of an older deployment that never had them (a
+        deployment whose secret went missing is an error, not a new key)."""
+        self.queue  # noqa: B018 (an older store gets its queue tables first)
+        if not self.keys.path.is_file() and not self.store.meta().get("keyed"):
+            self.keys.create()
+            self.store.set_meta({"keyed": True})
+
+    def settings(self) -> dict[str, Any]:
+        """purposes (purpose → [method, *settings]) and rollback_window_s."""
+        meta = self.store.meta()
+        return {
+            "purposes": meta.get("purposes") or DEFAULT_METHODS,
+            "rollback_window_s": float(meta.get("rollback_window_s") or 0.0),
+        }
+
     def current(self) -> str:
         """The name of the version that serves (vNNNN)."""
         return read_json(self.path / CURRENT, "deployment pointer")["version"]
@@ -131,6 +207,10 @@ class Deployment:
     def version_dir(self, version: str) -> Path:
         """The folder of version `version`."""
         return self.path / VERSIONS / version
+
+    def versions(self) -> list[str]:
+        """Names of the version folders present, oldest first."""
+        return sorted(p.name for p in (self.path / VERSIONS).glob("v[0-9]*"))
 
     def load_model(self, version: str | None = None) -> RunModel:
         """The model of `version` (default: the current one), in eval mode on the CPU."""
@@ -150,10 +230,9 @@ class Deployment:
         from e2urec.data import prompts
 
         meta = self.store.meta()
-        if not self.store.known_users([user]):
-            raise E2URecError(f"unknown user {user}: the deployment's data never held this user")
         history = self.store.history(user, int(meta["history_len"]))
         if not history:
+            self._check_known([user])
             raise E2URecError(f"no stored history for user {user} (their data was deleted)")
         titles = self.store.titles([*items, *(i for i, _ in history)])
         unknown = sorted({i for i in items if i not in titles})
@@ -187,12 +266,11 @@ class Deployment:
         scores = score_rows(model, rows, batch_size=64, progress=False)
         return {int(i): float(p) for i, p in zip(items, scores.p_yes, strict=True)}
 
-    # ---------------------------------------------------------------- deletion
+    # ---------------------------------------------------------------- requests
     @contextlib.contextmanager
     def lock(self, holder: str = "a forget request") -> Iterator[None]:
-        """Hold the deployment's forget lock (the lock file names `holder` and the pid while
-        held); another holder → one clear error naming it. The OS drops the lock of a killed
-        process."""
+        """Hold the deployment's lock (the lock file names `holder` and the pid while held);
+        another holder → one clear error naming it. The OS drops the lock of a killed process."""
         with open(self.path / LOCK, "a+") as handle:
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -210,313 +288,218 @@ class Deployment:
                 handle.flush()
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
-    def finish_pending(self, say: Callable[[str], None] = _say) -> None:
-        """Finish every interrupted synchronous request (the caller holds the lock)."""
-        for request in self.pending():
-            say(f"finishing interrupted request {request['request_id']} first")
-            self._run(request, CHECK_ROWS, say)
-
-    def pending(self) -> list[dict[str, Any]]:
-        """request.json of every unfinished request."""
-        folder = self.path / REQUESTS
-        found = []
-        for path in sorted(folder.glob(f"*/{REQUEST}")) if folder.is_dir() else []:
-            request = read_json(path, "request record")
-            if request.get("status") != "done":
-                found.append(request)
-        return found
-
-    def forget(
-        self,
-        users: Sequence[int] | None,
-        method: str = "e2urec",
-        sets: list[str] | None = None,
-        reason: str | None = None,
-        request_id: str | None = None,
-        check_rows: int = CHECK_ROWS,
-        say: Callable[[str], None] = _say,
-    ) -> ForgetResult:
-        """Serve a deletion request for `users` (see the module docstring)."""
-        from e2urec.unlearn import method_params
-
-        # the inputs are checked before the lock file is touched: a refusal changes nothing
-        if users is not None:
-            users = sorted(set(int(u) for u in users))
-            method_params(method, sets)
-            self._check_known(users)
-        elif request_id is None:
-            raise E2URecError("give the users to forget (or a --request-id to resume)")
-        elif self._request(request_id) is None and self.ledger.find(request_id) is None:
-            raise _no_request(request_id)
-        with self.lock():
-            if users is None:
-                request = self._request(request_id)
-                if request is None:
-                    done = self.ledger.find(request_id)
-                    if done is not None:
-                        return self._already(done)
-                    raise _no_request(request_id)
-                return self._run(request, check_rows, say)
-            request_id = request_id or request_id_for(users, method)
-            done = self.ledger.find(request_id)
-            if done is not None:
-                if sorted(done.get("users", [])) != users:
-                    raise E2URecError(
-                        f"request id {request_id!r} was already used for user(s) "
-                        f"{done.get('users')}; choose another --request-id"
-                    )
-                return self._already(done)
-            request = self._request(request_id)
-            if request is not None:
-                if request["users"] != users or request["method"] != method:
-                    raise E2URecError(
-                        f"request {request_id!r} is in progress for user(s) {request['users']} "
-                        f"with method {request['method']}; resume it with the same arguments"
-                    )
-                return self._run(request, check_rows, say)
-            others = [r["request_id"] for r in self.pending()]
-            if others:
-                raise E2URecError(
-                    f"request {others[0]} is unfinished; finish it first with "
-                    f"`e2urec forget --deployment {self.path} --request-id {others[0]}`"
-                )
-            waiting = self.queue.unfinished()
-            if waiting:
-                raise E2URecError(
-                    f"{waiting} queued deletion request(s) wait on {self.path}; add this one "
-                    f"with --enqueue, or serve them first with `e2urec work --deployment "
-                    f"{self.path} --once`"
-                )
-            with_data = sorted(self.store.users_with_training_data(users))
-            without = sorted(set(users) - set(with_data))
-            if not with_data:
-                return self._no_training_data(request_id, users, method, reason, say)
-            request = self._new_request(request_id, users, with_data, without, method, sets, reason)
-            return self._run(request, check_rows, say)
-
     def _check_known(self, users: list[int]) -> None:
-        unknown = sorted(set(users) - self.store.known_users(users))
+        self.ensure_keys()
+        unknown = sorted(set(users) - self.store.known_users(users, self.keys.pseudonym))
         if unknown:
             raise E2URecError(
                 f"unknown user id(s), never in this deployment's data: "
                 f"{', '.join(map(str, unknown))}; nothing was changed"
             )
 
-    # ---------------------------------------------------------------- the queue
-    def enqueue(
+    def checked(
         self,
         users: Sequence[int],
-        method: str = "e2urec",
-        sets: list[str] | None = None,
-        reason: str | None = None,
+        method: str | None = None,
+        sets: Sequence[str] | None = None,
+        purpose: str = "privacy",
         request_id: str | None = None,
-        limit: int = QUEUE_LIMIT,
-    ) -> tuple[dict[str, Any], bool]:
-        """Check a deletion request and record it in the queue (one transaction); returns its
-        record and whether it is new (see `queue.Queue.enqueue`). Unknown users, an empty list,
-        bad method settings or a malformed request id refuse the whole request."""
-        from e2urec.methods import METHODS
-        from e2urec.unlearn import method_params
-
+    ) -> dict[str, Any]:
+        """A deletion request checked (users known, purpose, method and settings valid, request
+        id well formed) with its method resolved: an explicit `method` (and `sets`), else the
+        deployment's method for `purpose` (with `sets` added to its settings)."""
         users = sorted(set(int(u) for u in users))
         if not users:
             raise E2URecError("no users given: a deletion request names at least one user")
-        spec = METHODS.get(method)
-        if spec.base_format != "single":
-            raise E2URecError(
-                f"method {method!r} starts from a {spec.base_format} original; a deployment "
-                "serves a single model"
-            )
-        params = method_params(method, sets)
-        check = getattr(params, "check", None)
-        if callable(check):
-            check()
+        if purpose not in PURPOSES:
+            raise E2URecError(f"purpose {purpose!r}: use one of {', '.join(PURPOSES)}")
         if request_id is not None and not REQUEST_ID.fullmatch(request_id):
             raise E2URecError(
                 f"request id {request_id!r}: use 1-64 letters, digits, '.', '_' or '-'"
             )
+        if method is None:
+            method, *mapped = self.settings()["purposes"].get(purpose) or DEFAULT_METHODS[purpose]
+            sets = [*mapped, *(sets or [])]
+        check_method(method, sets or [])
         self._check_known(users)
-        request_id = request_id or request_id_for(users, method)
-        done = None if self.queue.get(request_id) else self.ledger.find(request_id)
+        rid = request_id or self.keys.request_id(users, method)
+        return {"request_id": rid, "users": users, "method": method, "sets": list(sets or [])}
+
+    def enqueue(
+        self,
+        users: Sequence[int],
+        method: str | None = None,
+        sets: Sequence[str] | None = None,
+        reason: str | None = None,
+        request_id: str | None = None,
+        limit: int = QUEUE_LIMIT,
+        purpose: str = "privacy",
+    ) -> tuple[dict[str, Any], bool]:
+        """Check a deletion request (see `checked`) and record it in the queue (one
+        transaction); returns its record and whether it is new (see `queue.Queue.enqueue`)."""
+        request = self.checked(users, method, sets, purpose, request_id)
+        rid, users = request["request_id"], request["users"]
+        names = self.keys.pseudonyms(users)
+        done = None if self.queue.get(rid) else self.ledger.find(rid)
+        if done is not None:  # served by a synchronous forget of an older deployment
+            if sorted(done.get("users") or []) not in (users, sorted(names)):
+                from e2urec.deploy.queue import conflict
+
+                raise conflict(rid, done.get("users") or [], None)
+            return ledger_record(done), False
         return self.queue.enqueue(
-            request_id, users, method, list(sets or []), reason, limit, done_elsewhere=done
+            rid, users, request["method"], request["sets"], reason, purpose, limit, names
         )
 
     def request(self, request_id: str) -> dict[str, Any] | None:
-        """The record of a queued request (state, version, checks, ...), or of a synchronous
-        one from its ledger entry; None if unknown."""
+        """The record of a request (from the queue, or the ledger for a synchronous request of
+        an older deployment); None if unknown."""
         record = self.queue.get(request_id)
         if record is not None:
             return record
         entry = self.ledger.find(request_id)
         return None if entry is None else ledger_record(entry)
 
+    def forget(
+        self,
+        users: Sequence[int] | None,
+        say: Callable[[str], None] = _say,
+        request_id: str | None = None,
+        **options: Any,
+    ) -> ForgetResult:
+        """Serve a deletion request now: enqueue it, then drain the queue in this process (the
+        requests queued before it are served first, in order). `users` None resumes
+        `request_id`. Options: method, sets, reason, purpose (see `enqueue`) and the worker's
+        (max_users, valid_rows, holdout_rows)."""
+        from e2urec.deploy.worker import Worker
+
+        request = {
+            k: options.pop(k) for k in ("method", "sets", "reason", "purpose") if k in options
+        }
+        if users is None and request_id is None:
+            raise E2URecError("give the users to forget (or a --request-id to resume)")
+        if users is not None:
+            checks = {k: v for k, v in request.items() if k != "reason"}
+            request_id = self.checked(users, request_id=request_id, **checks)["request_id"]
+        record = self.request(request_id)
+        if record is None and users is None:
+            raise E2URecError(f"no request {request_id!r} to resume; give --users")
+        if record is not None and record["state"] == "done":
+            if users is not None:
+                self.enqueue(users, request_id=request_id, **request)  # a conflict is an error
+            return self._result(request_id, "already done")
+        with Worker(self, say=say, **options) as worker:
+            if users is not None:
+                self.enqueue(users, request_id=request_id, **request)
+            worker.drain()
+        return self._result(request_id, "done")
+
+    def _result(self, request_id: str, status: str) -> ForgetResult:
+        record = self.request(request_id) or {}
+        if record.get("state") == "failed":
+            raise E2URecError(f"request {request_id} failed: {record.get('error')}")
+        entry = self.ledger.entries()[record["ledger_seq"] - 1]
+        missing = entry.get("no_training_data") or []
+        notes = [f"no training data held for {len(missing)} of its user(s)"] if missing else []
+        if status == "done" and len(missing) == len(entry.get("users") or []):
+            status = "no training data"
+        return ForgetResult(status, request_id, entry, notes)
+
+    # ---------------------------------------------------------------- versions
     def next_version(self) -> str:
-        """The name the next new version gets (vNNNN after the highest existing one)."""
-        numbers = [int(p.name[1:]) for p in (self.path / VERSIONS).glob("v[0-9]*")]
+        """The name the next new version gets (after every version ever named)."""
+        named = [e.get("version") or "" for e in self.ledger.entries()] + self.versions()
+        numbers = [int(v[1:]) for v in named if re.fullmatch(r"v\d+", v)]
         return f"v{max(numbers, default=0) + 1:04d}"
 
-    def switch(self, version: str, users: Sequence[int], request_id: str) -> None:
-        """Remove `users`' rows from the store (one transaction), then point current.json at
-        `version` (atomic); each step is a no-op when already done."""
-        self.store.remove_users(users)
-        if self.current() != version:
-            atomic_write_json(
-                self.path / CURRENT,
-                {"version": version, "updated": now(), "request_id": request_id},
-            )
+    def switch(self, version: str, users: Sequence[int]) -> None:
+        """Remove `users`' rows from the store (one transaction, then compacted), then point
+        current.json at `version` (atomic); each step is a no-op when already done."""
+        self.store.remove_users(users, self.keys.pseudonyms(sorted(set(users))))
+        old = self.current()
+        if old != version:
+            self.store.retire(old)
+            atomic_write_json(self.path / CURRENT, {"version": version, "updated": iso()})
 
-    def _already(self, entry: dict[str, Any]) -> ForgetResult:
-        self._cleanup(entry["request_id"])
-        return ForgetResult("already done", entry["request_id"], entry)
+    def purge(self, keep: Sequence[str] = ()) -> list[str]:
+        """Delete every version that does not serve (nor is in `keep`) once the rollback window
+        has passed since it stopped serving; each purge is a ledger entry."""
+        window = self.settings()["rollback_window_s"]
+        serving, retired, now = self.current(), self.store.retired(), time.time()
+        purged = []
+        for version in self.versions():
+            if version == serving or version in keep:
+                continue
+            since = retired.get(version)
+            if since is None:
+                self.store.retire(version, now)
+                since = now
+            if now - since >= window:
+                self._purge(version, since, "superseded")
+                purged.append(version)
+        return purged
 
-    def _request(self, request_id: str) -> dict[str, Any] | None:
-        path = self.path / REQUESTS / request_id / REQUEST
-        if not path.is_file():
-            return None
-        request = read_json(path, "request record")
-        return None if request.get("status") == "done" else request
-
-    def _no_training_data(
-        self,
-        request_id: str,
-        users: list[int],
-        method: str,
-        reason: str | None,
-        say: Callable[[str], None],
-    ) -> ForgetResult:
-        before = self.store.data_sha256()
-        removed = self.store.remove_users(users)
-        version = self.current()
-        note = f"no training data held for user(s) {', '.join(map(str, users))}: nothing to unlearn"
-        say(note)
-        entry = self.ledger.append(
-            {
-                "kind": "forget",
-                "request_id": request_id,
-                "users": users,
-                "no_training_data": users,
-                "rows_removed": removed,
-                "data_sha256_before": before,
-                "data_sha256_after": self.store.data_sha256(),
-                "method": None,
-                "reason": reason,
-                "parent_version": version,
-                "version": version,
-                "note": note,
-            }
+    def _purge(self, version: str, since: float, why: str) -> None:
+        folder = self.version_dir(version)
+        recorded = any(
+            e.get("kind") == "purge" and e.get("version") == version for e in self.ledger.entries()
         )
-        return ForgetResult("no training data", request_id, entry, [note])
+        if not recorded:
+            try:
+                sha = VersionInfo.read(folder).model_sha256
+            except E2URecError:
+                sha = model_sha256(folder / MODEL_DIR)
+            details = {"superseded": iso(since), "why": why}
+            self.ledger.append(LedgerEntry("purge", version, model_sha256=sha, details=details))
+        shutil.rmtree(folder)
+        self.store.unretire(version)
 
-    def _new_request(
-        self,
-        request_id: str,
-        users: list[int],
-        with_data: list[int],
-        without: list[int],
-        method: str,
-        sets: list[str] | None,
-        reason: str | None,
-    ) -> dict[str, Any]:
-        request = {
-            "request_id": request_id,
-            "status": "started",
-            "created": now(),
-            "users": users,
-            "unlearned_users": with_data,
-            "no_training_data": without,
-            "method": method,
-            "sets": list(sets or []),
-            "reason": reason,
-            "parent_version": self.current(),
-            "version": self.next_version(),
-            "rows_to_remove": self._rows_of(users),
-            "data_sha256_before": self.store.data_sha256(),
-        }
-        atomic_write_json(self.path / REQUESTS / request_id / REQUEST, request)
-        return request
-
-    def _rows_of(self, users: list[int]) -> dict[str, int]:
-        counts = {split: len(self.store.rows(split, users)) for split in SPLITS}
-        with self.store.connect() as conn:
-            marks = ", ".join("?" * len(users))
-            for table in ("ratings", "profiles"):
-                counts[table] = conn.execute(
-                    f"SELECT COUNT(*) FROM {table} WHERE user_id IN ({marks})", users
-                ).fetchone()[0]
-        return counts
-
-    def _run(
-        self, request: dict[str, Any], check_rows: int, say: Callable[[str], None]
-    ) -> ForgetResult:
-        from e2urec.unlearn import export, unlearn
-
-        rid = request["request_id"]
-        folder = self.path / REQUESTS / rid
-        data, base, run, staged = (folder / n for n in ("data", "base", "run", "version"))
-        final = self.version_dir(request["version"])
-        notes = []
-        if request["no_training_data"]:
-            notes.append(
-                "no training data held for user(s) "
-                f"{', '.join(map(str, request['no_training_data']))}; their other rows are removed"
+    def rollback(self, to: str | None = None) -> dict[str, Any]:
+        """Serve a kept earlier version again; the versions after it are purged. Returns
+        {"from", "to", "undoes": request ids whose unlearning the old version lacks}."""
+        with self.lock("a rollback"):
+            if self.queue.running_pass() is not None:
+                raise E2URecError("a pass is unfinished; finish it first with `e2urec work --once`")
+            serving = self.current()
+            kept = [v for v in self.versions() if v < serving]
+            target = to or (kept[-1] if kept else None)
+            if target is None or target not in kept:
+                window = self.settings()["rollback_window_s"]
+                raise E2URecError(
+                    f"no kept version {to or 'before ' + serving} to roll back to (kept: "
+                    f"{', '.join(kept) or 'none'}; rollback window {window:g} s)"
+                )
+            undoes = [
+                e["request_id"]
+                for e in self.ledger.entries()
+                if e.get("kind") == "forget"
+                and e.get("method")
+                and target < e["version"] <= serving
+            ]
+            details = {"undoes": undoes}
+            self.ledger.append(
+                LedgerEntry("rollback", target, parent_version=serving, details=details)
             )
-        if not final.exists():
-            if not (data / MANIFEST).is_file():
-                say(f"[{rid}] materialising the request data")
-                self.write_data(data, request["users"], request["unlearned_users"], rid)
-            if not (base / MANIFEST).is_file():
-                self._base_view(request, data, base)
-            if not _complete(run):
-                say(f"[{rid}] unlearning with {request['method']}")
-                unlearn(request["method"], base, data, run, sets=request["sets"], overwrite=True)
-            if not (staged / MANIFEST).is_file():
-                say(f"[{rid}] merging into version {request['version']}")
-                export(run, staged, merge=True, overwrite=True)
-            if "checks" not in request:
-                say(f"[{rid}] checks: membership inference and validation AUC")
-                request["checks"] = self._checks(request, data, staged, check_rows)
-                atomic_write_json(folder / REQUEST, request)
-            adapter = run / "adapter" / "adapter_model.safetensors"
-            info = {
-                "version": request["version"],
-                "parent_version": request["parent_version"],
-                "request_id": rid,
-                "created": now(),
-                "method": request["method"],
-                "model_sha256": model_sha256(staged / MODEL_DIR),
-                "adapter_sha256": sha256_file(adapter) if adapter.is_file() else None,
-                "checks": request["checks"],
-            }
-            atomic_write_json(staged / VERSION_INFO, info)
-            final.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(staged, final)
-        info = read_json(final / VERSION_INFO, "version record")
-        self.switch(request["version"], request["users"], rid)
-        entry = self.ledger.find(rid) or self.ledger.append(
-            {
-                "kind": "forget",
-                "request_id": rid,
-                "users": request["users"],
-                "no_training_data": request["no_training_data"],
-                "rows_removed": request["rows_to_remove"],
-                "data_sha256_before": request["data_sha256_before"],
-                "data_sha256_after": self.store.data_sha256(),
-                "method": request["method"],
-                "params": request["sets"],
-                "reason": request["reason"],
-                "parent_version": request["parent_version"],
-                "version": request["version"],
-                "model_sha256": info["model_sha256"],
-                "adapter_sha256": info["adapter_sha256"],
-                "checks": request["checks"],
-            }
-        )
-        request["status"] = "done"
-        atomic_write_json(folder / REQUEST, request)
-        self._cleanup(rid)
-        say(f"[{rid}] done: version {request['version']} serves")
-        return ForgetResult("done", rid, entry, notes)
+            atomic_write_json(self.path / CURRENT, {"version": target, "updated": iso()})
+            self.store.unretire(target)
+            for version in [v for v in self.versions() if v > target]:
+                self._purge(version, time.time(), "rolled back")
+        return {"from": serving, "to": target, "undoes": undoes}
+
+    def adopt_old_requests(self) -> None:
+        """An older deployment's unfinished synchronous requests (requests/ID/request.json)
+        join the queue; every leftover working folder and receipt is deleted."""
+        folder = self.path / REQUESTS
+        for path in sorted(folder.glob("*/request.json")) if folder.is_dir() else []:
+            old = read_json(path, "request record")
+            if old.get("status") != "done" and self.queue.get(old["request_id"]) is None:
+                self.queue.enqueue(
+                    old["request_id"], old["users"], old["method"], old.get("sets") or [],
+                    old.get("reason"), names=self.keys.pseudonyms(old["users"]),
+                )  # fmt: skip
+        shutil.rmtree(folder, ignore_errors=True)
+        for leftover in (self.path / VERSIONS).glob(".*"):
+            shutil.rmtree(leftover, ignore_errors=True)
 
     def write_data(
         self,
@@ -532,109 +515,25 @@ class Deployment:
 
         from e2urec.data.prepare import BASE_SPLITS, FORMAT, split_file, split_stats
 
-        users = set(users)
-        forget_users = set(forget_users)
+        users, forget_users = set(users), set(forget_users)
         train = self.store.rows("train")
-        remaining = {
-            s: [r for r in self.store.rows(s) if r["user_id"] not in users] for s in SPLITS
-        }
-        splits = {
-            "train": train,
-            "valid": remaining["valid"],
-            "test": remaining["test"],
-            "retain": [r for r in train if r["user_id"] not in users],
-            "forget": [r for r in train if r["user_id"] in forget_users],
-        }
+        splits = {s: [r for r in self.store.rows(s) if r["user_id"] not in users] for s in SPLITS}
+        splits["retain"], splits["train"] = splits["train"], train
+        splits["forget"] = [r for r in train if r["user_id"] in forget_users]
         meta = self.store.meta()
         with staged_folder(out, overwrite=True) as stage:
             files = {}
             for name in BASE_SPLITS:
-                text = "".join(
-                    json.dumps(r, ensure_ascii=False, separators=(",", ":")) + "\n"
-                    for r in splits[name]
-                )
-                data = text.encode("utf-8")
-                (stage / split_file(name)).write_bytes(data)
-                stats = split_stats(pd.DataFrame(splits[name], columns=["user_id", "label"]))
-                files[split_file(name)] = {"sha256": sha256_bytes(data), **stats}
-            atomic_write_json(
-                stage / MANIFEST,
-                {
-                    "format": FORMAT,
-                    "config": meta["data_config"],
-                    "template": meta["template"],
-                    "domain": meta["domain"],
-                    "splits": list(BASE_SPLITS),
-                    "files": files,
-                    "forgotten_users": sorted(forget_users),
-                    "deployment_request": label,
-                },
-            )
+                rows = splits[name]
+                text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+                (stage / split_file(name)).write_bytes(text.encode("utf-8"))
+                stats = split_stats(pd.DataFrame(rows, columns=["user_id", "label"]))
+                files[split_file(name)] = {"sha256": sha256_bytes(text.encode("utf-8")), **stats}
+            manifest = {"format": FORMAT, "config": meta["data_config"], "files": files}
+            manifest.update(template=meta["template"], domain=meta["domain"])
+            manifest.update(splits=list(BASE_SPLITS), forgotten_users=sorted(forget_users))
+            atomic_write_json(stage / MANIFEST, {**manifest, "deployment_request": label})
         return out
-
-    def _base_view(self, request: dict[str, Any], data: Path, out: Path) -> None:
-        parent = self.version_dir(request["parent_version"])
-        manifest = read_json(parent / MANIFEST, "version manifest")
-        with staged_folder(out, overwrite=True) as stage:
-            (stage / MODEL_DIR).mkdir()
-            for path in (parent / MODEL_DIR).iterdir():
-                try:
-                    os.link(path, stage / MODEL_DIR / path.name)
-                except OSError:
-                    shutil.copy2(path, stage / MODEL_DIR / path.name)
-            atomic_write_json(
-                stage / MANIFEST,
-                {
-                    "format": "single",
-                    "kind": "deployed",
-                    "note": f"deployment version {request['parent_version']}, trained on the "
-                    "store's train rows = this request's train split",
-                    "deployment_version": request["parent_version"],
-                    "trained_on": "train",
-                    "backbone": manifest.get("backbone"),
-                    "family": manifest.get("family"),
-                    "seed": manifest.get("seed"),
-                    "data_dir": str(data),
-                    "data_manifest_sha256": sha256_file(data / MANIFEST),
-                    "weights_sha256": manifest.get("weights_sha256"),  # the same (linked) files
-                    "complete": True,
-                },
-            )
-
-    def _checks(
-        self, request: dict[str, Any], data: Path, new_version: Path, limit: int
-    ) -> dict[str, Any]:
-        from e2urec.data.dataset import load_split
-        from e2urec.runs import load_run_model
-
-        rows = {
-            name: checks.sample(load_split(data, name).to_dict("records"), limit)
-            for name in ("forget", "test", "valid")
-        }
-        args = (rows["forget"], rows["test"], rows["valid"])
-        before = checks.measure(self.load_model(request["parent_version"]), *args)
-        after = checks.measure(load_run_model(new_version), *args)
-        return {
-            **checks.before_after(before, after),
-            "members": len(rows["forget"]),
-            "nonmembers": len(rows["test"]),
-            "valid_rows": len(rows["valid"]),
-        }
-
-    def _cleanup(self, request_id: str) -> None:
-        folder = self.path / REQUESTS / request_id
-        for name in ("data", "base", "run", "version"):
-            shutil.rmtree(folder / name, ignore_errors=True)
-
-
-def _complete(run: Path) -> bool:
-    path = run / MANIFEST
-    if not path.is_file():
-        return False
-    try:
-        return bool(json.loads(path.read_text(encoding="utf-8")).get("complete"))
-    except json.JSONDecodeError:
-        return False
 
 
 # ---------------------------------------------------------------- creating a deployment
@@ -654,22 +553,56 @@ def deploy(
     out: str | Path,
     raw: str | Path | None = None,
     overwrite: bool = False,
+    rollback_window: str | float = 0,
+    method_for: Sequence[str] = (),
 ) -> Deployment:
     """Create deployment `out` from run `run` on prepared data `data` (see the module docstring).
 
     Item titles and user profiles come from the raw data the folder was prepared from (its
-    manifest's dataset and raw path), or from `raw`.
+    manifest's dataset and raw path), or from `raw`. `rollback_window`: how long superseded
+    versions are kept (a duration, see `parse_duration`); `method_for`: purpose → method items
+    (see `parse_method_for`). Everything is checked before the folder is created.
     """
-    from e2urec.data.dataset import load_split, read_manifest
+    from e2urec.data.dataset import read_manifest
     from e2urec.runs import read_run_manifest
     from e2urec.unlearn import export
 
     run, data = Path(run).absolute(), Path(data).absolute()
+    window = parse_duration(str(rollback_window))
+    purposes = parse_method_for(method_for)
     manifest = read_run_manifest(run)
     data_manifest = read_manifest(data)
     if manifest.get("data_manifest_sha256") != sha256_file(data / MANIFEST):
         raise E2URecError(f"--data {data} is not the prepared data run {run} was trained on")
     split = training_split(manifest)
+    tables = _store_tables(data, data_manifest, split, raw)
+    meta = {"source_run": str(run), "source_data": str(data), "keyed": True}
+    meta.update(tables.pop("meta"), purposes=purposes, rollback_window_s=window)
+    with staged_folder(out, overwrite=overwrite) as stage:
+        version = stage / VERSIONS / "v0001"
+        export(run, version, merge=True)
+        store = Store.create(stage / STORE, **tables, meta=meta)
+        Keys(stage / SECRET).create()
+        sha = model_sha256(version / MODEL_DIR)
+        VersionInfo("v0001", sha, source_run=str(run)).write(version)
+        fields = {"source_run": str(run), "source_kind": manifest.get("kind"), "trained_on": split}
+        fields.update(source_format=manifest.get("format", "single"), data_dir=str(data))
+        fields.update(data_manifest_sha256=sha256_file(data / MANIFEST), rows=store.counts())
+        fields.update(data_sha256=store.data_sha256(), rollback_window_s=window)
+        Ledger(stage / LEDGER).append(
+            LedgerEntry("deploy", "v0001", model_sha256=sha, details=fields)
+        )
+        atomic_write_json(stage / CURRENT, {"version": "v0001", "updated": iso()})
+    return Deployment(out)
+
+
+def _store_tables(
+    data: Path, data_manifest: dict[str, Any], split: str, raw: str | Path | None
+) -> dict[str, Any]:
+    """Store.create's arguments: the run's train rows, valid and test rows, their users'
+    ratings and profiles, item titles, and the meta the prompts need."""
+    from e2urec.data.dataset import load_split
+
     frames = {
         "train": load_split(data, split),
         "valid": load_split(data, "valid"),
@@ -688,60 +621,20 @@ def deploy(
         .itertuples(index=False)
     )
     config = data_manifest.get("config", {})
-    meta = {
-        "template": data_manifest["template"],
-        "domain": data_manifest.get("domain", "movies"),
-        "history_len": int(config.get("history_len", 10)),
-        "data_config": config,
-        "source_run": str(run),
-        "source_data": str(data),
+    items = log.items[["item_id", "title"]].drop_duplicates("item_id").astype({"title": str})
+    return {
+        "samples": {name: frame.to_dict("records") for name, frame in frames.items()},
+        "ratings": ratings[["user_id", "item_id", "rating", "timestamp"]].itertuples(index=False),
+        "profiles": profiles,
+        "items": items.itertuples(index=False),
+        "users": sorted(users),
+        "meta": {
+            "template": data_manifest["template"],
+            "domain": data_manifest.get("domain", "movies"),
+            "history_len": int(config.get("history_len", 10)),
+            "data_config": config,
+        },
     }
-    with staged_folder(out, overwrite=overwrite) as stage:
-        export(run, stage / VERSIONS / "v0001", merge=True)
-        store = Store.create(
-            stage / STORE,
-            {name: frame.to_dict("records") for name, frame in frames.items()},
-            ratings[["user_id", "item_id", "rating", "timestamp"]].itertuples(index=False),
-            profiles,
-            log.items[["item_id", "title"]]
-            .drop_duplicates("item_id")
-            .astype({"title": str})
-            .itertuples(index=False),
-            meta,
-        )
-        with store.connect() as conn:
-            conn.executemany(
-                "INSERT OR IGNORE INTO known_users VALUES (?)", [(u,) for u in sorted(users)]
-            )
-        version = stage / VERSIONS / "v0001"
-        atomic_write_json(
-            version / VERSION_INFO,
-            {
-                "version": "v0001",
-                "parent_version": None,
-                "created": now(),
-                "source_run": str(run),
-                "model_sha256": model_sha256(version / MODEL_DIR),
-            },
-        )
-        Ledger(stage / LEDGER).append(
-            {
-                "kind": "deploy",
-                "version": "v0001",
-                "source_run": str(run),
-                "source_kind": manifest.get("kind"),
-                "source_format": manifest.get("format", "single"),
-                "trained_on": split,
-                "data_dir": str(data),
-                "data_manifest_sha256": sha256_file(data / MANIFEST),
-                "rows": store.counts(),
-                "users": [],
-                "data_sha256": store.data_sha256(),
-                "model_sha256": model_sha256(version / MODEL_DIR),
-            }
-        )
-        atomic_write_json(stage / CURRENT, {"version": "v0001", "updated": now()})
-    return Deployment(out)
 
 
 def _raw_log(data_manifest: dict[str, Any], raw: str | Path | None) -> Any:

@@ -1,20 +1,27 @@
-"""The deployment's append-only ledger (DEP/ledger.jsonl), a sha256 hash chain.
+"""The deployment's append-only ledger (DEP/ledger.jsonl), a sha256 hash chain, and its keys.
 
 Each line is one JSON entry with `seq` (1, 2, ...) and `prev`: the sha256 of the previous
 entry's canonical JSON (sorted keys, no spaces, UTF-8; 64 zeros for the first entry). Editing,
 removing or reordering any entry but the last breaks the chain at the first bad entry, which
 `entries` names. The last entry is protected only by a hash kept elsewhere: `entries(expect_head)`
-also checks that a head hash recorded earlier (printed by `e2urec ledger`) is still an entry of the chain,
-which catches a dropped tail or a chain rebuilt from scratch. Appending rewrites the file
-atomically (temp file + rename), so a crash never leaves a torn line; the chain is verified
-before every append.
+also checks that a head hash recorded earlier (printed by `e2urec ledger`) is still an entry of
+the chain. Appending rewrites the file atomically (temp file + rename) after verifying the chain.
+
+Entries name users by keyed pseudonyms (HMAC-SHA256 under the deployment's secret, DEP/secret.key,
+mode 0600) and keep the reason as an HMAC too: the chain verifies without the secret, and only
+its holder can tell whether a given user was forgotten. Entries written before pseudonyms (plain
+integer ids, a plain reason) still verify.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import hashlib
+import hmac
 import json
+import os
+import secrets
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +29,7 @@ from e2urec.artifacts import atomic_write_text
 from e2urec.errors import E2URecError
 
 LEDGER = "ledger.jsonl"
+SECRET = "secret.key"
 GENESIS = "0" * 64
 
 
@@ -35,9 +43,96 @@ def entry_hash(entry: dict[str, Any]) -> str:
     return hashlib.sha256(canonical(entry)).hexdigest()
 
 
-def now() -> str:
-    """The current UTC time, ISO 8601 to the second."""
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+def iso(seconds: float | None = None) -> str:
+    """Unix seconds (default: now) as ISO 8601 UTC to the millisecond."""
+    utc = _dt.timezone.utc
+    moment = _dt.datetime.now(utc) if seconds is None else _dt.datetime.fromtimestamp(seconds, utc)
+    return moment.isoformat(timespec="milliseconds")
+
+
+class Keys:
+    """The deployment's secret (DEP/secret.key or a copy kept elsewhere) and what it keys."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._key: bytes | None = None
+
+    def create(self) -> None:
+        """Write a new random secret, readable by the owner only (no-op when one exists)."""
+        try:
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            return
+        with os.fdopen(fd, "w") as handle:
+            handle.write(secrets.token_hex(32) + "\n")
+
+    def key(self) -> bytes:
+        """The secret; one clear error when its file is missing."""
+        if self._key is None:
+            if not self.path.is_file():
+                raise E2URecError(
+                    f"the deployment secret {self.path} is missing: pseudonyms cannot be "
+                    "computed (pass --secret with the copy you kept)"
+                )
+            self._key = bytes.fromhex(self.path.read_text().strip())
+        return self._key
+
+    def _mac(self, text: str) -> str:
+        return hmac.new(self.key(), text.encode(), hashlib.sha256).hexdigest()
+
+    def pseudonym(self, user: int) -> str:
+        """The user's keyed pseudonym (32 hex digits)."""
+        return self._mac(f"user:{int(user)}")[:32]
+
+    def pseudonyms(self, users: list[int]) -> list[str]:
+        """Pseudonyms of `users`, in order."""
+        return [self.pseudonym(u) for u in users]
+
+    def reason(self, text: str | None) -> str | None:
+        """A keyed digest of a request's free-text reason (None stays None)."""
+        return None if text is None else self._mac(f"reason:{text}")
+
+    def request_id(self, users: list[int], method: str) -> str:
+        """The default request id: keyed over the sorted users and the method, 16 hex digits."""
+        return self._mac(json.dumps({"users": sorted(users), "method": method}))[:16]
+
+
+@dataclasses.dataclass
+class LedgerEntry:
+    """One entry's fields (seq, prev and time are added on append). kind: deploy, forget,
+    purge or rollback; fields left None are not written unless the kind lists them."""
+
+    kind: str
+    version: str | None = None
+    request_id: str | None = None
+    users: list[Any] = dataclasses.field(default_factory=list)
+    no_training_data: list[Any] | None = None
+    rows_removed: dict[str, int] | None = None
+    data_sha256_before: str | None = None
+    data_sha256_after: str | None = None
+    method: str | None = None
+    params: list[str] | None = None
+    purpose: str | None = None
+    reason_hmac: str | None = None
+    parent_version: str | None = None
+    model_sha256: str | None = None
+    adapter_sha256: str | None = None
+    checks: dict[str, Any] | None = None
+    queued: str | None = None
+    pass_: dict[str, Any] | None = None
+    details: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    KEEP_NONE = {"forget": ("method", "adapter_sha256", "checks", "reason_hmac", "model_sha256")}
+
+    def fields(self) -> dict[str, Any]:
+        """The entry as written: `pass_` as "pass", `details` merged in."""
+        keep = self.KEEP_NONE.get(self.kind, ())
+        out = {
+            ("pass" if f.name == "pass_" else f.name): getattr(self, f.name)
+            for f in dataclasses.fields(self)
+            if f.name != "details" and (getattr(self, f.name) is not None or f.name in keep)
+        }
+        return {**out, **self.details}
 
 
 class Ledger:
@@ -54,8 +149,7 @@ class Ledger:
             raise E2URecError(f"ledger not found: {self.path}")
         entries: list[dict[str, Any]] = []
         prev = GENESIS
-        lines = self.path.read_text(encoding="utf-8").splitlines()
-        for number, line in enumerate(lines, start=1):
+        for number, line in enumerate(self.path.read_text(encoding="utf-8").splitlines(), 1):
             try:
                 entry = json.loads(line)
             except json.JSONDecodeError:
@@ -91,60 +185,56 @@ class Ledger:
     def _bad(self, number: int, what: str) -> E2URecError:
         return E2URecError(f"ledger {self.path} is tampered: entry {number} {what}")
 
-    def append(self, fields: dict[str, Any]) -> dict[str, Any]:
-        """Append an entry with `fields` (plus seq, prev and time when absent); returns it."""
+    def append(self, fields: LedgerEntry | dict[str, Any]) -> dict[str, Any]:
+        """Append one entry; returns it."""
         return self.extend([fields])[0]
 
-    def extend(self, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Append one entry per item of `items` in one atomic rewrite (all appear or none)."""
+    def extend(self, items: list[LedgerEntry | dict[str, Any]]) -> list[dict[str, Any]]:
+        """Append one entry per item (plus seq, prev and time) in one atomic rewrite."""
         entries = self.entries() if self.path.exists() else []
         added = []
-        for fields in items:
+        for item in items:
+            fields = item.fields() if isinstance(item, LedgerEntry) else item
             prev = entry_hash(entries[-1]) if entries else GENESIS
-            entry = {"time": now(), **fields, "seq": len(entries) + 1, "prev": prev}
+            entry = {"time": iso(), **fields, "seq": len(entries) + 1, "prev": prev}
             entries.append(entry)
             added.append(entry)
-        text = "".join(canonical(e).decode() + "\n" for e in entries)
-        atomic_write_text(self.path, text)
+        atomic_write_text(self.path, "".join(canonical(e).decode() + "\n" for e in entries))
         return added
 
     def find(self, request_id: str) -> dict[str, Any] | None:
         """The entry of request `request_id`, if one was appended."""
-        for entry in self.entries():
-            if entry.get("request_id") == request_id:
-                return entry
-        return None
+        return next((e for e in self.entries() if e.get("request_id") == request_id), None)
+
+
+def names(entry: dict[str, Any], user: int, pseudonym: str) -> bool:
+    """Whether `entry` names `user` among its users (by pseudonym, or by id in older entries)."""
+    return any(u == pseudonym or u == user for u in entry.get("users") or [])
 
 
 def _arrow(check: dict[str, Any] | None) -> str:
     if not check:
         return "-"
-    before, after = check.get("before"), check.get("after")
-    return f"{_num(before)}→{_num(after)}"
-
-
-def _num(value: float | None) -> str:
-    return "nan" if value is None else f"{value:.3f}"
+    return "→".join("nan" if v is None else f"{v:.3f}" for v in (check["before"], check["after"]))
 
 
 def table(entries: list[dict[str, Any]]) -> str:
     """A readable history: time, request, version, users, rows, method, MIA and valid AUC."""
-    header = (
-        f"{'#':>3s}  {'time':25s} {'request':16s} {'version':8s} {'users':14s} "
+    lines = [
+        f"{'#':>3s}  {'time':29s} {'request':16s} {'version':8s} {'users':14s} "
         f"{'rows':>5s}  {'method':8s} {'MIA AUC':13s} {'valid AUC':13s}"
-    )
-    lines = [header]
+    ]
     for e in entries:
-        users = ",".join(str(u) for u in e.get("users", [])) or "-"
-        rows = e.get("rows_removed", {}).get("train", e.get("rows", {}).get("train", 0))
+        users = ",".join(str(u)[:8] for u in e.get("users", [])) or "-"
+        rows = (e.get("rows_removed") or e.get("rows") or {}).get("train", 0)
         checks = e.get("checks") or {}
         request = e.get("request_id") or e.get("kind", "")
         lines.append(
-            f"{e['seq']:3d}  {e.get('time', ''):25s} {request[:16]:16s} "
+            f"{e['seq']:3d}  {e.get('time', ''):29s} {request[:16]:16s} "
             f"{e.get('version') or '-':8s} {users[:14]:14s} {rows:5d}  {e.get('method') or '-':8s} "
             f"{_arrow(checks.get('mia_auc')):13s} {_arrow(checks.get('valid_auc')):13s}"
         )
         if e.get("no_training_data"):
-            ids = ",".join(str(u) for u in e["no_training_data"])
+            ids = ",".join(str(u)[:8] for u in e["no_training_data"])
             lines.append(f"{'':5s}note: no training data held for user(s) {ids}")
     return "\n".join(lines)

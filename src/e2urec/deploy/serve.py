@@ -1,16 +1,20 @@
 """`e2urec serve`: a FastAPI app over one deployment.
 
 POST /predict {user, items} → {user, version, scores: {item: P(like)}} with the current version.
-POST /forget {users, method?, reason?, request_id?, sets?} records a deletion request in the
-  deployment's durable queue and answers at once: 202 {request_id, state: "queued", position}
-  (the same request again: its record, 200 once done). It needs `Authorization: Bearer <token>`
-  matching $E2UREC_SERVE_TOKEN (unset: 403, forgetting is disabled; missing or wrong: 401).
-  Unknown users, an empty list, bad settings: 422 (nothing queued); a request id already used
-  for other users: 409; a full queue: 503.
-GET /requests/ID (same token) → the request's record: state queued, running, done (version,
-  checks, rows removed, ledger seq) or failed (error); unknown: 404.
-GET /ledger → {entries, verified} (a tampered ledger: 409 naming the first bad entry).
+POST /forget {users, purpose?, method?, reason?, request_id?, sets?} records a deletion request
+  in the deployment's durable queue and answers at once: 202 {request_id, state: "queued",
+  position} (the same request again: its record, 200 once done). Unknown users, an empty list,
+  bad settings: 422 (nothing queued); a request id already used for other users: 409; a full
+  queue: 503.
+GET /requests/ID → the request's record: state queued, running, done (version, checks, rows
+  removed, ledger seq) or failed (error); unknown: 404.
+GET /ledger → {entries, verified, head} (a tampered ledger: 409 naming the first bad entry).
 Predict lookups that fail (unknown user or item, deleted history): 404.
+
+Tokens (`Authorization: Bearer <token>`): /forget needs the forget token ($E2UREC_SERVE_TOKEN;
+unset: 403, forgetting is disabled); /predict, /requests and /ledger need the read token
+($E2UREC_READ_TOKEN) or the forget token; with no token set they are open, which `serve` allows
+on a loopback address only. Missing or wrong: 401.
 
 A worker thread (`e2urec.deploy.worker`, started with the app unless worker=False) serves the
 queue in coalesced passes and swaps its new model in under a lock; predictions keep being served
@@ -23,12 +27,13 @@ from __future__ import annotations
 
 import contextlib
 import hmac
+import ipaddress
 import logging
 import os
 import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -45,6 +50,8 @@ from e2urec.runs import RunModel
 log = logging.getLogger("e2urec.serve")
 
 TOKEN_ENV = "E2UREC_SERVE_TOKEN"
+READ_TOKEN_ENV = "E2UREC_READ_TOKEN"
+UNAUTHORIZED = "missing or wrong bearer token"
 
 
 class PredictBody(BaseModel):
@@ -58,23 +65,31 @@ class ForgetBody(BaseModel):
     """A deletion request."""
 
     users: list[int] = Field(min_length=1)
-    method: str = "e2urec"
+    purpose: Literal["privacy", "pollution"] = "privacy"
+    method: str | None = None
     reason: str | None = None
     request_id: str | None = None
     sets: list[str] = Field(default_factory=list)
 
 
 class Live:
-    """The version that serves and its loaded model, swapped together under a lock."""
+    """The version that serves and its loaded model, swapped together under a lock. With a
+    `worker`, the queue worker runs in a thread from `start` until `close`: it takes the
+    deployment, hands its warm model here (one model in memory) and swaps in each new one."""
 
-    def __init__(self, deployment: Deployment) -> None:
-        self.deployment = deployment
+    def __init__(self, deployment: Deployment, worker: Worker | None = None) -> None:
+        self.deployment, self.worker = deployment, worker
         self._lock = threading.Lock()
         self.version = deployment.current()
         self.model = deployment.load_model(self.version)
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._work, name="e2urec-worker", daemon=True)
 
     def get(self) -> tuple[str, RunModel]:
-        """The current (version, model) pair."""
+        """The current (version, model) pair (without a worker: reloaded if it changed)."""
+        if self.worker is None and self.deployment.current() != self.version:
+            version = self.deployment.current()
+            self.set(version, self.deployment.load_model(version))
         with self._lock:
             return self.version, self.model
 
@@ -83,40 +98,25 @@ class Live:
         with self._lock:
             self.version, self.model = version, model
 
-    def refresh(self) -> None:
-        """Load the deployment's current version if it changed, then swap it in."""
-        version = self.deployment.current()
-        if version != self.get()[0]:
-            self.set(version, self.deployment.load_model(version))
-
-
-class Background:
-    """The queue worker in a thread from `start` until `close`: it takes the deployment, loads
-    its warm state, hands its model to `live` (one model in memory) and serves the queue."""
-
-    def __init__(self, worker: Worker, live: Live) -> None:
-        self.worker, self.live = worker, live
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, name="e2urec-worker", daemon=True)
-
-    def _run(self) -> None:
+    def _work(self) -> None:
         try:
-            with self.worker as worker:
-                warm = worker.warm
-                assert warm is not None
-                self.live.set(warm.version, warm.model)
-                worker.on_switch = self.live.set
+            with self.worker as worker:  # type: ignore[union-attr]
+                self.set(worker.warm.version, worker.warm.model)  # type: ignore[union-attr]
+                worker.on_switch = self.set
                 worker.run(self.stop)
         except Exception as exc:  # noqa: BLE001 (reported; predictions go on without a worker)
             log.error("e2urec worker stopped: %s", exc)
 
     def start(self) -> None:
-        self.thread.start()
+        """Start the worker thread, if any."""
+        if self.worker is not None:
+            self.thread.start()
 
     def close(self, timeout: float = 600.0) -> None:
         """Stop after the pass in progress (a pass cut short is finished on the next start)."""
-        self.stop.set()
-        self.thread.join(timeout)
+        if self.worker is not None:
+            self.stop.set()
+            self.thread.join(timeout)
 
 
 def _error(status: int, message: str) -> JSONResponse:
@@ -133,6 +133,37 @@ def _validation_message(exc: RequestValidationError) -> str:
     return "invalid request: " + "; ".join(parts)
 
 
+class Tokens:
+    """The forget token and the read token (default: the environment); `forget(request)` and
+    `read(request)` give the refusal, or None when the request may go on."""
+
+    def __init__(self, forget: str | None = None, read: str | None = None) -> None:
+        self.forget_token = forget if forget is not None else os.environ.get(TOKEN_ENV) or None
+        self.read_token = read if read is not None else os.environ.get(READ_TOKEN_ENV) or None
+
+    def _given(self, request: Request, *tokens: str | None) -> bool:
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        return scheme.lower() == "bearer" and any(
+            t is not None and hmac.compare_digest(given.encode(), t.encode()) for t in tokens
+        )
+
+    def forget(self, request: Request) -> JSONResponse | None:
+        """None when the forget token was given."""
+        if self.forget_token is None:
+            return _error(403, f"forgetting is disabled: start the server with ${TOKEN_ENV} set")
+        return None if self._given(request, self.forget_token) else _error(401, UNAUTHORIZED)
+
+    def read(self, request: Request) -> JSONResponse | None:
+        """None when a token was given (or none is configured)."""
+        if self.forget_token is None and self.read_token is None:
+            return None
+        return (
+            None
+            if self._given(request, self.read_token, self.forget_token)
+            else _error(401, UNAUTHORIZED)
+        )
+
+
 def create_app(
     deployment: str | Path,
     token: str | None = None,
@@ -140,49 +171,45 @@ def create_app(
     max_users: int = MAX_USERS,
     max_wait: float = 0.0,
     queue_limit: int = QUEUE_LIMIT,
+    read_token: str | None = None,
 ) -> FastAPI:
-    """The app serving `deployment`; `token` (default $E2UREC_SERVE_TOKEN) guards /forget and
-    /requests. With `worker`, a queue worker thread (max_users, max_wait: see `Worker`) holds
-    the deployment while the app runs; creating the app fails if another worker holds it."""
+    """The app serving `deployment`; `token` and `read_token` (default: the environment, see
+    the module docstring) guard its routes. With `worker`, a queue worker thread (max_users,
+    max_wait: see `Worker`) holds the deployment while the app runs; creating the app fails if
+    another worker holds it."""
     dep = Deployment(deployment)
-    token = token if token is not None else os.environ.get(TOKEN_ENV) or None
-    live = Live(dep)
-    background = None
+    tokens = Tokens(token, read_token)
     if worker:
         with dep.lock("a queue worker"):  # one clear error now if another worker holds DEP
             pass
-        background = Background(Worker(dep, max_users=max_users, max_wait=max_wait), live)
+    live = Live(dep, Worker(dep, max_users=max_users, max_wait=max_wait) if worker else None)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        if background is not None:
-            background.start()
+        live.start()
         try:
             yield
         finally:
-            if background is not None:
-                background.close()
+            live.close()
 
     app = FastAPI(
         title="e2urec", description="LLM recommender with deletion requests", lifespan=lifespan
     )
 
-    def refused(request: Request) -> JSONResponse | None:
-        if token is None:
-            return _error(403, f"forgetting is disabled: start the server with ${TOKEN_ENV} set")
-        scheme, _, given = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(given.encode(), token.encode()):
-            return _error(401, "missing or wrong bearer token")
-        return None
-
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         return _error(422, _validation_message(exc))
 
+    _read_routes(app, dep, live, tokens)
+    _forget_route(app, dep, tokens, queue_limit)
+    return app
+
+
+def _read_routes(app: FastAPI, dep: Deployment, live: Live, tokens: Tokens) -> None:
     @app.post("/predict")
-    def predict(body: PredictBody) -> Any:
-        if background is None:
-            live.refresh()
+    def predict(body: PredictBody, request: Request) -> Any:
+        if (denied := tokens.read(request)) is not None:
+            return denied
         version, model = live.get()
         try:
             scores = dep.predict(body.user, body.items, model=model)
@@ -190,36 +217,9 @@ def create_app(
             return _error(404, str(exc))
         return {"user": body.user, "version": version, "scores": scores}
 
-    @app.post("/forget")
-    def forget(body: ForgetBody, request: Request) -> Any:
-        denied = refused(request)
-        if denied is not None:
-            return denied
-        try:
-            record, _ = dep.enqueue(
-                body.users,
-                method=body.method,
-                sets=body.sets,
-                reason=body.reason,
-                request_id=body.request_id,
-                limit=queue_limit,
-            )
-        except Conflict as exc:
-            return _error(409, str(exc))
-        except QueueFull as exc:
-            return _error(503, str(exc))
-        except E2URecError as exc:
-            return _error(422, str(exc))
-        status = 200 if record["state"] == "done" else 202
-        fields = ("request_id", "state", "position", "merged_with", "version")
-        return JSONResponse(
-            status_code=status, content={k: record[k] for k in fields if record.get(k) is not None}
-        )
-
     @app.get("/requests/{request_id}")
     def request_state(request_id: str, request: Request) -> Any:
-        denied = refused(request)
-        if denied is not None:
+        if (denied := tokens.read(request)) is not None:
             return denied
         try:
             record = dep.request(request_id)
@@ -230,7 +230,9 @@ def create_app(
         return {k: v for k, v in record.items() if k != "created_s"}
 
     @app.get("/ledger")
-    def ledger(expect_head: str | None = None) -> Any:
+    def ledger(request: Request, expect_head: str | None = None) -> Any:
+        if (denied := tokens.read(request)) is not None:
+            return denied
         try:
             entries = dep.ledger.entries(expect_head)
         except E2URecError as exc:
@@ -238,13 +240,47 @@ def create_app(
         head = entry_hash(entries[-1]) if entries else None
         return {"verified": True, "head": head, "entries": entries}
 
-    return app
+
+def _forget_route(app: FastAPI, dep: Deployment, tokens: Tokens, queue_limit: int) -> None:
+    @app.post("/forget")
+    def forget(body: ForgetBody, request: Request) -> Any:
+        if (denied := tokens.forget(request)) is not None:
+            return denied
+        try:
+            options = body.model_dump(exclude={"users"})
+            record, _ = dep.enqueue(body.users, limit=queue_limit, **options)
+        except Conflict as exc:
+            return _error(409, str(exc))
+        except QueueFull as exc:
+            return _error(503, str(exc))
+        except E2URecError as exc:
+            return _error(422, str(exc))
+        fields = ("request_id", "state", "position", "merged_with", "version")
+        content = {k: record[k] for k in fields if record.get(k) is not None}
+        return JSONResponse(status_code=200 if record["state"] == "done" else 202, content=content)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether `host` is a loopback address (or localhost)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def serve(
     deployment: str | Path, host: str = "127.0.0.1", port: int = 8000, **options: Any
 ) -> None:
-    """Run the app with uvicorn until interrupted (`options`: see `create_app`)."""
+    """Run the app with uvicorn until interrupted (`options`: see `create_app`). A host that is
+    not a loopback address needs the tokens set (otherwise one clear error, nothing served)."""
     import uvicorn
 
+    tokens = Tokens(options.get("token"), options.get("read_token"))
+    if not is_loopback(host) and tokens.forget_token is None and tokens.read_token is None:
+        raise E2URecError(
+            f"refusing to serve on {host} without tokens: set ${TOKEN_ENV} (forget) and "
+            f"${READ_TOKEN_ENV} (predict, requests, ledger), or serve on 127.0.0.1"
+        )
     uvicorn.run(create_app(deployment, **options), host=host, port=port, log_level="info")

@@ -1,19 +1,19 @@
-"""The deployment's data in SQLite (DEP/store.sqlite): what the live model was trained on.
+"""The deployment's data in SQLite (DEP/store.sqlite): every SQL statement of a deployment.
 
-Tables:
+Data tables:
 - samples(split, id, user_id, item_id, timestamp, rating, label, prompt, target): the prepared
   rows the deployment holds, split "train" (the model's training data), "valid" (utility
   checks) and "test" (held-out non-members for membership-inference calibration);
-- ratings(user_id, item_id, rating, timestamp): every rating of those users, the history that
-  prediction prompts show;
+- ratings(user_id, item_id, rating, timestamp): every rating of those users (prediction prompts);
 - profiles(user_id, gender, age, job) and items(item_id, title): what prompts are rendered from;
-- known_users(user_id): every user the deployment's data ever held (ids only; kept after a
-  deletion so that a later request for the same user is told the data is gone, not "unknown");
-- meta(key, value): template, history length, domain and the source of the data.
+- known_users(user_id): users whose data the store holds; forgotten(pseudonym): keyed pseudonyms
+  of users whose data was deleted (so a later request is told "deleted", not "unknown");
+- meta(key, value): template, history length, domain, the data's source, deployment settings.
+Queue tables (see `queue`): requests, passes; retired(version, since): superseded versions.
 
-Connections are opened per operation in WAL mode, so readers (predictions) go on while a
-deletion transaction runs. `data_sha256` hashes the personal rows (samples, ratings, profiles)
-in a canonical order.
+Every connection runs in WAL mode with `secure_delete` on (deleted content is zeroed in the
+page); after rows leave, the file is vacuumed when a fifth of it is free or unused space and
+the WAL is checkpointed with TRUNCATE, so no page of the file keeps deleted rows.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import contextlib
 import hashlib
 import json
 import sqlite3
+import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -52,6 +53,26 @@ CREATE TABLE profiles (user_id INTEGER PRIMARY KEY, gender TEXT, age TEXT, job T
 CREATE TABLE items (item_id INTEGER PRIMARY KEY, title TEXT NOT NULL);
 CREATE TABLE known_users (user_id INTEGER PRIMARY KEY);
 """
+QUEUE_SCHEMA = """
+CREATE TABLE IF NOT EXISTS requests (
+    request_id TEXT PRIMARY KEY, position INTEGER NOT NULL, users TEXT NOT NULL,
+    method TEXT NOT NULL, sets TEXT NOT NULL, reason TEXT, state TEXT NOT NULL,
+    created REAL NOT NULL, started REAL, finished REAL, pass_id INTEGER, version TEXT,
+    checks TEXT, rows TEXT, error TEXT, merged_with TEXT NOT NULL, ledger_seq INTEGER,
+    purpose TEXT);
+CREATE INDEX IF NOT EXISTS requests_state ON requests (state, position);
+CREATE TABLE IF NOT EXISTS passes (
+    pass_id INTEGER PRIMARY KEY AUTOINCREMENT, state TEXT NOT NULL, users TEXT NOT NULL,
+    unlearned_users TEXT NOT NULL, method TEXT NOT NULL, sets TEXT NOT NULL,
+    parent_version TEXT NOT NULL, version TEXT NOT NULL, data_sha256_before TEXT,
+    data_sha256_after TEXT, created REAL NOT NULL, finished REAL, timings TEXT, error TEXT);
+CREATE TABLE IF NOT EXISTS retired (version TEXT PRIMARY KEY, since REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS forgotten (pseudonym TEXT PRIMARY KEY);
+"""
+
+
+def _marks(values: list[Any]) -> str:
+    return ", ".join("?" * len(values))
 
 
 class Store:
@@ -60,14 +81,19 @@ class Store:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
 
+    def _open(self, **options: Any) -> sqlite3.Connection:
+        if not self.path.is_file():
+            raise E2URecError(f"deployment store not found: {self.path}")
+        conn = sqlite3.connect(self.path, timeout=30, **options)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA secure_delete=ON")
+        return conn
+
     @contextlib.contextmanager
     def connect(self) -> Iterator[sqlite3.Connection]:
         """A connection whose block is one transaction (committed on success, else rolled back)."""
-        if not self.path.is_file():
-            raise E2URecError(f"deployment store not found: {self.path}")
-        conn = sqlite3.connect(self.path, timeout=30)
+        conn = self._open()
         try:
-            conn.execute("PRAGMA journal_mode=WAL")
             with conn:
                 yield conn
         finally:
@@ -77,11 +103,8 @@ class Store:
     def transaction(self) -> Iterator[sqlite3.Connection]:
         """A connection whose block is one write transaction taken at its start (BEGIN
         IMMEDIATE: concurrent writers wait for each other instead of failing on upgrade)."""
-        if not self.path.is_file():
-            raise E2URecError(f"deployment store not found: {self.path}")
-        conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        conn = self._open(isolation_level=None)
         try:
-            conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("BEGIN IMMEDIATE")
             try:
                 yield conn
@@ -91,6 +114,14 @@ class Store:
             conn.execute("COMMIT")
         finally:
             conn.close()
+
+    @contextlib.contextmanager
+    def _use(self, conn: sqlite3.Connection | None) -> Iterator[sqlite3.Connection]:
+        if conn is not None:
+            yield conn
+        else:
+            with self.connect() as own:
+                yield own
 
     # ---------------------------------------------------------------- building
     @classmethod
@@ -102,25 +133,44 @@ class Store:
         profiles: Iterable[tuple[int, str, str, str]],
         items: Iterable[tuple[int, str]],
         meta: dict[str, Any],
+        users: Iterable[int] = (),
     ) -> Store:
-        """Write a new store at `path` (which must not exist) in one transaction."""
+        """Write a new store at `path` (which must not exist) in one transaction; `users` are
+        known besides those of `samples`."""
         store = cls(path)
         sqlite3.connect(path).close()
         with store.connect() as conn:
-            conn.executescript(SCHEMA)
+            conn.executescript(SCHEMA + QUEUE_SCHEMA)
             conn.executemany(
                 "INSERT INTO meta VALUES (?, ?)", [(k, json.dumps(v)) for k, v in meta.items()]
             )
             for split, rows in samples.items():
                 conn.executemany(
-                    "INSERT INTO samples VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    f"INSERT INTO samples VALUES ({_marks([0] * 9)})",
                     ((split, *(row[c] for c in COLUMNS)) for row in rows),
                 )
             conn.execute("INSERT INTO known_users SELECT DISTINCT user_id FROM samples")
+            conn.executemany("INSERT OR IGNORE INTO known_users VALUES (?)", [(u,) for u in users])
             conn.executemany("INSERT INTO ratings VALUES (?, ?, ?, ?)", ratings)
             conn.executemany("INSERT INTO profiles VALUES (?, ?, ?, ?)", profiles)
             conn.executemany("INSERT INTO items VALUES (?, ?)", items)
         return store
+
+    def ensure_queue(self) -> None:
+        """Create the queue tables of an older deployment (no-op when present)."""
+        with self.connect() as conn:
+            conn.executescript(QUEUE_SCHEMA)
+            columns = {c[1] for c in conn.execute("PRAGMA table_info(requests)")}
+            if "purpose" not in columns:
+                conn.execute("ALTER TABLE requests ADD COLUMN purpose TEXT")
+
+    def set_meta(self, values: dict[str, Any]) -> None:
+        """Set meta keys (deployment settings)."""
+        with self.connect() as conn:
+            conn.executemany(
+                "INSERT OR REPLACE INTO meta VALUES (?, ?)",
+                [(k, json.dumps(v)) for k, v in values.items()],
+            )
 
     # ---------------------------------------------------------------- reading
     def meta(self) -> dict[str, Any]:
@@ -134,28 +184,42 @@ class Store:
         params: list[Any] = [split]
         if users is not None:
             users = sorted(set(users))
-            query += f" AND user_id IN ({', '.join('?' * len(users))})"
+            query += f" AND user_id IN ({_marks(users)})"
             params += users
         with self.connect() as conn:
             cursor = conn.execute(query + " ORDER BY id", params)
             return [dict(zip(COLUMNS, row, strict=True)) for row in cursor]
 
-    def known_users(self, users: Iterable[int]) -> set[int]:
-        """The subset of `users` that the deployment's data ever held."""
-        return self._present("known_users", users)
+    def known_users(self, users: Iterable[int], pseudonym: Any = None) -> set[int]:
+        """The subset of `users` the deployment's data ever held (held now, or forgotten:
+        `pseudonym(user)` in the forgotten table)."""
+        users = sorted(set(users))
+        known = self._present("known_users", users)
+        if pseudonym is not None and len(known) < len(users):
+            names = {pseudonym(u): u for u in users if u not in known}
+            with self.connect() as conn:
+                found = conn.execute(
+                    f"SELECT pseudonym FROM forgotten WHERE pseudonym IN ({_marks(list(names))})",
+                    list(names),
+                )
+                known |= {names[p] for (p,) in found}
+        return known
 
-    def users_with_training_data(self, users: Iterable[int]) -> set[int]:
+    def users_with_training_data(
+        self, users: Iterable[int], conn: sqlite3.Connection | None = None
+    ) -> set[int]:
         """The subset of `users` that still have train rows in the store."""
-        return self._present("samples", users, "AND split = 'train'")
+        return self._present("samples", users, "AND split = 'train'", conn)
 
-    def _present(self, table: str, users: Iterable[int], extra: str = "") -> set[int]:
+    def _present(
+        self, table: str, users: Iterable[int], extra: str = "", conn: Any = None
+    ) -> set[int]:
         users = sorted(set(users))
         if not users:
             return set()
-        with self.connect() as conn:
-            cursor = conn.execute(
-                f"SELECT DISTINCT user_id FROM {table} WHERE user_id IN "
-                f"({', '.join('?' * len(users))}) {extra}",
+        with self._use(conn) as c:
+            cursor = c.execute(
+                f"SELECT DISTINCT user_id FROM {table} WHERE user_id IN ({_marks(users)}) {extra}",
                 users,
             )
             return {int(u) for (u,) in cursor}
@@ -183,18 +247,24 @@ class Store:
         items = sorted(set(items))
         with self.connect() as conn:
             cursor = conn.execute(
-                f"SELECT item_id, title FROM items WHERE item_id IN ({', '.join('?' * len(items))})",
-                items,
+                f"SELECT item_id, title FROM items WHERE item_id IN ({_marks(items)})", items
             )
             return {int(i): t for i, t in cursor}
 
-    def counts(self) -> dict[str, int]:
-        """Rows per split, ratings and profiles held."""
-        with self.connect() as conn:
+    def counts(self, users: list[int] | None = None, conn: Any = None) -> dict[str, int]:
+        """Rows per split, ratings and profiles held (of `users`, or of everyone)."""
+        where, params = (
+            ("", []) if users is None else (f"WHERE user_id IN ({_marks(users)})", users)
+        )
+        with self._use(conn) as c:
             counts = {s: 0 for s in SPLITS}
-            counts.update(conn.execute("SELECT split, COUNT(*) FROM samples GROUP BY split"))
+            counts.update(
+                c.execute(f"SELECT split, COUNT(*) FROM samples {where} GROUP BY split", params)
+            )
             for table in ("ratings", "profiles"):
-                counts[table] = conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
+                counts[table] = c.execute(
+                    f"SELECT COUNT(*) FROM {table} {where}", params
+                ).fetchone()[0]
         return counts
 
     def data_sha256(self) -> str:
@@ -220,19 +290,106 @@ class Store:
         return now.hexdigest(), after.hexdigest()
 
     # ---------------------------------------------------------------- deleting
-    def remove_users(self, users: Iterable[int]) -> dict[str, int]:
-        """Delete every personal row of `users` in one transaction; rows removed per kind."""
+    def remove_users(self, users: Iterable[int], pseudonyms: Iterable[str] = ()) -> dict[str, int]:
+        """Delete every personal row of `users` in one transaction (their ids leave
+        known_users; `pseudonyms` join forgotten), then compact; rows removed per kind."""
         users = sorted(set(users))
-        marks = ", ".join("?" * len(users))
-        removed = {}
         with self.connect() as conn:
-            for split in SPLITS:
-                removed[split] = conn.execute(
-                    f"DELETE FROM samples WHERE split = ? AND user_id IN ({marks})",
-                    [split, *users],
-                ).rowcount
-            for table in ("ratings", "profiles"):
-                removed[table] = conn.execute(
-                    f"DELETE FROM {table} WHERE user_id IN ({marks})", users
-                ).rowcount
+            removed = self.counts(users, conn)
+            for table in ("samples", "ratings", "profiles", "known_users"):
+                conn.execute(f"DELETE FROM {table} WHERE user_id IN ({_marks(users)})", users)
+            conn.executemany(
+                "INSERT OR IGNORE INTO forgotten VALUES (?)", [(p,) for p in pseudonyms]
+            )
+        self.compact()
         return removed
+
+    def forget_known(self, pseudonym: Any) -> None:
+        """An older store's known users without any row left become pseudonyms."""
+        with self.connect() as conn:
+            gone = [
+                u
+                for (u,) in conn.execute(
+                    "SELECT user_id FROM known_users WHERE user_id NOT IN "
+                    "(SELECT user_id FROM samples UNION SELECT user_id FROM ratings)"
+                )
+            ]
+            conn.executemany(
+                "INSERT OR IGNORE INTO forgotten VALUES (?)", [(pseudonym(u),) for u in gone]
+            )
+            conn.executemany("DELETE FROM known_users WHERE user_id = ?", [(u,) for u in gone])
+        if gone:
+            self.compact()
+
+    def compact(self, tries: int = 50) -> None:
+        """VACUUM when more than a fifth of the file is free or unused page space (always when
+        SQLite lacks the dbstat table to tell), then checkpoint the WAL into the file and
+        truncate it (retried while readers hold old snapshots)."""
+        conn = self._open(isolation_level=None)
+        try:
+            try:
+                size, unused = conn.execute(
+                    "SELECT SUM(pgsize), SUM(unused) FROM dbstat"
+                ).fetchone()
+                free = conn.execute("PRAGMA freelist_count").fetchone()[0]
+                slack = (unused + free * conn.execute("PRAGMA page_size").fetchone()[0]) / size
+            except sqlite3.OperationalError:
+                slack = 1.0
+            if slack > 0.2:
+                conn.execute("VACUUM")
+            for _ in range(tries):
+                if not conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]:
+                    return
+                time.sleep(0.1)
+        finally:
+            conn.close()
+
+    # ---------------------------------------------------------------- the queue's tables
+    def select(self, table: str, where: str, params: Any = (), conn: Any = None) -> list[dict]:
+        """Rows of queue table `table` matching `where`, as column → value dicts."""
+        order = "position" if table == "requests" else "rowid"
+        with self._use(conn) as c:
+            cursor = c.execute(f"SELECT * FROM {table} WHERE {where} ORDER BY {order}", params)
+            names = [d[0] for d in cursor.description]
+            return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+
+    def insert(self, table: str, values: dict[str, Any], conn: Any = None) -> int:
+        """Insert (or replace) one row of queue table `table`; returns its rowid."""
+        with self._use(conn) as c:
+            cursor = c.execute(
+                f"INSERT OR REPLACE INTO {table} ({', '.join(values)}) "
+                f"VALUES ({_marks(list(values))})",
+                list(values.values()),
+            )
+            return int(cursor.lastrowid or 0)
+
+    def update(
+        self, table: str, values: dict[str, Any], where: str, params: Any, conn: Any = None
+    ) -> None:
+        """Set `values` on the rows of queue table `table` matching `where`."""
+        with self._use(conn) as c:
+            c.execute(
+                f"UPDATE {table} SET {', '.join(f'{k} = ?' for k in values)} WHERE {where}",
+                [*values.values(), *params],
+            )
+
+    def next_position(self, conn: Any) -> int:
+        """The queue position a new request gets."""
+        return conn.execute("SELECT COALESCE(MAX(position), 0) + 1 FROM requests").fetchone()[0]
+
+    def retired(self) -> dict[str, float]:
+        """version → unix time it stopped serving."""
+        with self.connect() as conn:
+            return dict(conn.execute("SELECT version, since FROM retired"))
+
+    def retire(self, version: str, since: float | None = None) -> None:
+        """Record that `version` stopped serving (kept time when already recorded)."""
+        with self.connect() as conn:
+            conn.execute(
+                "INSERT OR IGNORE INTO retired VALUES (?, ?)", (version, since or time.time())
+            )
+
+    def unretire(self, version: str) -> None:
+        """Forget `version`'s retirement (it was purged or serves again)."""
+        with self.connect() as conn:
+            conn.execute("DELETE FROM retired WHERE version = ?", (version,))

@@ -1,27 +1,18 @@
-"""The queue worker: serves queued deletion requests in order, in coalesced passes, warm.
+"""The queue worker, the one deletion pipeline: queued requests served in order, in
+coalesced passes, warm (a synchronous `forget` is a worker draining the queue in-process).
 
-A `Worker` holds the deployment's lock for its whole life (one worker per deployment; a
-synchronous `forget` is refused meanwhile) and keeps in memory what every pass needs: the
-serving model, the store's train rows, a fixed seeded sample of validation rows and of held-out
-test rows, and the serving model's outputs on both samples (P(Yes) and first-answer loss per
-row, computed once per version). A pass (see `queue.Queue.claim`) runs:
-
-  1. the data hashes before and after (one scan of the store), recorded on the pass;
-  2. the unlearning method over the union of the pass's users, in memory (the method's run
-     folder is requests/pass-N/run; its result is merged into one model);
-  3. checks sized to the request: membership-inference AUC of each request's own users' rows
-     against the held-out sample, validation AUC on the validation sample, before (cached
-     outputs of the serving model) and after (the new model);
-  4. the new version written whole to versions/vNNNN (staged, then one rename): the commit point;
-  5. the users' rows removed from the store, current.json switched, one ledger entry per request
-     (all in one atomic ledger rewrite), the new model swapped in (`on_switch`), the requests
-     marked done (one transaction).
-
-A crash before step 4 leaves no version: the restarted worker runs the pass again. A crash after
-it finishes steps 5 from what the version folder records (its checks), so a version is never
-half switched and every accepted request ends done. An error before the commit point (the
-method failing) marks the pass's requests failed with the reason; a tampered ledger stops the
-worker before any pass starts.
+A `Worker` holds the deployment's lock while it lives and keeps in memory the serving model, the
+store's train rows, seeded samples of validation and held-out test rows and the model's outputs
+on them (once per version). A pass (see `queue.Queue.claim`): 1. the data hashes before and
+after; 2. the method over the union of the pass's users, in memory, merged into one model;
+3. checks per request: membership-inference AUC of its users' rows against the held-out sample
+and validation AUC, before (cached) and after; 4. the version written whole (staged, one
+rename): the commit point; 5. the rows removed (zeroed, WAL truncated), current.json switched,
+one ledger entry per request (one atomic rewrite), the model swapped in (`on_switch`),
+superseded versions purged, the requests done with pseudonyms for users (one transaction).
+A crash before 4 leaves no version (the pass runs again); after it, step 5 is finished from the
+version folder. A method that fails marks the pass's requests failed. A starting worker adopts
+an older deployment's unfinished requests, removes leftovers and purges expired versions.
 """
 
 from __future__ import annotations
@@ -46,15 +37,15 @@ from e2urec.artifacts import (
     staged_folder,
     weights_sha256,
 )
-from e2urec.deploy import checks
-from e2urec.deploy.deployment import REQUESTS, VERSION_INFO, VERSIONS, Deployment, model_sha256
-from e2urec.deploy.queue import Pass, iso
+from e2urec.deploy import MAX_USERS, checks
+from e2urec.deploy.deployment import REQUESTS, Deployment, VersionInfo, model_sha256
+from e2urec.deploy.ledger import LedgerEntry
+from e2urec.deploy.queue import Pass
 from e2urec.errors import E2URecError
 from e2urec.methods.base import UnlearnContext
 from e2urec.quiet import quiet_transformers
 from e2urec.runs import CONFIG, MODEL_DIR, SingleModel
 
-MAX_USERS = 64
 VALID_ROWS = 400
 HOLDOUT_ROWS = 200
 SEED = 0
@@ -63,6 +54,13 @@ log = logging.getLogger("e2urec.worker")
 
 def _quiet(message: str) -> None:
     """Default progress output: nothing."""
+
+
+def _copy(source: Any) -> Any:
+    """A recommender sharing `source`'s tokenizer with a deep copy of its model."""
+    recommender = copy.copy(source)
+    recommender.model = copy.deepcopy(source.model)
+    return recommender
 
 
 class WarmContext(UnlearnContext):
@@ -88,8 +86,8 @@ class WarmContext(UnlearnContext):
 
     def original(self) -> Any:
         """A copy of the serving model, every parameter trainable (as a loaded one)."""
-        recommender = copy.copy(self.source)
-        recommender.model = copy.deepcopy(self.source.model).requires_grad_(True)
+        recommender = _copy(self.source)
+        recommender.model.requires_grad_(True)
         return recommender
 
 
@@ -106,17 +104,17 @@ class Warm:
         self.valid_p_yes = checks.losses_and_p_yes(self.model, self.valid)[1]
         self.holdout_loss = checks.losses_and_p_yes(self.model, self.holdout)[0]
 
-    def advance(
-        self,
-        version: str,
-        model: SingleModel,
-        manifest: dict[str, Any],
-        users: set[int],
-        outputs: tuple[np.ndarray, np.ndarray],
-    ) -> None:
-        """Serve `version`: drop `users`' rows; `outputs` = the new model's valid P(Yes) and
-        holdout losses on the kept sample rows."""
-        self.version, self.model, self.manifest = version, model, manifest
+    def advance(self, version: str, built: Any, users: set[int]) -> None:
+        """Serve `version` (`built`: (model, manifest, the new model's valid P(Yes) and holdout
+        losses on the kept sample rows), None when only rows left); drop `users`' rows."""
+        valid_kept, holdout_kept = self.kept(users)
+        if built is None:
+            built = (
+                self.model,
+                self.manifest,
+                (self.valid_p_yes[valid_kept], self.holdout_loss[holdout_kept]),
+            )
+        self.version, (self.model, self.manifest, outputs) = version, built
         self.train = [r for r in self.train if r["user_id"] not in users]
         self.valid = [r for r in self.valid if r["user_id"] not in users]
         self.holdout = [r for r in self.holdout if r["user_id"] not in users]
@@ -132,8 +130,8 @@ class Warm:
 
 class Worker:
     """Serves a deployment's queue (see the module docstring). Use as a context manager:
-    entering takes the lock, finishes an interrupted synchronous request and loads the warm
-    state; `step()` serves one pass, `drain()` all queued requests, `run(stop)` until `stop`.
+    entering takes the lock, recovers and loads the warm state; `step()` serves one pass,
+    `drain()` all queued requests, `run(stop)` until `stop`.
 
     max_users: most users in one pass (the first request always fits); max_wait: seconds the
     oldest queued request may wait for others to join its pass (0: take what is queued).
@@ -165,11 +163,14 @@ class Worker:
         self._lock = self.dep.lock("a queue worker")
         self._lock.__enter__()
         try:
-            self.dep.finish_pending(self.say)
-            for leftover in (self.dep.path / VERSIONS).glob(".*.partial"):
-                shutil.rmtree(leftover, ignore_errors=True)
+            dep = self.dep
+            dep.ensure_keys()
+            dep.adopt_old_requests()
+            dep.store.forget_known(dep.keys.pseudonym)
+            running = dep.queue.running_pass()
+            self._purge((running.version,) if running else ())
             with quiet_transformers():
-                self.warm = Warm(self.dep, self.valid_rows, self.holdout_rows)
+                self.warm = Warm(dep, self.valid_rows, self.holdout_rows)
         except BaseException:
             self._lock.__exit__(None, None, None)
             raise
@@ -177,6 +178,10 @@ class Worker:
 
     def __exit__(self, *exc: object) -> None:
         self._lock.__exit__(*exc)
+
+    def _purge(self, keep: tuple[str, ...] = ()) -> None:
+        for version in self.dep.purge(keep):
+            self.say(f"purged superseded version {version}")
 
     # ---------------------------------------------------------------- the loop
     def ready(self) -> bool:
@@ -194,12 +199,14 @@ class Worker:
 
     def step(self, wait: bool = True) -> list[dict[str, Any]]:
         """Serve one pass if one is ready (`wait=False`: ignore `max_wait`); returns the
-        records of its requests (empty: nothing to do)."""
-        if wait and not self.ready():
-            return []
+        records of its requests (empty: nothing to do). Expired versions are purged first."""
         queue = self.dep.queue
         work = queue.running_pass()
         if work is None:
+            if self.dep.store.retired():
+                self._purge()
+            if wait and not self.ready():
+                return []
             self.dep.ledger.entries()  # a tampered ledger stops the worker before any pass
             work = queue.claim(self.max_users, self.dep.current(), self.dep.next_version())
             if work is None:
@@ -210,11 +217,9 @@ class Worker:
     def drain(self) -> list[dict[str, Any]]:
         """Serve passes until nothing is queued; returns every served request's record."""
         served = []
-        while True:
-            records = self.step(wait=False)
-            if not records:
-                return served
+        while records := self.step(wait=False):
             served.extend(records)
+        return served
 
     def run(self, stop: threading.Event, poll: float = 0.2) -> None:
         """Serve passes until `stop` is set; errors are logged and retried after a pause."""
@@ -230,17 +235,15 @@ class Worker:
     # ---------------------------------------------------------------- one pass
     def serve_pass(self, work: Pass) -> None:
         """Run pass `work` to the end (see the module docstring)."""
-        clock = Clock()
-        folder = self.dep.path / REQUESTS / f"pass-{work.pass_id}"
-        final = self.dep.version_dir(work.version)
+        clock, dep = Clock(), self.dep
+        folder = dep.path / REQUESTS / f"pass-{work.pass_id}"
+        final = dep.version_dir(work.version)
         ids = ", ".join(r["request_id"] for r in work.requests)
-        self.say(
-            f"pass {work.pass_id}: {len(work.requests)} request(s) ({ids}), users {work.users}"
-        )
+        self.say(f"pass {work.pass_id}: {len(work.requests)} request(s) ({ids})")
         if work.data_sha256_before is None:
             with clock.phase("hash"):
-                before, after = self.dep.store.data_sha256_without(work.users)
-            self.dep.queue.set_hashes(work.pass_id, before, after)
+                before, after = dep.store.data_sha256_without(work.users)
+            dep.queue.set_hashes(work.pass_id, before, after)
             work.data_sha256_before, work.data_sha256_after = before, after
         built = None
         if work.unlearned_users and not final.exists():
@@ -250,7 +253,7 @@ class Worker:
                 reason = (
                     str(exc) if isinstance(exc, E2URecError) else f"{type(exc).__name__}: {exc}"
                 )
-                self.dep.queue.fail(work, reason)
+                dep.queue.fail(work, reason)
                 shutil.rmtree(folder, ignore_errors=True)
                 self.say(f"pass {work.pass_id} failed: {reason}")
                 return
@@ -258,12 +261,13 @@ class Worker:
             checks_by_id, recorded = self._commit(work, final)
         with clock.phase("switch_memory"):
             self._advance(work, built)  # the new version serves before anyone reads "done"
+        with clock.phase("purge"):
+            self._purge()  # and the superseded one is gone (or kept for the window)
+            shutil.rmtree(folder, ignore_errors=True)
         timings = clock.summary()
-        self.dep.queue.finish(work, checks_by_id, recorded, timings)
-        shutil.rmtree(folder, ignore_errors=True)
+        dep.queue.finish(work, checks_by_id, recorded, timings, dep.keys.pseudonyms)
         self.say(
-            f"pass {work.pass_id}: version {work.version} serves "
-            f"({timings['wall_s']['total']:.1f} s)"
+            f"pass {work.pass_id}: version {work.version} serves ({timings['wall_s']['total']:.1f} s)"
         )
 
     def _build(
@@ -324,31 +328,27 @@ class Worker:
 
         warm = self.warm
         assert warm is not None
-        spec = METHODS.get(work.method)
         params = method_params(work.method, work.sets)
-        seed = int(warm.manifest.get("seed") or 42)
         run_dir = folder / "run"
         config = {"command": "forget-pass", "method": work.method, "params": as_dict(params)}
         start_run(run_dir, config, overwrite=True, resume=False)
-        data = folder / "data"
         ctx = WarmContext(
             base_run=self.dep.version_dir(warm.version),
             base_manifest=warm.manifest,
             data_dir=None,
             run_dir=run_dir,
-            seed=seed,
+            seed=int(warm.manifest.get("seed") or 42),
             meter=CostMeter(),
             params=params,
             _rows={"train": warm.train, "forget": forget, "retain": retain},
         )
         ctx.source = warm.model.recommender
         ctx.materialise = lambda: self.dep.write_data(
-            data, work.users, work.unlearned_users, f"pass-{work.pass_id}"
+            folder / "data", work.users, work.unlearned_users, f"pass-{work.pass_id}"
         )
-        fields = spec.run(ctx)
-        return {**fields, "params": as_dict(params)}, SingleModel(
-            _merged(fields, run_dir, warm.model.recommender)
-        )
+        fields = METHODS.get(work.method).run(ctx)
+        model = SingleModel(_merged(fields, run_dir, warm.model.recommender))
+        return {**fields, "params": as_dict(params)}, model
 
     def _save(
         self,
@@ -365,92 +365,53 @@ class Worker:
         warm = self.warm
         assert warm is not None
         parent = self.dep.version_dir(warm.version)
-        inherited = {
-            k: warm.manifest[k]
-            for k in ("backbone", "family", "seed", "init_seed", "finetune", "loop")
-            if k in warm.manifest
-        }
-        manifest = {
-            **inherited,
-            "format": "single",
-            "kind": "unlearned",
-            "method": work.method,
-            "params": fields.get("params"),
-            "trained_on": "train",
-            "unlearned": "forget",
-            "cost": fields.get("cost"),
-            "deployment_pass": work.pass_id,
-            "parent_version": warm.version,
-            "complete": True,
-        }
+        inherited = ("backbone", "family", "seed", "init_seed", "finetune", "loop")
+        manifest = {k: warm.manifest[k] for k in inherited if k in warm.manifest}
+        manifest.update(format="single", kind="unlearned", method=work.method, complete=True)
+        manifest.update(params=fields.get("params"), cost=fields.get("cost"), trained_on="train")
+        manifest.update(
+            unlearned="forget", deployment_pass=work.pass_id, parent_version=warm.version
+        )
         adapter = folder / "run" / "adapter" / "adapter_model.safetensors"
         with staged_folder(final) as stage:
             save_recommender(model.recommender, stage / MODEL_DIR)
             if (parent / CONFIG).is_file():
                 shutil.copy2(parent / CONFIG, stage / CONFIG)
-            hashes = weights_sha256(stage)  # checked when the version is loaded
-            manifest["weights_sha256"] = hashes
+            manifest["weights_sha256"] = hashes = weights_sha256(stage)  # checked on loading
+            prefix = f"{MODEL_DIR}/"
             model_hashes = {
-                name.removeprefix(f"{MODEL_DIR}/"): sha
-                for name, sha in hashes.items()
-                if name.startswith(f"{MODEL_DIR}/")
+                n.removeprefix(prefix): h for n, h in hashes.items() if n.startswith(prefix)
             }
             atomic_write_json(stage / MANIFEST, manifest)
-            atomic_write_json(
-                stage / VERSION_INFO,
-                {
-                    "version": work.version,
-                    "parent_version": warm.version,
-                    "pass": work.pass_id,
-                    "requests": [r["request_id"] for r in work.requests],
-                    "created": iso(time.time()),
-                    "method": work.method,
-                    "model_sha256": model_sha256(stage / MODEL_DIR, model_hashes),
-                    "adapter_sha256": sha256_file(adapter) if adapter.is_file() else None,
-                    "checks": per_request,
-                },
-            )
+            VersionInfo(
+                work.version,
+                model_sha256(stage / MODEL_DIR, model_hashes),
+                parent_version=warm.version,
+                method=work.method,
+                adapter_sha256=sha256_file(adapter) if adapter.is_file() else None,
+                checks=per_request,
+                pass_id=work.pass_id,
+                requests=[r["request_id"] for r in work.requests],
+            ).write(stage)
         return manifest
 
     def _commit(self, work: Pass, final: Path) -> tuple[dict[str, Any], dict[str, int]]:
         """Switch to the pass's version and record it in the ledger (each step skipped when
         already done); returns the checks and the ledger seq per request id."""
         dep = self.dep
-        info = read_json(final / VERSION_INFO, "version record")
-        checks_by_id = info.get("checks", {}) if work.unlearned_users else {}
-        dep.switch(work.version, work.users, f"pass-{work.pass_id}")
+        info = VersionInfo.read(final)
+        checks_by_id = (info.checks or {}) if work.unlearned_users else {}
+        dep.switch(work.version, work.users)
         recorded = {
             e["request_id"]: e["seq"]
             for e in dep.ledger.entries()
-            if e.get("pass", {}).get("id") == work.pass_id
+            if (e.get("pass") or {}).get("id") == work.pass_id
         }
-        ids = [r["request_id"] for r in work.requests]
-        fresh = []
-        for request in work.requests:
-            if request["request_id"] in recorded:
-                continue
-            missing = sorted(set(request["users"]) - set(work.unlearned_users))
-            fresh.append(
-                {
-                    "kind": "forget",
-                    "request_id": request["request_id"],
-                    "users": request["users"],
-                    "no_training_data": missing,
-                    "rows_removed": request["rows_removed"],
-                    "data_sha256_before": work.data_sha256_before,
-                    "data_sha256_after": work.data_sha256_after,
-                    "method": work.method if work.unlearned_users else None,
-                    "params": work.sets,
-                    "reason": request["reason"],
-                    "parent_version": work.parent_version,
-                    "version": work.version,
-                    "model_sha256": info.get("model_sha256"),
-                    "adapter_sha256": info.get("adapter_sha256") if work.unlearned_users else None,
-                    "checks": checks_by_id.get(request["request_id"]),
-                    "queued": request["created"],
-                    "pass": {"id": work.pass_id, "requests": ids, "users": work.users},
-                }
-            )
+        fresh = [
+            forget_entry(work, r, info, checks_by_id.get(r["request_id"]), dep.keys)
+            for r in work.requests
+            if r["request_id"] not in recorded
+        ]
         for entry in dep.ledger.extend(fresh) if fresh else []:
             recorded[entry["request_id"]] = entry["seq"]
         return checks_by_id, recorded
@@ -459,14 +420,8 @@ class Worker:
         """Bring the warm state to the pass's version (from memory when this worker built it)."""
         warm = self.warm
         assert warm is not None
-        users = set(work.users)
-        if built is not None:
-            model, manifest, outputs = built
-            warm.advance(work.version, model, manifest, users, outputs)
-        elif work.version == warm.version:  # nothing unlearned: only rows left the store
-            valid_kept, holdout_kept = warm.kept(users)
-            outputs = (warm.valid_p_yes[valid_kept], warm.holdout_loss[holdout_kept])
-            warm.advance(warm.version, warm.model, warm.manifest, users, outputs)
+        if built is not None or work.version == warm.version:
+            warm.advance(work.version, built, set(work.users))
         else:  # built by a worker that was killed: load it
             with quiet_transformers():
                 self.warm = warm = Warm(self.dep, self.valid_rows, self.holdout_rows)
@@ -474,20 +429,48 @@ class Worker:
             self.on_switch(warm.version, warm.model)
 
 
+def forget_entry(
+    work: Pass, request: dict[str, Any], info: VersionInfo, checks: Any, keys: Any
+) -> LedgerEntry:
+    """The ledger entry of one request served by pass `work` (users as keyed pseudonyms)."""
+    unlearned = bool(work.unlearned_users)
+    missing = sorted(set(request["users"]) - set(work.unlearned_users))
+    return LedgerEntry(
+        "forget",
+        work.version,
+        request_id=request["request_id"],
+        users=keys.pseudonyms(request["users"]),
+        no_training_data=keys.pseudonyms(missing),
+        rows_removed=request["rows_removed"],
+        data_sha256_before=work.data_sha256_before,
+        data_sha256_after=work.data_sha256_after,
+        method=work.method if unlearned else None,
+        params=work.sets,
+        purpose=request.get("purpose") or "privacy",
+        reason_hmac=keys.reason(request.get("reason")),
+        parent_version=work.parent_version,
+        model_sha256=info.model_sha256,
+        adapter_sha256=info.adapter_sha256 if unlearned else None,
+        checks=checks,
+        queued=request["created"],
+        pass_={
+            "id": work.pass_id,
+            "requests": [r["request_id"] for r in work.requests],
+            "users": keys.pseudonyms(work.users),
+        },  # fmt: skip
+    )
+
+
 def _merged(fields: dict[str, Any], run_dir: Path, source: Any) -> Any:
-    """The method's result as one recommender: LoRA adapters folded into a copy of `source`,
-    or the whole model it saved."""
+    """The method's result as one recommender: its LoRA adapters (`runs.load_adapter_run` over
+    a copy of `source`) folded in, or the whole model it saved."""
     from e2urec.backbones import load_recommender
+    from e2urec.runs import load_adapter_run
 
     fmt = fields.get("format")
     if fmt == "adapter":
-        from peft import PeftModel
-
-        from e2urec.runs import ADAPTER_DIR
-
-        recommender = copy.copy(source)
-        model = PeftModel.from_pretrained(copy.deepcopy(source.model), run_dir / ADAPTER_DIR)
-        recommender.model = model.merge_and_unload()
+        recommender = load_adapter_run(run_dir, fields, SingleModel(_copy(source))).recommender
+        recommender.model = recommender.model.merge_and_unload()
     elif fmt == "single":
         recommender = load_recommender(run_dir / MODEL_DIR)
     else:
@@ -497,14 +480,12 @@ def _merged(fields: dict[str, Any], run_dir: Path, source: Any) -> Any:
 
 
 class Clock:
-    """Wall seconds and the worker thread's CPU seconds per phase of a pass. The CPU time is
-    what a phase costs without other processes competing for the cores (the model's own
-    operations run in the calling thread when torch uses one thread)."""
+    """Wall and CPU seconds (this thread's: what a phase costs without competing processes)
+    per phase of a pass."""
 
     def __init__(self) -> None:
-        self.began = time.perf_counter(), time.thread_time()
-        self.wall: dict[str, float] = {}
-        self.cpu: dict[str, float] = {}
+        self.began = (time.perf_counter(), time.thread_time())
+        self.spent: dict[str, list[float]] = {}
 
     @contextlib.contextmanager
     def phase(self, name: str) -> Iterator[None]:
@@ -513,14 +494,15 @@ class Clock:
         try:
             yield
         finally:
-            self.wall[name] = self.wall.get(name, 0.0) + time.perf_counter() - wall
-            self.cpu[name] = self.cpu.get(name, 0.0) + time.thread_time() - cpu
+            spent = self.spent.setdefault(name, [0.0, 0.0])
+            spent[0] += time.perf_counter() - wall
+            spent[1] += time.thread_time() - cpu
 
     def summary(self) -> dict[str, dict[str, float]]:
         """{"wall_s": {phase: s, ..., "total": s}, "cpu_s": {...}}, rounded to ms."""
-        wall = {**self.wall, "total": time.perf_counter() - self.began[0]}
-        cpu = {**self.cpu, "total": time.thread_time() - self.began[1]}
+        total = [time.perf_counter() - self.began[0], time.thread_time() - self.began[1]]
+        rows = {**self.spent, "total": total}
         return {
-            "wall_s": {k: round(v, 3) for k, v in wall.items()},
-            "cpu_s": {k: round(v, 3) for k, v in cpu.items()},
+            k: {n: round(v[i], 3) for n, v in rows.items()}
+            for i, k in enumerate(("wall_s", "cpu_s"))
         }
