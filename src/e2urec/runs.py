@@ -221,3 +221,11 @@ def load_ensemble_run(run: Path, manifest: dict[str, Any]) -> RunModel:
         aggregator = AttentionAggregator(len(members), manifest["recipe"]["agg_hidden"])
         aggregator.load_state_dict(load_file(run / AGGREGATOR))
     return EnsembleModel(members, aggregator)
+
+
+@RUN_FORMATS.register("apa")
+def load_apa_run(run: Path, manifest: dict[str, Any]) -> RunModel:
+    """One frozen base with K LoRA adapters mixed per row (format "apa"; see e2urec.mixture)."""
+    from e2urec.mixture import load_mixture
+
+    return load_mixture(run, manifest)

@@ -58,7 +58,12 @@ def check_base(method: Any, base_run: Path, base: dict[str, Any]) -> None:
                 f"--from {base_run} is not a {method.name} ensemble (format {fmt!r}); build one "
                 f"with `e2urec train-ensemble --method {method.name}`"
             )
-    elif fmt != "single":
+    elif method.base_format != "single" and fmt != method.base_format:
+        raise E2URecError(
+            f"--from {base_run} has format {fmt!r}; method {method.name!r} starts from a "
+            f"{method.base_format} original (`e2urec train-ensemble --method {method.name}`)"
+        )
+    elif method.base_format == "single" and fmt != "single":
         raise E2URecError(
             f"--from {base_run} has format {fmt!r}; method {method.name!r} starts from a "
             "single-model original run (`e2urec train --on train`)"
@@ -106,6 +111,8 @@ def unlearn(
     sha = check_data(data_dir, base_run, base)
     if hasattr(params, "check_data"):  # a method setting that needs a split the data lacks
         params.check_data(data_dir)
+    if spec.check is not None:  # the method's own checks of the run and the data
+        spec.check(base_run, base, data_dir, params)
     seed = int(base.get("seed") or 42) if seed is None else seed
     config = {
         "command": "unlearn",

@@ -24,7 +24,10 @@ class Method:
     """A registered unlearning method.
 
     base_format: the run format `--from` must have ("single" for one model, "ensemble" for a
-    SISA/RecEraser original). source: "paper", "paper's code" or "this project".
+    SISA/RecEraser original, "apa"). source: "paper", "paper's code" or "this project".
+    check(base_run, base_manifest, data_dir, params): the method's own checks of the run and
+    the data, before the run folder exists (optional). needs_pretrained: the bench's
+    `methods: all` leaves it out on a tiny backbone (trained from scratch, no pretrained base).
     """
 
     name: str
@@ -33,6 +36,8 @@ class Method:
     description: str
     source: str
     base_format: str = "single"
+    check: Callable[..., None] | None = None
+    needs_pretrained: bool = False
 
 
 METHODS: Registry[Method] = Registry("method")
