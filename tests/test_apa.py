@@ -83,8 +83,14 @@ def test_partition_is_balanced_and_saved(world):
     assert sizes.max() <= math.ceil(len(train) / 4) and sizes.min() > 0
     assert load_file(world["apa"] / PARTITION)["centres"].shape[0] == 4
     forget = set(load_split(world["data"], "forget")["id"])
-    counts = [sum(i in forget for i, s in zip(partition["ids"], partition["shards"]) if s == k)
-              for k in range(4)]
+    counts = [
+        sum(
+            i in forget
+            for i, s in zip(partition["ids"], partition["shards"], strict=True)
+            if s == k
+        )
+        for k in range(4)
+    ]
     assert [a["forget_samples"] for a in m["adapters"]] == counts
     valid = load_file(world["apa"] / VALIDATION)
     assert valid["log_loss"].shape == (4, len(load_split(world["data"], "valid")))
@@ -122,7 +128,9 @@ def test_mixture_is_one_pass_of_the_weighted_adapters(world):
     rec2 = load_recommender(run / BASE_DIR)
     for name, module in peft_model.named_modules():
         if hasattr(module, "get_delta_weight") and "shard-0" in getattr(module, "lora_A", {}):
-            delta = sum(w * module.get_delta_weight(a["name"]) for w, a in zip(omega, adapters))
+            delta = sum(
+                w * module.get_delta_weight(a["name"]) for w, a in zip(omega, adapters, strict=True)
+            )
             rec2.model.get_submodule(name.removeprefix("base_model.model.")).weight.data += delta
     with torch.no_grad():
         reference = rec2.answer_logits(batch)
@@ -250,12 +258,25 @@ def test_unlearn_bad_input(world, tmp_path, capsys):
     assert "valid rows" in line
     other = tmp_path / "other-data"
     shutil.copytree(world["data"], other)
-    (other / "train.jsonl").write_text("".join((other / "train.jsonl").read_text().splitlines(True)[1:]))
+    (other / "train.jsonl").write_text(
+        "".join((other / "train.jsonl").read_text().splitlines(True)[1:])
+    )
     _refused([*base, "--data", str(other)], out, capsys)
     # the other ensembles' originals are not APA runs, and APA runs are not theirs
     assert "apa" in _refused(
-        ["unlearn", "--method", "sisa", "--from", str(world["apa"]), "--data", str(world["data"]),
-         "--out", str(out)], out, capsys
+        [
+            "unlearn",
+            "--method",
+            "sisa",
+            "--from",
+            str(world["apa"]),
+            "--data",
+            str(world["data"]),
+            "--out",
+            str(out),
+        ],
+        out,
+        capsys,
     )
 
 
@@ -271,3 +292,16 @@ def test_bench_runs_apa_only_on_a_pretrained_backbone(tmp_path):
     assert "apa" in paper.methods
     steps = [s.name for s in minilm.plan()]
     assert "train apa original ensemble" in steps and "unlearn apa (seed 0)" in steps
+
+
+def test_causal_mixture_runs_the_head_at_the_answer_only(world, tmp_path):
+    from e2urec.methods.apa import train_apa
+
+    run = tmp_path / "causal"
+    recipe = APARecipe(**{**RECIPE, "max_steps": 1}, backbone="causal-tiny", shards=2)
+    train_apa(world["data"], run, recipe)
+    model = load_run_model(run)
+    batch = model.recommender.collate(load_split(world["data"], "test").to_dict("records")[:5])
+    omega = torch.softmax(torch.randn(5, 2), dim=-1)
+    fast, full = model.mixed_logits(batch, omega), model.mixed_logits(batch, omega, full=True)
+    assert fast.shape == full.shape and torch.allclose(fast, full, atol=1e-5)

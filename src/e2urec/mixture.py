@@ -35,6 +35,9 @@ ADAPTERS_DIR = "adapters"
 PARTITION = "partition.safetensors"
 ASSIGNMENT = "partition.json"
 VALIDATION = "validation.safetensors"
+# causal model types whose logits are exactly `<head>(last hidden state)`: the mixed pass runs
+# that head at the answer position only
+ANSWER_HEADS = {"bert": "cls", "llama": "lm_head"}
 
 
 @torch.no_grad()
@@ -102,8 +105,8 @@ class AdapterMixture:
             if self._omega is None:
                 return None
             mixed = 0
-            for k, copy in enumerate(self.whole[path]):
-                y = copy(*inputs)
+            for k, module_k in enumerate(self.whole[path]):
+                y = module_k(*inputs)
                 mixed = mixed + self._omega[:, k].reshape(-1, *[1] * (y.dim() - 1)) * y
             return mixed
 
@@ -114,8 +117,8 @@ class AdapterMixture:
         self.model.to(device)
         self.layers = {p: (a.to(device), b.to(device)) for p, (a, b) in self.layers.items()}
         for copies in self.whole.values():
-            for copy in copies:
-                copy.to(device)
+            for module in copies:
+                module.to(device)
         if self.valid_repr is not None:
             self.valid_repr = self.valid_repr.to(device)
             self.valid_error = self.valid_error.to(device)
@@ -130,12 +133,24 @@ class AdapterMixture:
         return torch.softmax(-self.tau * errors, dim=-1)
 
     @torch.no_grad()
-    def mixed_logits(self, batch: dict[str, torch.Tensor], omega: torch.Tensor) -> torch.Tensor:
-        """Answer-position logits [B, V] with the adapters mixed by `omega` [B, K]."""
+    def mixed_logits(
+        self, batch: dict[str, torch.Tensor], omega: torch.Tensor, full: bool = False
+    ) -> torch.Tensor:
+        """Answer-position logits [B, V] with the adapters mixed by `omega` [B, K]. A causal
+        model of a type in ANSWER_HEADS runs its LM head at the answer position only (the same
+        logits; `full=True` runs the whole model as `Recommender.answer_logits` does)."""
         dtype = next(self.model.parameters()).dtype
+        head = ANSWER_HEADS.get(getattr(self.model.config, "model_type", None))
         self._omega = omega.to(dtype)
         try:
-            return self.recommender.answer_logits(batch, self.model)
+            if full or head is None or self.recommender.kind != "causal":
+                return self.recommender.answer_logits(batch, self.model)
+            hidden = self.model.base_model(
+                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+            ).last_hidden_state
+            index = (batch["answer_start"] - 1).clamp(min=0)
+            rows = torch.arange(hidden.shape[0], device=hidden.device)
+            return getattr(self.model, head)(hidden[rows, index])
         finally:
             self._omega = None
 
