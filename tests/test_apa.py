@@ -159,8 +159,15 @@ def test_unlearning_retrains_only_touched_adapters_exactly(world, tmp_path):
     touched = {a["name"] for a in original["adapters"] if a["forget_samples"]}
     assert touched and len(touched) < 4
     assert set(m["retrained_shards"]) == touched
-    for name in (ASSIGNMENT, PARTITION):  # the partition is never recomputed
-        assert sha256_file(out / name) == sha256_file(base / name)
+    # the partition is never recomputed: same centres, every retained row in its shard
+    assert sha256_file(out / PARTITION) == sha256_file(base / PARTITION)
+    before = json.loads((base / ASSIGNMENT).read_text())
+    after = json.loads((out / ASSIGNMENT).read_text())
+    forgotten = set(load_split(world["data"], "forget")["id"])
+    kept = {
+        i: s for i, s in zip(before["ids"], before["shards"], strict=True) if i not in forgotten
+    }
+    assert dict(zip(after["ids"], after["shards"], strict=True)) == kept
     old_errors = load_file(base / VALIDATION)["log_loss"]
     new_errors = load_file(out / VALIDATION)["log_loss"]
     for k, adapter in enumerate(m["adapters"]):

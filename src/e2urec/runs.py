@@ -11,7 +11,9 @@ Formats (manifest "format"), each registered with a loader in RUN_FORMATS:
 - "adapter": PEFT LoRA adapters in `adapter/` on the model of the run named by "base_run"
   (E2URec's student);
 - "ensemble": one model per shard in `members/` plus a mean or attention aggregate (SISA,
-  RecEraser; see methods.ensemble).
+  RecEraser; see methods.ensemble);
+- "apa": one frozen base in `base/` with one LoRA adapter per shard in `adapters/`, mixed per
+  row in one forward pass (APA; see e2urec.mixture and methods.apa).
 """
 
 from __future__ import annotations

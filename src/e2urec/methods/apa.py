@@ -380,12 +380,8 @@ def train_apa(
     from safetensors.torch import save_file
 
     save_file({"centres": centres.contiguous()}, run_dir / PARTITION)
-    ids = [r["id"] for r in train]
-    atomic_write_json(
-        run_dir / ASSIGNMENT,
-        {"ids": ids, "shards": assignment.tolist(), "train_sha256": rows_sha256(train)},
-    )
     shards = [[r for r, a in zip(train, assignment, strict=True) if a == j] for j in range(k)]
+    write_assignment(run_dir / ASSIGNMENT, shards, train)
     counts = [sum(r["id"] in forget for r in rows) for rows in shards]
     adapters, trained = build_adapters(data_dir, run_dir, shards, counts, recipe, meter)
     with meter.phase("validation errors"):
@@ -414,6 +410,22 @@ def train_apa(
             "data_dir": str(data_dir),
             "trained_on": "train",
             "seed": recipe.seed,
+        },
+    )
+
+
+def write_assignment(path: Path, shards: list[Rows], train: Rows) -> None:
+    """partition.json: the ids of the shards' rows in `train` order, each row's shard, and the
+    sha256 of those rows (an unlearned run keeps only the retained rows, each in its shard, so
+    it can serve as the original of the next deletion)."""
+    shard_of = {r["id"]: k for k, rows in enumerate(shards) for r in rows}
+    kept = [r for r in train if r["id"] in shard_of]
+    atomic_write_json(
+        path,
+        {
+            "ids": [r["id"] for r in kept],
+            "shards": [shard_of[r["id"]] for r in kept],
+            "train_sha256": rows_sha256(kept),
         },
     )
 
@@ -474,8 +486,8 @@ def unlearn_apa(ctx: Any) -> dict[str, Any]:
     reuse = {k: ctx.base_run / a["path"] for k, a in enumerate(old) if lost[k] == 0}
     for name in (BASE_DIR,):
         link_member(ctx.base_run / name, ctx.run_dir / name)
-    for name in (PARTITION, ASSIGNMENT):
-        link_member_file(ctx.base_run / name, ctx.run_dir / name)
+    link_member_file(ctx.base_run / PARTITION, ctx.run_dir / PARTITION)
+    write_assignment(ctx.run_dir / ASSIGNMENT, shards, ctx.rows("train"))
     adapters, trained = build_adapters(
         ctx.data_dir, ctx.run_dir, shards, [0] * len(shards), recipe, ctx.meter, reuse
     )
