@@ -381,7 +381,7 @@ def train_apa(
 
     save_file({"centres": centres.contiguous()}, run_dir / PARTITION)
     shards = [[r for r, a in zip(train, assignment, strict=True) if a == j] for j in range(k)]
-    write_assignment(run_dir / ASSIGNMENT, shards, train)
+    write_assignment(run_dir / ASSIGNMENT, shards, [r["id"] for r in train])
     counts = [sum(r["id"] in forget for r in rows) for rows in shards]
     adapters, trained = build_adapters(data_dir, run_dir, shards, counts, recipe, meter)
     with meter.phase("validation errors"):
@@ -414,42 +414,47 @@ def train_apa(
     )
 
 
-def write_assignment(path: Path, shards: list[Rows], train: Rows) -> None:
-    """partition.json: the ids of the shards' rows in `train` order, each row's shard, and the
-    sha256 of those rows (an unlearned run keeps only the retained rows, each in its shard, so
-    it can serve as the original of the next deletion)."""
-    shard_of = {r["id"]: k for k, rows in enumerate(shards) for r in rows}
-    kept = [r for r in train if r["id"] in shard_of]
+def write_assignment(path: Path, shards: list[Rows], order: list[Any]) -> None:
+    """partition.json: the ids of the shards' rows (in the order of the ids in `order`), each
+    row's shard, and the sha256 of those rows (an unlearned run keeps only the retained rows,
+    each in its shard, so it can serve as the original of the next deletion)."""
+    rows = {r["id"]: (k, r) for k, part in enumerate(shards) for r in part}
+    kept = [i for i in order if i in rows]
     atomic_write_json(
         path,
         {
-            "ids": [r["id"] for r in kept],
-            "shards": [shard_of[r["id"]] for r in kept],
-            "train_sha256": rows_sha256(kept),
+            "ids": kept,
+            "shards": [rows[i][0] for i in kept],
+            "train_sha256": rows_sha256([rows[i][1] for i in kept]),
         },
     )
 
 
 # ---------------------------------------------------------------- unlearning
 def retained_shards(base_run: Path, train: Rows, forget: set) -> tuple[list[Rows], list[int]]:
-    """Each shard's rows of the saved assignment minus the forgotten ones, and how many each
-    loses; rows of `train` not in the assignment (or in another order) are one clear error."""
+    """Each shard's rows of the saved assignment (in its order) minus the forgotten ones, and how
+    many each loses; train rows that are not exactly the partitioned ones (ids, prompts,
+    targets; in any order) are one clear error."""
     partition = read_json(base_run / ASSIGNMENT, "APA partition")
-    if [r["id"] for r in train] != partition["ids"] or rows_sha256(train) != partition[
-        "train_sha256"
-    ]:
+    by_id = {r["id"]: r for r in train}
+    ids = partition["ids"]
+    if (
+        len(by_id) != len(train)
+        or set(by_id) != set(ids)
+        or rows_sha256([by_id[i] for i in ids]) != partition["train_sha256"]
+    ):
         raise E2URecError(
-            f"the train rows differ from the {len(partition['ids'])} rows run {base_run} was "
-            "partitioned on; unlearn with the prepared data it was trained on"
+            f"the train rows differ from the {len(ids)} rows run {base_run} was partitioned on; "
+            "unlearn with the prepared data it was trained on"
         )
     k = max(partition["shards"]) + 1
     shards: list[Rows] = [[] for _ in range(k)]
     lost = [0] * k
-    for row, shard in zip(train, partition["shards"], strict=True):
-        if row["id"] in forget:
+    for row_id, shard in zip(ids, partition["shards"], strict=True):
+        if row_id in forget:
             lost[shard] += 1
         else:
-            shards[shard].append(row)
+            shards[shard].append(by_id[row_id])
     return shards, lost
 
 
@@ -487,7 +492,8 @@ def unlearn_apa(ctx: Any) -> dict[str, Any]:
     for name in (BASE_DIR,):
         link_member(ctx.base_run / name, ctx.run_dir / name)
     link_member_file(ctx.base_run / PARTITION, ctx.run_dir / PARTITION)
-    write_assignment(ctx.run_dir / ASSIGNMENT, shards, ctx.rows("train"))
+    order = read_json(ctx.base_run / ASSIGNMENT, "APA partition")["ids"]
+    write_assignment(ctx.run_dir / ASSIGNMENT, shards, order)
     adapters, trained = build_adapters(
         ctx.data_dir, ctx.run_dir, shards, [0] * len(shards), recipe, ctx.meter, reuse
     )
