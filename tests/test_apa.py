@@ -316,3 +316,22 @@ def test_causal_mixture_runs_the_head_at_the_answer_only(world, tmp_path):
     omega = torch.softmax(torch.randn(5, 2), dim=-1)
     fast, full = model.mixed_logits(batch, omega), model.mixed_logits(batch, omega, full=True)
     assert fast.shape == full.shape and torch.allclose(fast, full, atol=1e-5)
+
+
+def test_other_valid_rows_rescore_every_adapter(world, tmp_path):
+    from e2urec.methods import UnlearnContext
+    from e2urec.methods.apa import APAParams, unlearn_apa
+
+    base = manifest(world["apa"])
+    valid = load_split(world["data"], "valid").to_dict("records")[1:]  # a deleted user's row
+    run = tmp_path / "run"
+    run.mkdir()
+    ctx = UnlearnContext(
+        world["apa"], base, world["data"], run, base["seed"], CostMeter(), APAParams()
+    )
+    ctx._rows["valid"] = valid
+    fields = unlearn_apa(ctx)
+    assert fields["validation"]["rows"] == len(valid)
+    assert fields["validation"]["scored"] == [a["name"] for a in base["adapters"]]
+    assert len(fields["retrained_shards"]) < 4
+    assert load_file(run / VALIDATION)["log_loss"].shape == (4, len(valid))

@@ -262,6 +262,11 @@ def adapter_errors(
     return reps, errors
 
 
+def validation_fields(valid: Rows, scored: list[str]) -> dict[str, Any]:
+    """Manifest record of the valid rows the errors are on, and which adapters were scored."""
+    return {"rows": len(valid), "sha256": rows_sha256(valid), "scored": scored}
+
+
 def write_validation(path: Path, reps: torch.Tensor, errors: torch.Tensor) -> None:
     """Save the valid rows' representations and the adapters' log-losses (safetensors)."""
     from safetensors.torch import save_file
@@ -398,6 +403,7 @@ def train_apa(
             "kind": "original",
             "adapters": adapters,
             "aggregation": {"tau": recipe.tau, "neighbours": recipe.neighbours},
+            "validation": validation_fields(valid, [a["name"] for a in adapters]),
             "partition": {
                 "shards": k,
                 "sizes": [len(s) for s in shards],
@@ -498,14 +504,20 @@ def unlearn_apa(ctx: Any) -> dict[str, Any]:
         ctx.data_dir, ctx.run_dir, shards, [0] * len(shards), recipe, ctx.meter, reuse
     )
     retrained = [k for k in range(len(shards)) if k not in reuse]
-    previous = load_file(ctx.base_run / VALIDATION)
-    errors = previous["log_loss"].clone()
+    valid = ctx.rows("valid")
+    # the same valid rows: refresh the retrained adapters' errors; other valid rows (a
+    # deployment drops a deleted user's): recompute every adapter's errors on them
+    same = base.get("validation", {}).get("sha256") == rows_sha256(valid)
+    which = retrained if same else list(range(len(shards)))
     with ctx.meter.phase("validation errors"):
-        reps, fresh = adapter_errors(
-            ctx.run_dir, adapters, retrained, ctx.rows("valid"), recipe.eval_batch_size
-        )
-    errors[retrained] = fresh
-    write_validation(ctx.run_dir / VALIDATION, previous["representation"], errors)
+        reps, fresh = adapter_errors(ctx.run_dir, adapters, which, valid, recipe.eval_batch_size)
+    if same:
+        previous = load_file(ctx.base_run / VALIDATION)
+        reps, errors = previous["representation"], previous["log_loss"].clone()
+        errors[which] = fresh
+    else:
+        errors = fresh
+    write_validation(ctx.run_dir / VALIDATION, reps, errors)
     params = ctx.params
     base_params = sum(
         p.numel() for p in load_recommender(ctx.run_dir / BASE_DIR).model.parameters()
@@ -521,6 +533,7 @@ def unlearn_apa(ctx: Any) -> dict[str, Any]:
         },
         "partition": {**base["partition"], "sizes": [len(s) for s in shards]},
         "recipe": asdict(recipe),
+        "validation": validation_fields(valid, [adapters[k]["name"] for k in which]),
         "retrained_shards": [adapters[k]["name"] for k in retrained],
         "reused_shards": [adapters[k]["name"] for k in reuse],
         "cost": cost_fields(ctx.meter, trained, base_params, per_adapter, len(shards)),
