@@ -150,15 +150,17 @@ def rows_sha256(rows: Rows) -> str:
 
 @torch.no_grad()
 def representations(recommender: Recommender, rows: Rows, batch_size: int) -> torch.Tensor:
-    """[n, H] representations of `rows` by the (plain) model of `recommender`."""
-    recommender.model.eval()
+    """[n, H] representations of `rows` by the (plain) model of `recommender`, computed on the
+    process's device (a GPU when there is one)."""
+    from e2urec.train.runner import process_state
+
+    device = process_state().device
+    model = recommender.model.to(device).eval()
     out: torch.Tensor | None = None
     for index in batches(rows, batch_size, by_length=True):
-        reps = represent(
-            recommender, recommender.model, recommender.collate([rows[i] for i in index])
-        )
-        if out is None:
-            out = torch.empty((len(rows), reps.shape[1]))
+        batch = recommender.collate([rows[i] for i in index])
+        reps = represent(recommender, model, {k: v.to(device) for k, v in batch.items()}).cpu()
+        out = torch.empty((len(rows), reps.shape[1])) if out is None else out
         out[index] = reps
     return out
 
@@ -241,24 +243,26 @@ def adapter_errors(
     run_dir: Path, adapters: list[dict[str, Any]], which: list[int], valid: Rows, batch_size: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The valid rows' representations [Nv, H] and the log-loss of P(label) (softmax over the
-    Yes/No logits) of each adapter in `which` alone on every valid row [len(which), Nv]."""
+    Yes/No logits) of each adapter in `which` alone on every valid row [len(which), Nv]
+    (computed on the process's device)."""
+    from e2urec.train.runner import process_state
+
+    device = process_state().device
     recommender, layers, whole = load_adapters(run_dir, adapters)
-    mixture = AdapterMixture(recommender, layers, whole)
+    mixture = AdapterMixture(recommender, layers, whole).to(device)
     rec, k = mixture.recommender, len(adapters)
     errors = torch.empty((len(which), len(valid)))
-    chunks = []
+    reps: torch.Tensor | None = None
     for index in batches(valid, batch_size, by_length=True):
-        batch = rec.collate([valid[i] for i in index])
-        chunks.append((index, represent(rec, mixture.model, batch)))
+        batch = {n: v.to(device) for n, v in rec.collate([valid[i] for i in index]).items()}
+        chunk = represent(rec, mixture.model, batch).cpu()
+        reps = torch.empty((len(valid), chunk.shape[1])) if reps is None else reps
+        reps[index] = chunk
         labels = torch.tensor([0 if int(valid[i]["label"]) == 1 else 1 for i in index])
         for row, adapter in enumerate(which):
-            omega = F.one_hot(torch.full((len(index),), adapter), k).float()
+            omega = F.one_hot(torch.full((len(index),), adapter, device=device), k).float()
             logits = mixture.mixed_logits(batch, omega)[:, [rec.yes_id, rec.no_id]]
-            loss = F.cross_entropy(logits.float(), labels, reduction="none")
-            errors[row, index] = loss
-    reps = torch.empty((len(valid), chunks[0][1].shape[1]))
-    for index, chunk in chunks:
-        reps[index] = chunk
+            errors[row, index] = F.cross_entropy(logits.float().cpu(), labels, reduction="none")
     return reps, errors
 
 
