@@ -6,7 +6,9 @@ Loads each run (not timed), then scores the first --rows rows of --split with th
 scorer (`eval.predict.score_rows`, batch --batch-size, no reference) --repeats times and keeps
 each run's fastest pass; prints seconds per row per run and the ratios to the single model.
 APA's pass = one pass of the base trunk without its LM head (the row's representation) + one
-pass with the K adapters mixed per row; SISA runs its K members.
+pass with the K adapters mixed per row (`apa`: the LM head at the answer position only, as APA
+scores; `apa-full`: at every position, as the single model's scorer does); SISA runs its K
+members.
 
     .venv/bin/python benchmarks/bench_apa.py --data DATA --single RUN --apa RUN [--sisa RUN]
 """
@@ -18,6 +20,7 @@ import time
 
 import torch
 
+from e2urec import mixture
 from e2urec.backbones import load_recommender
 from e2urec.data.dataset import load_split
 from e2urec.eval.predict import score_rows
@@ -45,12 +48,17 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args()
     rows = load_split(args.data, args.split).to_dict("records")[: args.rows]
-    runs = {"single": args.single or f"{args.apa}/base", "apa": args.apa}
+    runs = {"single": args.single or f"{args.apa}/base", "apa": args.apa, "apa-full": args.apa}
     if args.sisa:
         runs["sisa"] = args.sisa
     seconds = {}
+    saved_heads = dict(mixture.ANSWER_HEADS)
     for name, path in runs.items():
         model = load_run_model(path) if name != "single" or args.single else base_model(path)
+        # apa-full: the mixed pass runs the LM head at every position, as the single model does
+        heads = {} if name == "apa-full" else saved_heads
+        mixture.ANSWER_HEADS.clear()
+        mixture.ANSWER_HEADS.update(heads)
         best = float("inf")
         for _ in range(args.repeats):
             start = time.perf_counter()
