@@ -168,7 +168,7 @@ def quick_sets(method: str) -> list[str]:
 def test_every_method_unlearns_and_evaluates(world, method) -> None:
     root = world["root"]
     base = world["run"]
-    if METHODS.get(method).base_format == "ensemble":
+    if METHODS.get(method).base_format != "single":
         base = root / f"{method}-original"
         api.train_ensemble(
             method, world["data"], str(world["spec"]), base, epochs=1, max_steps=1, agg_epochs=5

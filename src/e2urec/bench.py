@@ -34,7 +34,7 @@ from e2urec.artifacts import (
 from e2urec.errors import E2URecError
 from e2urec.report.tables import NOISE_FLOOR, ORIGINAL, RETRAIN
 
-ENSEMBLE_METHODS = ("sisa", "receraser")
+ENSEMBLE_METHODS = ("sisa", "receraser", "apa")
 EVAL_SPLITS = ("test", "forget")
 HOLDOUT_SPLIT = "holdout"
 
@@ -123,7 +123,10 @@ class Bench:
         self.out = out
         self.data_root = data_root
         variants = _check_variants(config.variants, METHODS.names())
-        chosen = METHODS.names() if config.methods == "all" else list(config.methods)
+        chosen = list(config.methods)
+        if config.methods == "all":  # methods that need a pretrained base skip tiny backbones
+            tiny = config.train.backbone.partition(":")[0].endswith("-tiny")
+            chosen = [m for m in METHODS.names() if not (tiny and METHODS.get(m).needs_pretrained)]
         for name in chosen:
             if name not in variants:
                 METHODS.get(name)

@@ -448,13 +448,22 @@ def add_train_ensemble(sub: argparse._SubParsersAction) -> None:
         "(early stopping on valid); SISA averages shard logits, RecEraser fits an attention "
         "aggregator on the valid split.",
     )
-    p.add_argument("--method", required=True, choices=["sisa", "receraser"])
+    p.add_argument("--method", required=True, choices=["sisa", "receraser", "apa"])
     p.add_argument("--data", required=True, metavar="DIR", help="prepared data folder")
     p.add_argument(
         "--backbone", default="t5-tiny", metavar="SPEC", help="backbone spec (default t5-tiny)"
     )
     p.add_argument("--out", required=True, metavar="RUN", help="run folder to write")
     add_recipe_arguments(p)
+    apa = p.add_argument_group("apa (docs/methods-apa.md)")
+    apa.add_argument("--shards", type=int, help="K adapters (default: the prepared data's shards)")
+    apa.add_argument("--tau", type=float, help="aggregation temperature (default 1000)")
+    apa.add_argument("--neighbours", type=int, help="nearest valid rows per row (default 20)")
+    apa.add_argument(
+        "--whole",
+        help="modules each adapter trains whole besides LoRA: auto (minilm: the LM-head "
+        "transform), none, or comma-separated names (default auto)",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace an existing RUN")
     p.set_defaults(func=run_train_ensemble)
 
@@ -462,6 +471,11 @@ def add_train_ensemble(sub: argparse._SubParsersAction) -> None:
 def run_train_ensemble(args: argparse.Namespace) -> None:
     from e2urec import api
 
+    apa = {k: getattr(args, k) for k in ("shards", "tau", "neighbours", "whole")}
+    apa = {k: v for k, v in apa.items() if v is not None}
+    if apa and args.method != "apa":
+        flags = ", ".join(f"--{k}" for k in apa)
+        raise E2URecError(f"{flags}: only for --method apa (sisa/receraser shards are prepared)")
     manifest = api.train_ensemble(
         args.method,
         args.data,
@@ -469,9 +483,14 @@ def run_train_ensemble(args: argparse.Namespace) -> None:
         args.out,
         overwrite=args.overwrite,
         **recipe_options(args),
+        **apa,
     )
-    sizes = ", ".join(f"{m['samples']} ({m['forget_samples']} forget)" for m in manifest["members"])
-    print(f"trained {args.out} ({args.method} ensemble, {manifest['aggregate']}): {sizes}")
+    members = manifest.get("members") or manifest["adapters"]
+    sizes = ", ".join(f"{m['samples']} ({m['forget_samples']} forget)" for m in members)
+    aggregate = manifest.get("aggregate") or "tau {tau}, {neighbours} neighbours".format(
+        **manifest.get("aggregation", {})
+    )
+    print(f"trained {args.out} ({args.method} ensemble, {aggregate}): {sizes}")
 
 
 def add_export(sub: argparse._SubParsersAction) -> None:

@@ -11,7 +11,9 @@ Formats (manifest "format"), each registered with a loader in RUN_FORMATS:
 - "adapter": PEFT LoRA adapters in `adapter/` on the model of the run named by "base_run"
   (E2URec's student);
 - "ensemble": one model per shard in `members/` plus a mean or attention aggregate (SISA,
-  RecEraser; see methods.ensemble).
+  RecEraser; see methods.ensemble);
+- "apa": one frozen base in `base/` with one LoRA adapter per shard in `adapters/`, mixed per
+  row in one forward pass (APA; see e2urec.mixture and methods.apa).
 """
 
 from __future__ import annotations
@@ -222,3 +224,11 @@ def load_ensemble_run(run: Path, manifest: dict[str, Any]) -> RunModel:
         aggregator = AttentionAggregator(len(members), manifest["recipe"]["agg_hidden"])
         aggregator.load_state_dict(load_file(run / AGGREGATOR))
     return EnsembleModel(members, aggregator)
+
+
+@RUN_FORMATS.register("apa")
+def load_apa_run(run: Path, manifest: dict[str, Any]) -> RunModel:
+    """One frozen base with K LoRA adapters mixed per row (format "apa"; see e2urec.mixture)."""
+    from e2urec.mixture import load_mixture
+
+    return load_mixture(run, manifest)

@@ -59,7 +59,12 @@ def check_base(method: Any, base_run: Path, base: dict[str, Any]) -> None:
                 f"--from {base_run} is not a {method.name} ensemble (format {fmt!r}); build one "
                 f"with `e2urec train-ensemble --method {method.name}`"
             )
-    elif fmt != "single":
+    elif method.base_format != "single" and fmt != method.base_format:
+        raise E2URecError(
+            f"--from {base_run} has format {fmt!r}; method {method.name!r} starts from a "
+            f"{method.base_format} original (`e2urec train-ensemble --method {method.name}`)"
+        )
+    elif method.base_format == "single" and fmt != "single":
         raise E2URecError(
             f"--from {base_run} has format {fmt!r}; method {method.name!r} starts from a "
             "single-model original run (`e2urec train --on train`)"
@@ -115,9 +120,14 @@ def unlearn(
     check_base(spec, base_run, base)
     check_weights(base_run, base)
     sha = check_data(data_dir, base_run, base)
+    seed = int(base.get("seed") or 42) if seed is None else seed
+    run_dir = Path(out).absolute()
+    ctx = UnlearnContext(base_run, base, data_dir, run_dir, seed, CostMeter(), params)
+    check_streams(ctx, spec)
     if hasattr(params, "check_data"):  # a method setting that needs a split the data lacks
         params.check_data(data_dir)
-    seed = int(base.get("seed") or 42) if seed is None else seed
+    if spec.check is not None:  # the method's own checks of the run and the data
+        spec.check(base_run, base, data_dir, params)
     config = {
         "command": "unlearn",
         "method": method,
@@ -126,9 +136,6 @@ def unlearn(
         "data_dir": str(data_dir),
         "seed": seed,
     }
-    run_dir = Path(out).absolute()
-    ctx = UnlearnContext(base_run, base, data_dir, run_dir, seed, CostMeter(), params)
-    check_streams(ctx, spec)
     start_run(run_dir, config, overwrite=overwrite, resume=False, can_resume=False)
     fields = spec.run(ctx)
     manifest = {

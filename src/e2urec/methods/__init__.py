@@ -4,6 +4,7 @@ Adding a method = one module that calls `register(Method(...))` + one import lin
 """
 
 from e2urec.methods import (  # noqa: F401  (each import registers its method)
+    apa,
     bad_t,
     e2urec,
     gradascent,

@@ -24,9 +24,12 @@ class Method:
     """A registered unlearning method.
 
     base_format: the run format `--from` must have ("single" for one model, "ensemble" for a
-    SISA/RecEraser original). source: "paper", "paper's code" or "this project".
+    SISA/RecEraser original, "apa"). source: "paper", "paper's code" or "this project".
     streams: the prepared splits `run` trains on; `e2urec.unlearn` reads them (and forget)
     before the run folder exists and refuses an empty one.
+    check(base_run, base_manifest, data_dir, params): the method's own checks of the run and
+    the data, before the run folder exists (optional). needs_pretrained: the bench's
+    `methods: all` leaves it out on a tiny backbone (trained from scratch, no pretrained base).
     """
 
     name: str
@@ -36,6 +39,8 @@ class Method:
     source: str
     base_format: str = "single"
     streams: tuple[str, ...] = ("forget", "retain")
+    check: Callable[..., None] | None = None
+    needs_pretrained: bool = False
 
 
 METHODS: Registry[Method] = Registry("method")

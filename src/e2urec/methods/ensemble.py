@@ -20,7 +20,7 @@ import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -38,6 +38,9 @@ MEMBERS_DIR = "members"
 ORIGINAL_SHARDS: Registry[Callable[[Path], tuple[list[list[dict[str, Any]]], list[int]]]] = (
     Registry("ensemble method")
 )
+# ensemble kind → (its recipe class, trainer(data_dir, out, recipe, overwrite)) for kinds that
+# `train_ensemble` does not build from ORIGINAL_SHARDS (APA: methods.apa)
+TRAINERS: Registry[tuple[type, Callable[..., dict[str, Any]]]] = Registry("ensemble method")
 Rows = Sequence[dict[str, Any]]
 
 
@@ -46,6 +49,7 @@ class Recipe:
     """How every member is trained (the paper's supervised recipe, early stopping on valid),
     and for RecEraser how the attention aggregator is fitted (full-batch Adam on valid)."""
 
+    FINETUNE: ClassVar[str] = "full"  # the members' fine-tuning mode (recipes.recipe_loop)
     backbone: str = "t5-tiny"
     seed: int = 42
     init_seed: int = 0
@@ -67,6 +71,7 @@ class Recipe:
 
         return recipe_loop(
             self.backbone,
+            self.FINETUNE,
             where=where,
             lr=self.lr,
             epochs=self.epochs,
@@ -268,6 +273,8 @@ def train_ensemble(
     from e2urec.train.recipes import build_backbone, validation_rows
     from e2urec.train.runner import finish_run, start_run
 
+    if kind in TRAINERS:
+        return TRAINERS.get(kind)[1](data_dir, out, recipe, overwrite)
     rebuild = ORIGINAL_SHARDS.get(kind)
     recipe.check()
     data_dir = Path(data_dir).absolute()
@@ -317,5 +324,6 @@ def train_ensemble_from_options(
     lr, ...: see `Recipe`); unknown fields or wrong types give a clear error."""
     from e2urec.config import build as build_config
 
-    config = build_config(Recipe, {"backbone": backbone, **recipe}, "ensemble recipe")
+    cls = TRAINERS.get(kind)[0] if kind in TRAINERS else Recipe
+    config = build_config(cls, {"backbone": backbone, **recipe}, "ensemble recipe")
     return train_ensemble(kind, data_dir, out, config, overwrite=overwrite)
