@@ -166,12 +166,14 @@ def fit_supervised(
     desc: str = "train",
     resume: bool = False,
     built: tuple[Recommender, nn.Module] | None = None,
+    checkpoint: bool = False,
 ) -> tuple[Recommender, Any]:
     """The paper's supervised recipe on `rows`: build the backbone (`build_backbone`, unless
     `built` holds its result already; weights from `init_seed`, like one pretrained checkpoint
     shared by every run; `cfg.seed` drives data order and dropout), AdamW on answer CE, early
     stopping on `valid_rows`' answer CE, best epoch kept (None: no validation, the last epoch
-    kept; see `validation_rows`). Returns the recommender holding
+    kept; see `validation_rows`); `checkpoint`: write the resumable checkpoint (jobs that
+    offer --resume). Returns the recommender holding
     the trained model (PEFT-wrapped for LoRA, so its trainable parameters can still be counted)
     and the FitResult."""
     from e2urec.train.loop import fit
@@ -199,6 +201,7 @@ def fit_supervised(
         resume=resume,
         meter=meter,
         desc=desc,
+        checkpoint=checkpoint,
     )
     recommender.model = model
     return recommender, result
@@ -224,6 +227,7 @@ def train(
     eval_batch_size: int = 64,
     resume: bool = False,
     overwrite: bool = False,
+    **options: Any,
 ) -> dict[str, Any]:
     """Train a recommender on split `on` of prepared folder `data`; returns the run manifest.
 
@@ -235,7 +239,9 @@ def train(
     `finetune="lora"` trains PEFT adapters and saves the merged model. The run folder gets
     model/ (save_recommender), log.jsonl, config.resolved.yaml and manifest.json (format
     "single", kind from `run_kind`). Every input (settings, data, the backbone, built here) is
-    checked before the run folder is created.
+    checked before the run folder is created. `options`: the trainer's TrainOptions
+    (precision, grad_accum, max_grad_norm, scheduler, warmup_ratio, weight_decay; recorded
+    under `loop` in the config and the manifest).
     """
     from e2urec.backbones import parse_spec, save_recommender
     from e2urec.data.dataset import read_manifest
@@ -253,6 +259,7 @@ def train(
         seed=seed,
         max_steps=max_steps,
         eval_batch_size=eval_batch_size,
+        **options,
     )
     data = Path(data).absolute()
     read_manifest(data)
@@ -288,6 +295,7 @@ def train(
         finetune=finetune,
         resume=resume,
         built=built,
+        checkpoint=True,
     )
     cost = meter.summary(recommender.model)
     if finetune == "lora":
