@@ -823,12 +823,26 @@ def add_bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--set", action="append", metavar="KEY=VALUE", help="override, e.g. train.epochs=2"
     )
+    p.add_argument(
+        "--smoke",
+        action="store_true",
+        help="every step of a pretrained-backbone preset at its model's geometry (random "
+        "weights, synthetic ML-1M-format data, a few optimizer steps each); reports step "
+        "times, peak memory and the full preset's projected time (see docs/gpu.md)",
+    )
     p.set_defaults(func=run_bench)
 
 
 def run_bench(args: argparse.Namespace) -> None:
     from e2urec import api
 
+    if args.smoke:
+        from pathlib import Path
+
+        report = api.smoke(args.preset, args.out, args.config, args.set)
+        print((Path(args.out) / "smoke.md").read_text(encoding="utf-8"))
+        print(f"report: {Path(args.out) / 'smoke.json'} ({report['total_s']:.0f} s)")
+        return
     result = api.bench(
         args.preset, args.out, args.data_root, args.seeds, args.methods, args.config, args.set
     )
