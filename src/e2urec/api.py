@@ -49,13 +49,17 @@ def bench(
 
 
 def smoke(
-    preset: str, out: str | Path, config_file: str | None = None, sets: list[str] | None = None
+    preset: str,
+    out: str | Path,
+    config_file: str | None = None,
+    sets: list[str] | None = None,
+    methods: list[str] | None = None,
 ) -> dict[str, Any]:
     """Every step of `preset` at its backbone's geometry, a few steps each, with a projection of
     the full preset's time. See `e2urec.smoke`."""
     from e2urec.smoke import smoke as run
 
-    return run(preset, out, config_file, sets)
+    return run(preset, out, config_file, sets, methods)
 
 
 def prepare(config: PrepareConfig, overwrite: bool = False) -> PrepareResult:

@@ -839,7 +839,7 @@ def run_bench(args: argparse.Namespace) -> None:
     if args.smoke:
         from pathlib import Path
 
-        report = api.smoke(args.preset, args.out, args.config, args.set)
+        report = api.smoke(args.preset, args.out, args.config, args.set, args.methods)
         print((Path(args.out) / "smoke.md").read_text(encoding="utf-8"))
         print(f"report: {Path(args.out) / 'smoke.json'} ({report['total_s']:.0f} s)")
         return

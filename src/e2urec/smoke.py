@@ -117,12 +117,16 @@ def smoke(
     out: str | Path,
     config_file: str | None = None,
     sets: list[str] | None = None,
+    methods: list[str] | None = None,
     gpu_tflops: float = GPU_TFLOPS,
 ) -> dict[str, Any]:
-    """Run the smoke of `preset` into `out` (see the module docstring); returns the report."""
+    """Run the smoke of `preset` into `out` (see the module docstring; `methods`: a subset of
+    the preset's); returns the report."""
     from e2urec.data.synthetic import generate, write_ml1m
 
     config = smoke_config(presets.resolve(preset, config_file, sets), preset)
+    if methods:
+        config.methods = methods
     out = Path(out)
     bench = _TimedBench(config, out / "bench", str(out / "raw"))
     bench.check()
