@@ -184,3 +184,21 @@ def test_methods_take_the_options_through_set(tmp_path):
     cfg = params.loop_config(0)
     assert (cfg.precision, cfg.grad_accum, cfg.scheduler) == ("bf16", 2, "cosine")
     assert dataclasses.asdict(params)["grad_accum"] == 2
+
+
+def test_only_resumable_fits_write_checkpoints(rows, tmp_path):
+    from e2urec.train.cost import CostMeter
+
+    rec = _recommender(rows)
+    meter = CostMeter()
+    cfg = LoopConfig(epochs=2, batch_size=16, max_steps=4, keep="last")
+    task = SupervisedTask(rec, rows["train"][:48])
+    fit(rec, rec.model, task, cfg, tmp_path / "method", meter=meter, desc="unlearn")
+    assert not (tmp_path / "method" / "checkpoint").exists()  # an unlearning phase never resumes
+    assert meter.summary()["excluded_s"] == {}
+    fit(rec, rec.model, task, cfg, tmp_path / "train", meter=meter, checkpoint=True)
+    state = json.loads((tmp_path / "train" / "checkpoint" / "train" / "state.json").read_text())
+    assert state["complete"] and state["result"]["steps"] == 4
+    summary = meter.summary()
+    assert summary["excluded_s"]["checkpoint"] > 0
+    assert summary["compute_s"] < summary["wall_s"]
