@@ -50,6 +50,9 @@ def test_original_retrain_and_shard_recipe(paper) -> None:
     assert t.patience == 3  # normal_train.py: --endure_times default 3
     assert t.max_length == 512  # utils.py: tokenizer.encode(..., max_length=512)
     assert t.max_steps is None  # normal_train.py: no step cap, early stopping only
+    assert t.weight_decay == 0.01  # normal_train.py: torch.optim.AdamW default decay
+    assert (t.scheduler, t.warmup_ratio, t.max_grad_norm) == ("constant", 0.0, None)  # none
+    assert (t.grad_accum, t.precision) == (1, "fp32")  # normal_train.py: one batch, fp32
 
 
 def test_e2urec_values(paper) -> None:

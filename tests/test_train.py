@@ -164,14 +164,16 @@ def test_resume_after_interruption_equals_uninterrupted_run(rows, tmp_path: Path
             return losses.evaluate_ce(rec, model, rows["valid"][:32], 64)
 
         task = SupervisedTask(rec, rows["train"][:48])
-        result = fit(rec, rec.model, task, cfg, folder, validate=validate, resume=resume)
+        result = fit(
+            rec, rec.model, task, cfg, folder, validate=validate, resume=resume, checkpoint=True
+        )
         return _weights(rec.model), result
 
     whole, expected = run(tmp_path / "whole")
     with pytest.raises(RuntimeError, match="injected"):
         run(tmp_path / "cut", fail_at=2)
     state = json.loads((tmp_path / "cut" / "checkpoint" / "train" / "state.json").read_text())
-    assert state["epochs_done"] == 1
+    assert state["state"]["epochs_done"] == 1
     resumed, result = run(tmp_path / "cut", resume=True)
     assert _same(whole, resumed)
     assert result == expected

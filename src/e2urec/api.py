@@ -64,6 +64,20 @@ def register_method(method: Any) -> Any:
     return register(method)
 
 
+def smoke(
+    preset: str,
+    out: str | Path,
+    config_file: str | None = None,
+    sets: list[str] | None = None,
+    methods: list[str] | None = None,
+) -> dict[str, Any]:
+    """Every step of `preset` at its backbone's geometry, a few steps each, with a projection of
+    the full preset's time. See `e2urec.smoke`."""
+    from e2urec.smoke import smoke as run
+
+    return run(preset, out, config_file, sets, methods)
+
+
 def prepare(config: PrepareConfig, overwrite: bool = False) -> PrepareResult:
     """Prepare a dataset with the paper's protocol (see `e2urec.data.prepare`)."""
     from e2urec.data.prepare import prepare as run

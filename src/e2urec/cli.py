@@ -306,6 +306,44 @@ def add_recipe_arguments(p: argparse.ArgumentParser) -> None:
         "--max-length", type=int, default=512, help="max prompt+answer tokens (default 512)"
     )
     p.add_argument("--max-steps", type=int, help="cap on optimizer steps (default none)")
+    add_trainer_arguments(p)
+
+
+def add_trainer_arguments(p: argparse.ArgumentParser) -> None:
+    """The trainer's TrainOptions (e2urec.train.options); methods take them via --set."""
+    p.add_argument(
+        "--precision",
+        default="fp32",
+        help="fp32 | bf16 | fp16: autocast precision (fp16 needs CUDA; default fp32)",
+    )
+    p.add_argument(
+        "--grad-accum", type=int, default=1, help="batches per optimizer step (default 1)"
+    )
+    p.add_argument(
+        "--max-grad-norm", type=float, help="clip the gradient norm to this (default none)"
+    )
+    p.add_argument(
+        "--scheduler",
+        default="constant",
+        help="constant | linear | cosine learning rate (default constant)",
+    )
+    p.add_argument(
+        "--warmup-ratio",
+        type=float,
+        default=0.0,
+        help="share of the optimizer steps with linear warm-up (default 0)",
+    )
+    p.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay (default 0)")
+
+
+TRAINER_OPTIONS = (
+    "precision",
+    "grad_accum",
+    "max_grad_norm",
+    "scheduler",
+    "warmup_ratio",
+    "weight_decay",
+)
 
 
 def recipe_options(args: argparse.Namespace) -> dict:
@@ -320,6 +358,7 @@ def recipe_options(args: argparse.Namespace) -> dict:
         "init_seed",
         "max_length",
         "max_steps",
+        *TRAINER_OPTIONS,
     )
     return {name: getattr(args, name) for name in names}
 
@@ -541,12 +580,26 @@ def add_bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--set", action="append", metavar="KEY=VALUE", help="override, e.g. train.epochs=2"
     )
+    p.add_argument(
+        "--smoke",
+        action="store_true",
+        help="every step of a pretrained-backbone preset at its model's geometry (random "
+        "weights, synthetic ML-1M-format data, a few optimizer steps each); reports step "
+        "times, peak memory and the full preset's projected time (see docs/gpu.md)",
+    )
     p.set_defaults(func=run_bench)
 
 
 def run_bench(args: argparse.Namespace) -> None:
     from e2urec import api
 
+    if args.smoke:
+        from pathlib import Path
+
+        report = api.smoke(args.preset, args.out, args.config, args.set, args.methods)
+        print((Path(args.out) / "smoke.md").read_text(encoding="utf-8"))
+        print(f"report: {Path(args.out) / 'smoke.json'} ({report['total_s']:.0f} s)")
+        return
     result = api.bench(
         args.preset, args.out, args.data_root, args.seeds, args.methods, args.config, args.set
     )

@@ -14,6 +14,7 @@ import yaml
 
 from e2urec import config as cfg
 from e2urec.errors import E2URecError
+from e2urec.train.options import TrainOptions
 
 
 @dataclass
@@ -41,8 +42,9 @@ class BenchData:
 
 
 @dataclass
-class BenchTrain:
-    """How Original and Retrain are trained (see `e2urec train`)."""
+class BenchTrain(TrainOptions):
+    """How Original and Retrain are trained (see `e2urec train`; TrainOptions: precision,
+    grad_accum, max_grad_norm, scheduler, warmup_ratio, weight_decay)."""
 
     backbone: str = "t5-tiny"
     epochs: int = 10

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from e2urec.artifacts import atomic_write_json, check_safetensors, read_json
 from e2urec.backbones.base import ANSWERS, IGNORE, Family, Recommender, batches
@@ -67,7 +68,7 @@ def load_recommender(folder: str | Path) -> Recommender:
     Weights that cannot be read or do not fit the model (missing, unexpected or mis-shaped
     tensors, which transformers would otherwise re-initialize) are one error naming the file.
     """
-    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
     folder = Path(folder)
     info = read_json(folder / BACKBONE_FILE, "model record")
@@ -94,7 +95,20 @@ def load_recommender(folder: str | Path) -> Recommender:
         raise E2URecError(
             f"the weights in {weights} do not fit the model it records: {'; '.join(problems)}"
         )
-    tokenizer = AutoTokenizer.from_pretrained(folder)
+    tokenizer = _load_tokenizer(folder)
     recommender = Recommender(model, tokenizer, info["kind"], info.get("max_length", 512))
     recommender.family = info["family"]
     return recommender
+
+
+def _load_tokenizer(folder: Path) -> Any:
+    """The saved tokenizer. One trained by e2urec (a plain `tokenizers` backend) is loaded as
+    such: AutoTokenizer would pick the model type's own class (e.g. Qwen2's), which rebuilds
+    the pre-tokenizer and splits the answer words differently."""
+    from transformers import AutoTokenizer, TokenizersBackend
+
+    config = folder / "tokenizer_config.json"
+    saved = read_json(config, "tokenizer config") if config.is_file() else {}
+    if saved.get("tokenizer_class") in ("TokenizersBackend", "PreTrainedTokenizerFast"):
+        return TokenizersBackend.from_pretrained(folder)
+    return AutoTokenizer.from_pretrained(folder)

@@ -8,6 +8,8 @@ pass the model explicitly; the tokenizer and the answer ids are shared.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -129,10 +131,18 @@ class Recommender:
         )
 
     # ---------------------------------------------------------------- scoring
+    answer_only = True  # causal: apply the LM head at the answer positions only (see below)
+
     def target_logits(
         self, batch: dict[str, torch.Tensor], model: nn.Module | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Logits [B, T, V] at every answer position and the answer labels [B, T] (IGNORE = pad)."""
+        """Logits [B, T, V] at every answer position and the answer labels [B, T] (IGNORE = pad).
+
+        Causal models: the head runs on the hidden states at the answer positions only
+        (transformers' `logits_to_keep` with per-row positions), not on every prompt token, so
+        a 151k vocabulary costs [B, T, V] instead of [B, L, V]; a model whose forward lacks
+        `logits_to_keep`, or `answer_only = False`, computes every position and gathers.
+        """
         model = self.model if model is None else model
         if self.kind == "seq2seq":
             out = model(
@@ -141,7 +151,6 @@ class Recommender:
                 labels=batch["labels"],
             )
             return out.logits, batch["labels"]
-        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
         labels = batch["labels"]
         answer_len = int((labels != IGNORE).sum(dim=1).max())
         offsets = torch.arange(answer_len, device=labels.device)
@@ -150,14 +159,31 @@ class Recommender:
         target = torch.where(positions < labels.shape[1], target, IGNORE)
         # the logit predicting token t sits at position t - 1
         index = (positions - 1).clamp(max=labels.shape[1] - 1)
-        logits = out.logits.gather(1, index.unsqueeze(-1).expand(-1, -1, out.logits.shape[-1]))
-        return logits, target
+        inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+        if self.answer_only and keeps_logits(model):
+            return model(**inputs, logits_to_keep=index).logits, target
+        logits = model(**inputs).logits
+        return logits.gather(1, index.unsqueeze(-1).expand(-1, -1, logits.shape[-1])), target
 
     def answer_logits(
         self, batch: dict[str, torch.Tensor], model: nn.Module | None = None
     ) -> torch.Tensor:
         """Full-vocabulary logits [B, V] at the first answer position (where Yes/No is decided)."""
         return self.target_logits(batch, model)[0][:, 0, :]
+
+
+def keeps_logits(model: nn.Module) -> bool:
+    """Whether `model` (possibly inside DDP or PEFT wrappers) is a transformers model whose
+    forward takes `logits_to_keep` (then the head can run on chosen positions only)."""
+    inner = getattr(model, "module", model)  # DDP
+    if hasattr(inner, "get_base_model"):  # PEFT
+        inner = inner.get_base_model()
+    return _forward_takes(type(inner), "logits_to_keep")
+
+
+@functools.cache
+def _forward_takes(cls: type, name: str) -> bool:
+    return name in inspect.signature(cls.forward).parameters
 
 
 def _pad(rows: list[list[int]], value: int) -> tuple[torch.Tensor, torch.Tensor]:

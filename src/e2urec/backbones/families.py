@@ -16,6 +16,8 @@ from transformers import (
     AutoTokenizer,
     LlamaConfig,
     LlamaForCausalLM,
+    Qwen2Config,
+    Qwen2ForCausalLM,
     T5Config,
     T5ForConditionalGeneration,
 )
@@ -150,6 +152,77 @@ def _build_causal_tiny(arg: str | None, corpus: list[str], seed: int) -> tuple[n
     return LlamaForCausalLM(config), tokenizer
 
 
+# Architectures of pretrained models the presets name, for runs at their geometry with random
+# weights and no hub access (`t5-config:NAME`, `causal-config:NAME[@LAYERS]`; `bench --smoke`).
+GEOMETRIES: dict[str, tuple[str, dict[str, Any]]] = {
+    "t5-base": (  # google-t5/t5-base config.json
+        "t5",
+        {
+            "vocab_size": 32128, "d_model": 768, "d_ff": 3072, "d_kv": 64, "num_heads": 12,
+            "num_layers": 12, "num_decoder_layers": 12, "dropout_rate": 0.1,
+            "feed_forward_proj": "relu", "relative_attention_num_buckets": 32,
+            "tie_word_embeddings": True,
+        },
+    ),
+    "qwen2.5-0.5b": (  # Qwen/Qwen2.5-0.5B config.json
+        "qwen2",
+        {
+            "vocab_size": 151936, "hidden_size": 896, "intermediate_size": 4864,
+            "num_hidden_layers": 24, "num_attention_heads": 14, "num_key_value_heads": 2,
+            "max_position_embeddings": 32768, "rope_theta": 1000000.0, "rms_norm_eps": 1e-6,
+            "tie_word_embeddings": True,
+        },
+    ),
+}  # fmt: skip
+HUB_GEOMETRIES = {  # backbone spec of a preset -> the smoke's spec at the same geometry
+    "t5:google-t5/t5-base": "t5-config:t5-base",
+    "t5:t5-base": "t5-config:t5-base",
+    "causal:Qwen/Qwen2.5-0.5B": "causal-config:qwen2.5-0.5b",
+}
+
+
+def geometry(arg: str | None, kind: str) -> tuple[str, dict[str, Any]]:
+    """(architecture, config values) of `NAME[@LAYERS]`; unknown names list the known ones."""
+    name, _, layers = (arg or "").partition("@")
+    known = [n for n, (arch, _) in GEOMETRIES.items() if (arch == "t5") == (kind == "seq2seq")]
+    if name not in known:
+        raise E2URecError(f"unknown model config {name!r}; known: {', '.join(known)}")
+    arch, values = GEOMETRIES[name]
+    values = dict(values)
+    if layers:
+        if not layers.isdigit() or int(layers) < 1:
+            raise E2URecError(f"model config {arg!r}: layers after @ must be a positive integer")
+        keys = ("num_layers", "num_decoder_layers") if arch == "t5" else ("num_hidden_layers",)
+        values.update({key: int(layers) for key in keys})
+    return arch, values
+
+
+def _build_t5_config(arg: str | None, corpus: list[str], seed: int) -> tuple[nn.Module, Any]:
+    _, values = geometry(arg, "seq2seq")
+    tokenizer = train_tokenizer(corpus, ANSWERS, TINY_VOCAB, template=f"$A {EOS}")
+    torch.manual_seed(seed)
+    config = T5Config(
+        **{**values, "vocab_size": max(values["vocab_size"], len(tokenizer))},
+        pad_token_id=tokenizer.convert_tokens_to_ids(PAD),
+        eos_token_id=tokenizer.convert_tokens_to_ids(EOS),
+        decoder_start_token_id=tokenizer.convert_tokens_to_ids(PAD),
+    )
+    return T5ForConditionalGeneration(config), tokenizer
+
+
+def _build_causal_config(arg: str | None, corpus: list[str], seed: int) -> tuple[nn.Module, Any]:
+    _, values = geometry(arg, "causal")
+    tokenizer = train_tokenizer(corpus, ANSWERS, TINY_VOCAB, template=f"{BOS} $A")
+    torch.manual_seed(seed)
+    config = Qwen2Config(
+        **{**values, "vocab_size": max(values["vocab_size"], len(tokenizer))},
+        pad_token_id=tokenizer.convert_tokens_to_ids(PAD),
+        bos_token_id=tokenizer.convert_tokens_to_ids(BOS),
+        eos_token_id=tokenizer.convert_tokens_to_ids(EOS),
+    )
+    return Qwen2ForCausalLM(config), tokenizer
+
+
 for _family in (
     Family(
         "t5", "seq2seq", _build_t5, ("q", "v"), "any transformers seq2seq model (t5:PATH_OR_ID)"
@@ -174,6 +247,20 @@ for _family in (
     ),
     Family(
         "causal-tiny", "causal", _build_causal_tiny, ("q_proj", "v_proj"), "2-layer LLaMA, d 64"
+    ),
+    Family(
+        "t5-config",
+        "seq2seq",
+        _build_t5_config,
+        ("q", "v"),
+        "a pretrained T5's architecture, random weights (t5-config:t5-base[@LAYERS])",
+    ),
+    Family(
+        "causal-config",
+        "causal",
+        _build_causal_config,
+        ("q_proj", "v_proj"),
+        "a pretrained decoder's architecture, random weights (causal-config:qwen2.5-0.5b[@LAYERS])",
     ),
 ):
     BACKBONES.register(_family.name, description=_family.description)(_family)

@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 from e2urec.backbones import Recommender, load_recommender
 from e2urec.config import check_ranges
 from e2urec.registry import Registry
+from e2urec.train.options import TrainOptions, options_of
 
 
 @dataclass(frozen=True)
@@ -98,8 +99,10 @@ class UnlearnContext:
 
 
 @dataclass
-class TrainParams:
+class TrainParams(TrainOptions):
     """Optimisation settings shared by the trained methods; each method overrides defaults.
+    TrainOptions adds precision, grad_accum, max_grad_norm, scheduler, warmup_ratio and
+    weight_decay (`--set precision=bf16`, ...).
 
     A method's params class declares the ranges of its own settings in `RANGES` (field → rule
     of `config.RANGES`); `check_params` tests them and the loop settings.
@@ -111,7 +114,6 @@ class TrainParams:
     batch_size: int = 16
     epochs: int = 1
     max_steps: int | None = None
-    weight_decay: float = 0.0
 
     def loop_config(self, seed: int) -> Any:
         """The training loop's config for these settings (no early stopping: keep the last)."""
@@ -121,7 +123,7 @@ class TrainParams:
             epochs=self.epochs,
             lr=self.lr,
             batch_size=self.batch_size,
-            weight_decay=self.weight_decay,
             seed=seed,
             max_steps=self.max_steps,
+            **options_of(self),
         )

@@ -428,6 +428,7 @@ def tuned_copy(
     `aug_epochs`, keep the last), frozen: the augmented model (forget rows) or the contrastive
     teacher's control (as many retained rows). Its wall time is phase `desc` of the cost."""
     from e2urec.train.loop import LoopConfig, fit
+    from e2urec.train.options import options_of
     from e2urec.train.recipes import SupervisedTask
 
     recommender = ctx.original()
@@ -439,6 +440,7 @@ def tuned_copy(
         batch_size=params.batch_size,
         seed=ctx.seed,
         max_steps=params.max_steps,
+        **options_of(params),
     )
     task = SupervisedTask(recommender, rows)
     fit(

@@ -32,6 +32,7 @@ from e2urec.errors import E2URecError
 from e2urec.quiet import quiet_transformers
 from e2urec.registry import Registry
 from e2urec.runs import AGGREGATOR, AttentionAggregator, EnsembleModel
+from e2urec.train.options import TrainOptions, options_of
 
 MEMBERS_DIR = "members"
 # ensemble kind → function(data_dir) giving its original shards and their forget-sample counts
@@ -45,7 +46,7 @@ Rows = Sequence[dict[str, Any]]
 
 
 @dataclass
-class Recipe:
+class Recipe(TrainOptions):
     """How every member is trained (the paper's supervised recipe, early stopping on valid),
     and for RecEraser how the attention aggregator is fitted (full-batch Adam on valid)."""
 
@@ -81,6 +82,7 @@ class Recipe:
             seed=self.seed,
             max_steps=self.max_steps,
             eval_batch_size=self.eval_batch_size,
+            **options_of(self),
         )
 
     def check(self, where: str = "") -> None:
@@ -156,13 +158,17 @@ def fit_aggregator(
     logits (computed once); saved as `aggregator.safetensors`."""
     from safetensors.torch import save_file
 
-    ensemble = EnsembleModel([load_recommender(run_dir / m) for m in members], None)
+    from e2urec.train.runner import process_state
+
+    device = process_state().device  # the members score on the device; the aggregator on CPU
+    ensemble = EnsembleModel([load_recommender(run_dir / m) for m in members], None).to(device)
     rec = ensemble.recommender
     features, labels = [], []
     for start in range(0, len(valid), recipe.eval_batch_size):
         chunk = valid[start : start + recipe.eval_batch_size]
-        logits = ensemble.member_logits(rec.collate(chunk))
-        features.append(logits[..., [rec.yes_id, rec.no_id]])
+        batch = {k: v.to(device) for k, v in rec.collate(chunk).items()}
+        logits = ensemble.member_logits(batch)
+        features.append(logits[..., [rec.yes_id, rec.no_id]].cpu())
         labels += [0 if int(r["label"]) == 1 else 1 for r in chunk]  # class 0 = Yes
     x, y = torch.cat(features), torch.tensor(labels)
     torch.manual_seed(recipe.seed)

@@ -57,13 +57,15 @@ class NPOTask(GradientTask):
 def reference_logp(
     recommender: Recommender, rows: Sequence[dict[str, Any]], batch_size: int
 ) -> torch.Tensor:
-    """The model's answer log-likelihood of every row [N] (eval mode)."""
+    """The model's answer log-likelihood of every row [N] (eval mode, on the model's device)."""
     model = recommender.model
     was_training = model.training
     model.eval()
+    device = next(model.parameters()).device
     out = []
     for start in range(0, len(rows), batch_size):
         batch = recommender.collate(rows[start : start + batch_size])
+        batch = {key: value.to(device) for key, value in batch.items()}
         out.append(sequence_logp(*recommender.target_logits(batch, model)).cpu())
     model.train(was_training)
     return torch.cat(out)
@@ -71,7 +73,10 @@ def reference_logp(
 
 def run(ctx: UnlearnContext) -> dict[str, Any]:
     """Run NPO from the original model."""
+    from e2urec.train.runner import process_state
+
     recommender = ctx.original()
+    recommender.model.to(process_state().device)  # the reference pass runs where training will
     forget = ctx.rows("forget")
     with ctx.meter.phase("reference"):
         reference = reference_logp(recommender, forget, ctx.params.batch_size)

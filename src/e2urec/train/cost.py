@@ -12,13 +12,19 @@ from typing import Any
 import torch
 from torch import nn
 
+TIME_NOTE = (
+    "compute_s = wall_s less excluded_s (resumable checkpoint writes); model loading, "
+    "teacher caches and saving the result count as compute; the bench's time_s is compute_s"
+)
+
 
 class CostMeter:
     """Wall seconds since creation and per named phase, plus optimizer steps and samples.
 
     `with meter.phase("student"): ...` adds the block's wall seconds to that phase (phases may
     nest; the total is wall time since the meter was created, not the sum of phases).
-    `fit(..., meter=meter)` counts its optimizer steps and samples here.
+    `fit(..., meter=meter)` counts its optimizer steps and samples here, and reports the
+    seconds of its resumable checkpoints with `exclude`: they are kept out of `compute_s`.
     """
 
     def __init__(self) -> None:
@@ -26,6 +32,7 @@ class CostMeter:
         self.phases: dict[str, float] = {}
         self.optimizer_steps = 0
         self.samples = 0
+        self.excluded: dict[str, float] = {}
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()
 
@@ -43,6 +50,11 @@ class CostMeter:
         self.optimizer_steps += steps
         self.samples += samples
 
+    def exclude(self, name: str, seconds: float) -> None:
+        """Add `seconds` of work that is not the job's compute (e.g. checkpoint writes)."""
+        if seconds:
+            self.excluded[name] = self.excluded.get(name, 0.0) + seconds
+
     def summary(self, model: nn.Module | None = None) -> dict[str, Any]:
         """Totals as a JSON-ready dict; parameter counts come from `model` (trainable = requires_grad)."""
         trainable = total = 0
@@ -52,8 +64,12 @@ class CostMeter:
                 if param.requires_grad:
                     trainable += param.numel()
         memory, kind = peak_memory_mb()
+        wall = time.perf_counter() - self.start
         return {
-            "wall_s": round(time.perf_counter() - self.start, 3),
+            "wall_s": round(wall, 3),
+            "compute_s": round(wall - sum(self.excluded.values()), 3),
+            "excluded_s": {name: round(s, 3) for name, s in self.excluded.items()},
+            "time_note": TIME_NOTE,
             "phases": {name: round(seconds, 3) for name, seconds in self.phases.items()},
             "trainable_params": trainable,
             "total_params": total,

@@ -166,12 +166,14 @@ def fit_supervised(
     desc: str = "train",
     resume: bool = False,
     built: tuple[Recommender, nn.Module] | None = None,
+    checkpoint: bool = False,
 ) -> tuple[Recommender, Any]:
     """The paper's supervised recipe on `rows`: build the backbone (`build_backbone`, unless
     `built` holds its result already; weights from `init_seed`, like one pretrained checkpoint
     shared by every run; `cfg.seed` drives data order and dropout), AdamW on answer CE, early
     stopping on `valid_rows`' answer CE, best epoch kept (None: no validation, the last epoch
-    kept; see `validation_rows`). Returns the recommender holding
+    kept; see `validation_rows`); `checkpoint`: write the resumable checkpoint (jobs that
+    offer --resume). Returns the recommender holding
     the trained model (PEFT-wrapped for LoRA, so its trainable parameters can still be counted)
     and the FitResult."""
     from e2urec.train.loop import fit
@@ -199,6 +201,7 @@ def fit_supervised(
         resume=resume,
         meter=meter,
         desc=desc,
+        checkpoint=checkpoint,
     )
     recommender.model = model
     return recommender, result
@@ -224,36 +227,29 @@ def train(
     eval_batch_size: int = 64,
     resume: bool = False,
     overwrite: bool = False,
+    **options: Any,
 ) -> dict[str, Any]:
     """Train a recommender on split `on` of prepared folder `data`; returns the run manifest.
 
     The paper's recipe: AdamW, answer CE, early stopping on the valid split's answer CE with
     `patience`, best epoch kept (`keep="last"`: no validation, all `epochs` run, last kept).
     Backbone weights start from `init_seed` (the same for every run, like a shared pretrained
-    checkpoint); `seed` drives data order and dropout. The
-    tokenizer corpus is train+valid+test, so every run on the same data shares a vocabulary.
+    checkpoint); `seed` drives data order and dropout. The tokenizer corpus is
+    train+valid+test, so every run on the same data shares a vocabulary.
     `finetune="lora"` trains PEFT adapters and saves the merged model. The run folder gets
     model/ (save_recommender), log.jsonl, config.resolved.yaml and manifest.json (format
     "single", kind from `run_kind`). Every input (settings, data, the backbone, built here) is
-    checked before the run folder is created.
+    checked before the run folder is created. `options`: TrainOptions (precision, grad_accum,
+    max_grad_norm, scheduler, warmup_ratio, weight_decay), recorded under `loop`.
     """
     from e2urec.backbones import parse_spec, save_recommender
     from e2urec.data.dataset import read_manifest
     from e2urec.train.cost import CostMeter
     from e2urec.train.runner import finish_run, process_state, start_run
 
-    cfg = recipe_loop(
-        backbone,
-        finetune,
-        lr,
-        epochs=epochs,
-        batch_size=batch_size,
-        patience=patience,
-        keep=keep,
-        seed=seed,
-        max_steps=max_steps,
-        eval_batch_size=eval_batch_size,
-    )
+    loop = dict(epochs=epochs, batch_size=batch_size, patience=patience, keep=keep, seed=seed)
+    loop.update(max_steps=max_steps, eval_batch_size=eval_batch_size, **options)
+    cfg = recipe_loop(backbone, finetune, lr, **loop)
     data = Path(data).absolute()
     read_manifest(data)
     family, _ = parse_spec(backbone)
@@ -263,17 +259,10 @@ def train(
     built = build_backbone(
         data, backbone, init_seed=init_seed, max_length=max_length, meter=meter, finetune=finetune
     )
-    config = {
-        "command": "train",
-        "data": str(data),
-        "on": on,
-        "backbone": backbone,
-        "finetune": finetune,
-        "lora": dict(LORA, target_modules=family.lora_targets) if finetune == "lora" else None,
-        "max_length": max_length,
-        "init_seed": init_seed,
-        "loop": dataclasses.asdict(cfg),
-    }
+    lora = dict(LORA, target_modules=family.lora_targets) if finetune == "lora" else None
+    config = {"command": "train", "data": str(data), "on": on, "backbone": backbone}
+    config.update(finetune=finetune, lora=lora, max_length=max_length, init_seed=init_seed)
+    config["loop"] = dataclasses.asdict(cfg)
     run = start_run(out, json.loads(json.dumps(config)), overwrite=overwrite, resume=resume)
     recommender, result = fit_supervised(
         data,
@@ -288,6 +277,7 @@ def train(
         finetune=finetune,
         resume=resume,
         built=built,
+        checkpoint=True,
     )
     cost = meter.summary(recommender.model)
     if finetune == "lora":
@@ -295,25 +285,25 @@ def train(
     if process_state().is_main_process:
         with staged_folder(run / MODEL_DIR, overwrite=True) as stage:
             save_recommender(recommender, stage)
-    return finish_run(
-        run,
-        {
-            "format": "single",
-            "kind": run_kind(on),
-            "backbone": backbone,
-            "family": family.name,
-            "finetune": finetune,
-            "data_dir": str(data),
-            "trained_on": on,
-            "seed": seed,
-            "init_seed": init_seed,
-            "loop": dataclasses.asdict(cfg),
-            "fit": {k: v for k, v in dataclasses.asdict(result).items() if k != "history"},
-            "validation": (
-                "answer cross-entropy on the valid split"
-                if valid_rows is not None
-                else "none (keep=last: the last epoch kept)"
-            ),
-            "cost": cost,
-        },
-    )
+    fields = {"kind": run_kind(on), "family": family.name, "trained_on": on, "seed": seed}
+    fields.update(backbone=backbone, finetune=finetune, data_dir=str(data), init_seed=init_seed)
+    return finish_run(run, _manifest_fields(fields, cfg, result, valid_rows is not None, cost))
+
+
+def _manifest_fields(
+    fields: dict[str, Any], cfg: Any, result: Any, validated: bool, cost: dict[str, Any]
+) -> dict[str, Any]:
+    """A supervised run's manifest: `fields`, the loop settings (every trainer option), what
+    fit did, the validation rule and the cost."""
+    return {
+        "format": "single",
+        **fields,
+        "loop": dataclasses.asdict(cfg),
+        "fit": {k: v for k, v in dataclasses.asdict(result).items() if k != "history"},
+        "validation": (
+            "answer cross-entropy on the valid split"
+            if validated
+            else "none (keep=last: the last epoch kept)"
+        ),
+        "cost": cost,
+    }
