@@ -106,6 +106,8 @@ def unlearn(
     sha = check_data(data_dir, base_run, base)
     if hasattr(params, "check_data"):  # a method setting that needs a split the data lacks
         params.check_data(data_dir)
+    if hasattr(params, "check_base"):  # a method setting the original run cannot serve
+        params.check_base(base_run, base)
     seed = int(base.get("seed") or 42) if seed is None else seed
     config = {
         "command": "unlearn",
