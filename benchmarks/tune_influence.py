@@ -51,21 +51,42 @@ def main() -> None:
     for damping in GRID:
         out = work / f"damping-{damping}"
         manifest = unlearn(
-            "influence", args.original, args.data, out, [*args.set, f"damping={damping}"],
+            "influence",
+            args.original,
+            args.data,
+            out,
+            [*args.set, f"damping={damping}"],
             overwrite=True,
         )
         loss, auc = valid_logloss(out, rows)
         info = manifest["influence"]
         results.append((damping, loss))
-        print(json.dumps({"damping": damping, "valid_logloss": loss, "valid_auc": auc,
-                          "relative_delta": info["relative_delta"],
-                          "request_s": info["request_s"],
-                          "curvature_build_s": info["curvature_build_s"]}), flush=True)
+        print(
+            json.dumps(
+                {
+                    "damping": damping,
+                    "valid_logloss": loss,
+                    "valid_auc": auc,
+                    "relative_delta": info["relative_delta"],
+                    "request_s": info["request_s"],
+                    "curvature_build_s": info["curvature_build_s"],
+                }
+            ),
+            flush=True,
+        )
         shutil.rmtree(out)
     best = min(loss for _, loss in results)
     chosen = max(d for d, loss in results if loss <= best + 0.001)
-    print(json.dumps({"chosen_damping": chosen, "rule": "lowest valid log-loss, ties (0.001) "
-                      "to the larger damping", "sets": args.set}), flush=True)
+    print(
+        json.dumps(
+            {
+                "chosen_damping": chosen,
+                "rule": "lowest valid log-loss, ties (0.001) to the larger damping",
+                "sets": args.set,
+            }
+        ),
+        flush=True,
+    )
 
 
 if __name__ == "__main__":

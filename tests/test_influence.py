@@ -12,9 +12,9 @@ import torch
 from torch import nn
 
 from e2urec import cli
-from e2urec.errors import E2URecError
 from e2urec.data.prepare import PrepareConfig, prepare
 from e2urec.data.synthetic import generate, write_ml1m
+from e2urec.errors import E2URecError
 from e2urec.methods import influence
 from e2urec.methods.curvature import (
     EKFAC,
@@ -89,9 +89,7 @@ def influence_delta(x, y, forget, model, c, mode, solver):
             index = torch.as_tensor(list(rows))
             logits = model(x[index]).squeeze(1)
             drawn = torch.bernoulli(torch.sigmoid(logits.detach()), generator=generator)
-            return nn.functional.binary_cross_entropy_with_logits(
-                logits, drawn, reduction="none"
-            )
+            return nn.functional.binary_cross_entropy_with_logits(logits, drawn, reduction="none")
 
         curvature = build_ekfac(model, params, sampled, retain)
         x_sol = curvature.solve(b, c / n)
@@ -117,8 +115,10 @@ def test_cg_gives_leave_set_out_parameters_of_logistic_regression(mode):
     relative = float((got - target).norm() / target.norm())
     relative_delta = float((our_delta - true_delta).norm() / true_delta.norm())
     cos = float(our_delta @ true_delta / (our_delta.norm() * true_delta.norm()))
-    print(f"{mode}: |θ - θ_retrain|/|θ_retrain| = {relative:.4f}, "
-          f"|Δθ - Δθ_true|/|Δθ_true| = {relative_delta:.4f}, cosine(Δθ) = {cos:.5f}")
+    print(
+        f"{mode}: |θ - θ_retrain|/|θ_retrain| = {relative:.4f}, "
+        f"|Δθ - Δθ_true|/|Δθ_true| = {relative_delta:.4f}, cosine(Δθ) = {cos:.5f}"
+    )
     assert relative < 0.05 and cos >= 0.99, (relative, cos)
     assert relative_delta < 0.1, relative_delta  # the update itself, not only the parameters
 
@@ -139,8 +139,9 @@ def test_conjugate_gradient_reports_negative_curvature_and_no_convergence():
     x, info = conjugate_gradient(lambda v: {"v": hessian @ v["v"]}, b, 0.1, 10, 1e-8)
     assert info["negative_curvature"] and not info["converged"]
     assert torch.isfinite(x["v"]).all()
-    _, capped = conjugate_gradient(lambda v: {"v": v["v"] * torch.tensor([1.0, 50.0])}, b,
-                                   0.1, 1, 1e-12)
+    _, capped = conjugate_gradient(
+        lambda v: {"v": v["v"] * torch.tensor([1.0, 50.0])}, b, 0.1, 1, 1e-12
+    )
     assert capped["iterations"] == 1 and not capped["converged"]
 
 
@@ -176,10 +177,14 @@ def test_ekfac_against_exact_cg_on_tiny_t5(world):
     """The cached curvature's Δθ against the exact solver's (a damping where CG converges)."""
     root = world["root"]
     sets = ["damping=1.0", "params=last:1"]
-    cg = unlearn("influence", world["original"], world["data"], root / "cg",
-                 [*sets, "solver=cg", "cg_tol=1e-4", "cg_iters=200"])
-    ek = unlearn("influence", world["original"], world["data"], root / "ek",
-                 [*sets, "curvature=build"])
+    cg = unlearn(
+        "influence",
+        world["original"],
+        world["data"],
+        root / "cg",
+        [*sets, "solver=cg", "cg_tol=1e-4", "cg_iters=200"],
+    )
+    unlearn("influence", world["original"], world["data"], root / "ek", [*sets, "curvature=build"])
     assert cg["influence"]["solver"]["converged"]
     cos = cosine(delta_of(root / "cg", world["original"]), delta_of(root / "ek", world["original"]))
     print(f"tiny T5, last:1, damping 1: cosine(EK-FAC, CG) = {cos:.3f}")
@@ -205,16 +210,30 @@ def test_curvature_is_stored_reused_and_refused_for_another_version(world, capsy
     other = root / "other-version"
     train(world["data"], "train", "t5-tiny", other, epochs=1, max_steps=1, seed=5)
     out = root / "refused"
-    code = cli.main(["unlearn", "--method", "influence", "--from", str(other), "--data",
-                     str(world["data"]), "--out", str(out), "--set", f"curvature={stored}"])
+    code = cli.main(
+        [
+            "unlearn",
+            "--method",
+            "influence",
+            "--from",
+            str(other),
+            "--data",
+            str(world["data"]),
+            "--out",
+            str(out),
+            "--set",
+            f"curvature={stored}",
+        ]
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and not out.exists()
     assert len(err) == 1 and err[0].startswith("e2urec: error:") and "another model" in err[0]
 
 
 def test_no_nan_weights_are_written(world, monkeypatch):
-    monkeypatch.setattr(EKFAC, "solve", lambda self, b, damping: {k: v * float("nan")
-                                                                   for k, v in b.items()})
+    monkeypatch.setattr(
+        EKFAC, "solve", lambda self, b, damping: {k: v * float("nan") for k, v in b.items()}
+    )
     out = world["root"] / "nan"
     with pytest.raises(Exception, match="not finite"):
         unlearn("influence", world["original"], world["data"], out, ["params=head"])
@@ -269,8 +288,17 @@ def test_auto_params_are_the_lora_targets_of_a_lora_original(world):
 )
 def test_bad_settings_exit_2_with_one_line_and_write_nothing(world, capsys, sets, needle):
     out = world["root"] / "bad"
-    argv = ["unlearn", "--method", "influence", "--from", str(world["original"]), "--data",
-            str(world["data"]), "--out", str(out)]
+    argv = [
+        "unlearn",
+        "--method",
+        "influence",
+        "--from",
+        str(world["original"]),
+        "--data",
+        str(world["data"]),
+        "--out",
+        str(out),
+    ]
     for item in sets:
         argv += ["--set", item]
     code = cli.main(argv)

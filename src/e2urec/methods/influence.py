@@ -81,7 +81,7 @@ class InfluenceParams:
     curvature_rows: int = 256
     batch_size: int = 32
     curvature: str = "auto"
-    refresh: float = 0.05
+    refresh: float = 0.1
 
     def __post_init__(self) -> None:
         self.check()
@@ -213,7 +213,9 @@ def select_params(model: nn.Module, spec: str, base: dict[str, Any]) -> tuple[st
 
 # ---------------------------------------------------------------- losses
 def row_losses(
-    recommender: Recommender, model: nn.Module, rows: Sequence[dict[str, Any]],
+    recommender: Recommender,
+    model: nn.Module,
+    rows: Sequence[dict[str, Any]],
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """Each row's mean answer cross-entropy [B]; with `generator`, against answers sampled from
@@ -239,8 +241,12 @@ def flipped(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def forget_gradient(
-    recommender: Recommender, model: nn.Module, params: dict[str, nn.Parameter],
-    rows: Sequence[dict[str, Any]], mode: str, batch_size: int,
+    recommender: Recommender,
+    model: nn.Module,
+    params: dict[str, nn.Parameter],
+    rows: Sequence[dict[str, Any]],
+    mode: str,
+    batch_size: int,
 ) -> dict[str, torch.Tensor]:
     """b = Σ_U [∇ℓ(z) − ∇ℓ(z′)] (z′ term only for mode=flip)."""
     if mode == "flip":
@@ -278,8 +284,11 @@ def remember(key: str, settings: str, curvature: EKFAC, rows_since: int) -> None
 
 
 def get_curvature(
-    ctx: UnlearnContext, recommender: Recommender, params: dict[str, nn.Parameter],
-    key: str, resolved: str,
+    ctx: UnlearnContext,
+    recommender: Recommender,
+    params: dict[str, nn.Parameter],
+    key: str,
+    resolved: str,
 ) -> tuple[EKFAC, dict[str, Any]]:
     """The EK-FAC for this model version: from memory, the version's folder, the given file,
     or built now (and stored); returns it and how it was obtained."""
@@ -288,8 +297,12 @@ def get_curvature(
     began = time.perf_counter()
     if p.curvature not in ("auto", "build"):
         curvature = EKFAC.load(Path(p.curvature))
-        return curvature, {"source": "file", "file": p.curvature, "rows_since": 0,
-                           "load_s": round(time.perf_counter() - began, 3)}
+        return curvature, {
+            "source": "file",
+            "file": p.curvature,
+            "rows_since": 0,
+            "load_s": round(time.perf_counter() - began, 3),
+        }
     path = curvature_path(ctx.base_run, key, settings)
     if p.curvature == "auto" and (key, settings) in _MEMORY:
         curvature, since = _MEMORY[(key, settings)]
@@ -297,8 +310,12 @@ def get_curvature(
     if p.curvature == "auto" and path.is_file():
         curvature = EKFAC.load(path)
         if curvature.info.get("weights_key") == key:
-            return curvature, {"source": "file", "file": str(path), "rows_since": 0,
-                               "load_s": round(time.perf_counter() - began, 3)}
+            return curvature, {
+                "source": "file",
+                "file": str(path),
+                "rows_since": 0,
+                "load_s": round(time.perf_counter() - began, 3),
+            }
     retain = list(ctx.rows("retain"))
     sample = random.Random(ctx.seed).sample(retain, min(p.curvature_rows, len(retain)))
     generator = torch.Generator().manual_seed(ctx.seed)
@@ -315,14 +332,22 @@ def get_curvature(
         stored = str(path)
     except OSError as exc:  # a read-only version folder: keep it in memory only
         log.warning("influence: could not store the curvature in %s (%s)", path.parent, exc)
-    return curvature, {"source": "built", "file": stored, "rows_since": 0,
-                       "build_s": curvature.info["build_s"]}
+    return curvature, {
+        "source": "built",
+        "file": stored,
+        "rows_since": 0,
+        "build_s": curvature.info["build_s"],
+    }
 
 
 # ---------------------------------------------------------------- the method
 def solve(
-    ctx: UnlearnContext, recommender: Recommender, params: dict[str, nn.Parameter],
-    b: dict[str, torch.Tensor], key: str, resolved: str,
+    ctx: UnlearnContext,
+    recommender: Recommender,
+    params: dict[str, nn.Parameter],
+    b: dict[str, torch.Tensor],
+    key: str,
+    resolved: str,
 ) -> tuple[dict[str, torch.Tensor], dict[str, Any], EKFAC | None]:
     """x ≈ (H + λI)⁻¹ b by the chosen solver; its report; the curvature used (ekfac)."""
     p: InfluenceParams = ctx.params
@@ -399,7 +424,10 @@ def run(ctx: UnlearnContext) -> dict[str, Any]:
         log.warning(
             "influence: the %s solver stopped at relative residual %.3g after %d iterations "
             "(tolerance %g%s); the update is approximate",
-            report["solver"], report["residual"], report["iterations"], p.cg_tol,
+            report["solver"],
+            report["residual"],
+            report["iterations"],
+            p.cg_tol,
             ", negative curvature" if report.get("negative_curvature") else "",
         )
     obtained = report.get("curvature") or {}
@@ -411,9 +439,15 @@ def run(ctx: UnlearnContext) -> dict[str, Any]:
 
 
 def influence_fields(
-    p: InfluenceParams, resolved: str, params: dict[str, nn.Parameter],
-    delta: dict[str, torch.Tensor], report: dict[str, Any], timings: dict[str, float],
-    n: int, forgotten: int, build_s: float,
+    p: InfluenceParams,
+    resolved: str,
+    params: dict[str, nn.Parameter],
+    delta: dict[str, torch.Tensor],
+    report: dict[str, Any],
+    timings: dict[str, float],
+    n: int,
+    forgotten: int,
+    build_s: float,
 ) -> dict[str, Any]:
     """The manifest's `influence` record."""
     norm = math.sqrt(sum(float((d.double() ** 2).sum()) for d in delta.values()))
@@ -421,8 +455,12 @@ def influence_fields(
     request = sum(timings.values()) - build_s
     return {
         "mode": p.mode,
-        "params": {"spec": p.params, "resolved": resolved, "tensors": len(params),
-                   "count": sum(t.numel() for t in params.values())},
+        "params": {
+            "spec": p.params,
+            "resolved": resolved,
+            "tensors": len(params),
+            "count": sum(t.numel() for t in params.values()),
+        },
         "n": n,
         "forget_rows": forgotten,
         "damping": p.damping,
