@@ -327,3 +327,41 @@ def test_ensemble_and_flip_without_yes_no_are_refused(world, capsys, tmp_path):
     with pytest.raises(E2URecError, match="Yes./No."):
         params.check_data(data)
     influence.InfluenceParams(mode="remove").check_data(data)  # removal needs no answers
+
+
+def test_influence_serves_forget_and_the_queue_with_the_curvature_kept_warm(world, tmp_path):
+    import json as jsonlib
+
+    from e2urec.deploy.deployment import Deployment
+    from e2urec.deploy.worker import Worker
+
+    dep_dir = tmp_path / "dep"
+    assert cli.main(["deploy", "--from", str(world["original"]), "--data", str(world["data"]),
+                     "--out", str(dep_dir)]) == 0  # fmt: skip
+    dep = Deployment(dep_dir)
+    with dep.store.connect() as conn:
+        users = [u for (u,) in conn.execute(
+            "SELECT DISTINCT user_id FROM samples WHERE split = 'train' ORDER BY user_id")][:3]  # fmt: skip
+    sets = ["--set", "damping=0.1", "--set", "params=head"]
+    assert cli.main(["forget", "--deployment", str(dep_dir), "--users", str(users[0]),
+                     "--method", "influence", *sets]) == 0  # fmt: skip
+    influence._MEMORY.clear()
+    sources = []
+    with Worker(dep) as worker:
+        for user in users[1:]:
+            dep.enqueue([user], method="influence", sets=["damping=0.1", "params=head",
+                                                          "refresh=1"])  # fmt: skip
+            (done,) = worker.drain()
+            assert done["state"] == "done"
+            manifest = jsonlib.loads((dep.version_dir(dep.current()) / "manifest.json").read_text())
+            report = manifest["method_report"]["influence"]
+            sources.append(report["solver"]["curvature"]["source"])
+    # the worker's first pass reads (or builds) the curvature; the next one finds it in memory
+    assert sources[0] in ("built", "file") and sources[1] == "memory"
+    assert len(api_ledger(dep_dir)) == 4
+
+
+def api_ledger(dep_dir: Path) -> list:
+    from e2urec import api
+
+    return api.ledger(dep_dir)
