@@ -1,9 +1,9 @@
 """Pick influence's damping by a stated rule on validation data (never on Retrain distances).
 
-For each damping of a grid, unlearn the forget set from the Original (one EK-FAC curvature,
+For each damping of a grid (and each --scales value), unlearn the forget set from the Original (one EK-FAC curvature,
 built once and reused from the Original's folder) and score the valid split: the mean log-loss
-of P(Yes) against the labels. Rule: the damping with the lowest validation log-loss; a tie
-within 0.001 goes to the larger damping (the smaller step). Prints one JSON line per damping
+of P(Yes) against the labels. Rule: the setting with the lowest validation log-loss; a tie
+within 0.001 goes to the larger damping, then the smaller scale (the smaller step). Prints one JSON line per damping
 and the choice.
 
     OMP_NUM_THREADS=1 python benchmarks/tune_influence.py --original RUN --data DATA \
@@ -42,51 +42,50 @@ def main() -> None:
     parser.add_argument("--data", required=True)
     parser.add_argument("--work", required=True)
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--scales", default="1", help="comma-separated scales (default 1)")
+    parser.add_argument("--grid", default=",".join(map(str, GRID)), help="comma-separated dampings")
     args = parser.parse_args()
     work = Path(args.work)
     rows = load_split(args.data, "valid").to_dict("records")
     loss, auc = valid_logloss(Path(args.original), rows)
     print(json.dumps({"damping": None, "valid_logloss": loss, "valid_auc": auc}), flush=True)
     results = []
-    for damping in GRID:
-        out = work / f"damping-{damping}"
-        manifest = unlearn(
-            "influence",
-            args.original,
-            args.data,
-            out,
-            [*args.set, f"damping={damping}"],
-            overwrite=True,
-        )
-        loss, auc = valid_logloss(out, rows)
-        info = manifest["influence"]
-        results.append((damping, loss))
-        print(
-            json.dumps(
-                {
-                    "damping": damping,
-                    "valid_logloss": loss,
-                    "valid_auc": auc,
-                    "relative_delta": info["relative_delta"],
-                    "request_s": info["request_s"],
-                    "curvature_build_s": info["curvature_build_s"],
-                }
-            ),
-            flush=True,
-        )
-        shutil.rmtree(out)
-    best = min(loss for _, loss in results)
-    chosen = max(d for d, loss in results if loss <= best + 0.001)
-    print(
-        json.dumps(
-            {
-                "chosen_damping": chosen,
-                "rule": "lowest valid log-loss, ties (0.001) to the larger damping",
-                "sets": args.set,
+    scales = [float(v) for v in args.scales.split(",")]
+    for damping in [float(v) for v in args.grid.split(",")]:
+        for scale in scales:
+            out = work / f"damping-{damping}-scale-{scale}"
+            manifest = unlearn(
+                "influence",
+                args.original,
+                args.data,
+                out,
+                [*args.set, f"damping={damping}", f"scale={scale}"],
+                overwrite=True,
+            )
+            loss, auc = valid_logloss(out, rows)
+            info = manifest["influence"]
+            results.append((damping, scale, loss))
+            line = {
+                "damping": damping,
+                "scale": scale,
+                "valid_logloss": loss,
+                "valid_auc": auc,
+                "relative_delta": info["relative_delta"],
+                "request_s": info["request_s"],
+                "curvature_build_s": info["curvature_build_s"],
             }
-        ),
-        flush=True,
-    )
+            print(json.dumps(line), flush=True)
+            shutil.rmtree(out)
+    best = min(loss for *_, loss in results)
+    near = [(d, -sc) for d, sc, loss in results if loss <= best + 0.001]
+    damping, scale = max(near)
+    choice = {
+        "chosen_damping": damping,
+        "chosen_scale": -scale,
+        "rule": "lowest valid log-loss; ties (0.001) to the larger damping, then smaller scale",
+        "sets": args.set,
+    }
+    print(json.dumps(choice), flush=True)
 
 
 if __name__ == "__main__":
