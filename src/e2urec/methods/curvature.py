@@ -169,6 +169,7 @@ class EKFAC:
     linear: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor, str]]
     diag: Vec
     info: dict[str, Any] = field(default_factory=dict)
+    mean_grad: Vec = field(default_factory=dict)  # the version's mean retained-row gradient
 
     @property
     def key(self) -> str:
@@ -204,6 +205,7 @@ class EKFAC:
         for name, (qa, qg, lam, _) in self.linear.items():
             tensors.update({f"{name}/QA": qa, f"{name}/QG": qg, f"{name}/lam": lam})
         tensors.update({f"{name}/diag": d for name, d in self.diag.items()})
+        tensors.update({f"{name}/gbar": g for name, g in self.mean_grad.items()})
         biases = {name: bias for name, (*_, bias) in self.linear.items()}
         meta = {"format": FORMAT, "info": json.dumps(self.info), "biases": json.dumps(biases)}
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -230,7 +232,8 @@ class EKFAC:
             for name, bias in biases.items()
         }
         diag = {k[: -len("/diag")]: v for k, v in tensors.items() if k.endswith("/diag")}
-        return cls(linear, diag, json.loads(meta["info"]))
+        gbar = {k[: -len("/gbar")]: v for k, v in tensors.items() if k.endswith("/gbar")}
+        return cls(linear, diag, json.loads(meta["info"]), gbar)
 
 
 def linear_layers(model: nn.Module, params: dict[str, nn.Parameter]) -> dict[str, tuple]:

@@ -4,7 +4,12 @@
 is the number of training rows, U the forgotten rows, ℓ a row's mean answer cross-entropy and H
 the Hessian of the training loss. `mode=remove` drops the z′ term (Δθ = +(scale/n)·(H + λI)⁻¹
 Σ∇ℓ(zᵢ), the first-order effect of removing the rows); `mode=flip` sets z′ = the row with the
-other answer (correcting polluted labels). Solvers (see `curvature`): `cg`, conjugate gradient
+other answer (correcting polluted labels). With `center=true` (default) removal uses
+Σ[∇ℓ(zᵢ) − ḡ], ḡ the mean gradient of the retained rows (a seeded sample of `center_rows`,
+cached with the curvature): the Newton step towards the retained rows' optimum minus the one
+towards all rows' optimum, so an Original that is not at a stationary point (early stopping)
+is not also pushed on towards one; at a stationary point it is the Newton step on the retained
+loss. (A flip's difference of two gradients needs no centering.) Solvers (see `curvature`): `cg`, conjugate gradient
 with exact Hessian-vector products on a seeded sample of retained rows; `ekfac`, a cached EK-FAC
 curvature of the model version (built once on a seeded sample of retained rows, stored in
 `<version>/curvature/` as safetensors keyed by the sha256 of the weights, reused in this process
@@ -14,6 +19,7 @@ for the versions its own edits produce while the rows removed since it was built
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -57,7 +63,8 @@ class InfluenceParams:
     `curvature`: auto (reuse a stored or in-memory one when the refresh rule allows, else build
     and store), build (always build) or the path of a curvature file of this version.
     `curvature_rows`: retained rows the EK-FAC is built on; `refresh`: share of n that may be
-    removed since the curvature was built before it is rebuilt."""
+    removed since the curvature was built before it is rebuilt. `center`: subtract the retained
+    rows' mean gradient (over `center_rows` of them) from each removed row's (mode=remove)."""
 
     RANGES: ClassVar[dict[str, str]] = {
         "damping": "positive",
@@ -68,6 +75,7 @@ class InfluenceParams:
         "curvature_rows": "count",
         "batch_size": "count",
         "refresh": "unit",
+        "center_rows": "count",
     }
 
     mode: str = "remove"
@@ -82,6 +90,8 @@ class InfluenceParams:
     batch_size: int = 32
     curvature: str = "auto"
     refresh: float = 0.1
+    center: bool = True
+    center_rows: int = 1024
 
     def __post_init__(self) -> None:
         self.check()
@@ -267,7 +277,9 @@ def forget_gradient(
 # ---------------------------------------------------------------- the curvature cache
 def curvature_settings(p: InfluenceParams, resolved: str, seed: int) -> str:
     """What a stored curvature must share with the request (its file name carries a hash)."""
-    return json.dumps({"params": resolved, "rows": p.curvature_rows, "seed": seed})
+    return json.dumps(
+        {"params": resolved, "rows": p.curvature_rows, "seed": seed, "center_rows": p.center_rows}
+    )
 
 
 def curvature_path(base_run: Path, key: str, settings: str) -> Path:
@@ -327,10 +339,15 @@ def get_curvature(
     )
     curvature.info.update(weights_key=key, settings=settings)
     stored = None
+    if p.center and p.mode == "remove":
+        curvature.mean_grad = mean_gradient(ctx, recommender, params)
+        curvature.info["build_s"] = round(time.perf_counter() - began, 3)
     try:
+        curvature.info["file"] = str(path)
         curvature.save(path)
         stored = str(path)
     except OSError as exc:  # a read-only version folder: keep it in memory only
+        curvature.info["file"] = None
         log.warning("influence: could not store the curvature in %s (%s)", path.parent, exc)
     return curvature, {
         "source": "built",
@@ -338,6 +355,40 @@ def get_curvature(
         "rows_since": 0,
         "build_s": curvature.info["build_s"],
     }
+
+
+def mean_gradient(
+    ctx: UnlearnContext, recommender: Recommender, params: dict[str, nn.Parameter]
+) -> dict[str, torch.Tensor]:
+    """ḡ: the mean gradient of `center_rows` seeded retained rows (true answers)."""
+    p: InfluenceParams = ctx.params
+    retain = list(ctx.rows("retain"))
+    sample = random.Random(ctx.seed + 1).sample(retain, min(p.center_rows, len(retain)))
+    model = recommender.model
+    total = gradient_sum(
+        params, lambda rows: row_losses(recommender, model, rows), sample, p.batch_size
+    )
+    return {k: v / len(sample) for k, v in total.items()}
+
+
+def centering(
+    ctx: UnlearnContext,
+    recommender: Recommender,
+    params: dict[str, nn.Parameter],
+    curvature: EKFAC | None,
+) -> tuple[dict[str, torch.Tensor], str]:
+    """ḡ from the cached curvature (computed and stored with it when missing) or, for the CG
+    solver, computed now; and where it came from."""
+    if curvature is None:
+        return mean_gradient(ctx, recommender, params), "computed"
+    if set(params) <= set(curvature.mean_grad):
+        return curvature.mean_grad, "cached"
+    curvature.mean_grad = mean_gradient(ctx, recommender, params)
+    stored = curvature.info.get("file")
+    if stored:
+        with contextlib.suppress(OSError):
+            curvature.save(Path(stored))
+    return curvature.mean_grad, "computed"
 
 
 # ---------------------------------------------------------------- the method
@@ -349,9 +400,18 @@ def solve(
     key: str,
     resolved: str,
 ) -> tuple[dict[str, torch.Tensor], dict[str, Any], EKFAC | None]:
-    """x ≈ (H + λI)⁻¹ b by the chosen solver; its report; the curvature used (ekfac)."""
+    """x ≈ (H + λI)⁻¹ b by the chosen solver (b centred first for a centred removal); its
+    report; the curvature used (ekfac)."""
     p: InfluenceParams = ctx.params
+    centred = p.center and p.mode == "remove"
+    forgotten = len(ctx.rows("forget"))
     if p.solver == "cg":
+        centre_s = 0.0
+        if centred:
+            began = time.perf_counter()
+            gbar, _ = centering(ctx, recommender, params, None)
+            b = {k: v - forgotten * gbar[k] for k, v in b.items()}
+            centre_s = round(time.perf_counter() - began, 3)
         retain = list(ctx.rows("retain"))
         sample = random.Random(ctx.seed).sample(retain, min(p.hvp_rows, len(retain)))
         model = recommender.model
@@ -359,6 +419,7 @@ def solve(
             params, lambda rows: row_losses(recommender, model, rows), sample, p.batch_size
         )
         x, info = conjugate_gradient(apply_h, b, p.damping, p.cg_iters, p.cg_tol)
+        info["centre"] = {"source": "computed", "s": centre_s} if centred else None
         return x, {"solver": "cg", "hvp_rows": len(sample), "tol": p.cg_tol, **info}, None
     curvature, obtained = get_curvature(ctx, recommender, params, key, resolved)
     missing = set(params) - curvature.names()
@@ -368,6 +429,9 @@ def solve(
             f"(e.g. {sorted(missing)[0]}); build one with curvature=build"
         )
     began = time.perf_counter()
+    if centred:
+        gbar, obtained["centre"] = centering(ctx, recommender, params, curvature)
+        b = {k: v - forgotten * gbar[k] for k, v in b.items()}
     x = curvature.solve({k: b[k] for k in params}, p.damping)
     obtained["solve_s"] = round(time.perf_counter() - began, 3)
     report = {"solver": "ekfac", "converged": True, "residual": None, "iterations": 0}
