@@ -81,7 +81,7 @@ class InfluenceParams:
     mode: str = "remove"
     params: str = "auto"
     solver: str = "ekfac"
-    damping: float = 1.0
+    damping: float = 0.3
     scale: float = 1.0
     cg_iters: int = 100
     cg_tol: float = 1e-3
