@@ -140,12 +140,18 @@ def pass_seconds(worker: Worker, users: list[int]) -> dict[str, float]:
     rows = [r for r in warm.train if r["user_id"] in set(users)]
     recommender = warm.model.recommender
     model = recommender.model
+    frozen = [p for p in model.parameters() if not p.requires_grad]  # e.g. after a LoRA merge
+    for param in frozen:
+        param.requires_grad_(True)
     wall, cpu = time.perf_counter(), time.thread_time()
     for start in range(0, len(rows), 32):
         batch = recommender.collate(rows[start : start + 32])
         answer_ce(*recommender.target_logits(batch, model)).backward()
+    wall, cpu = time.perf_counter() - wall, time.thread_time() - cpu
     model.zero_grad(set_to_none=True)
-    return {"wall": time.perf_counter() - wall, "cpu": time.thread_time() - cpu}
+    for param in frozen:
+        param.requires_grad_(False)
+    return {"wall": wall, "cpu": cpu}
 
 
 def sequential(
