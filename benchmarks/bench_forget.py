@@ -551,8 +551,8 @@ def main() -> None:
             save()
     if "retrain" in parts:
         say("distance to a Retrain on the final retained data")
-        names = [part_name(p, m) for m in methods for p in ("sequential", "coalesced")]
-        finals = {n: work / n for n in names if (work / n).is_dir()}
+        found = [*sorted(work.glob("sequential*")), *sorted(work.glob("coalesced*"))]
+        finals = {d.name: d for d in found if d.is_dir()}  # every method's, this run's or earlier
         results["retrain"] = retrain_distance(base, work, users, finals, args)
         save()
     others = pick_users(dep, args.stream + 2 * args.kill_trials, seed=1, exclude=set(users))
