@@ -4,10 +4,12 @@ Setup (reused when WORK already holds it): ML-100K, the cpu-ml100k protocol (las
 samples, 5-item history, seed 42), a tiny T5 Original with the cpu-ml100k recipe, a deployment.
 Then, each part on its own copy of the deployment:
 
-  sequential  N single-user requests in a row on one warm worker (method e2urec with the
-              cpu-ml100k settings): per request the end-to-end latency (enqueue → done), the
-              process CPU seconds, the share spent unlearning, validation AUC after it (the
-              worker's check on its validation sample);
+  sequential  N single-user requests in a row on one warm worker (each method of --methods,
+              default e2urec, with the cpu-ml100k settings): per request the end-to-end latency
+              (enqueue → done), the process CPU seconds, the share spent unlearning, validation
+              AUC after it (the worker's check on its validation sample), and beside it the time
+              of one forward-and-backward pass of the serving model over the user's rows;
+  heavy       the --heavy users with the most train rows, one request each, timed the same way;
   coalesced   the same N requests queued at once, then served (one pass when N ≤ --max-users);
   retrain     a Retrain (the Original's recipe) on the final retained data, and the distance of
               the final sequential / coalesced version to it: paper-JSD (full vocabulary, first
@@ -61,6 +63,13 @@ DEFAULT_RAW = Path(__file__).resolve().parents[2] / "shared" / "data" / "ml-100k
 PRESET = preset_values("cpu-ml100k")
 RECIPE = {k: v for k, v in PRESET["train"].items() if k != "backbone"}
 PRESET_SETS = [f"{k}={v}" for k, v in PRESET["method_params"]["e2urec"].items()]
+
+
+def preset_sets(method: str) -> list[str]:
+    """The cpu-ml100k preset's settings of `method`."""
+    return [f"{k}={v}" for k, v in (PRESET["method_params"].get(method) or {}).items()]
+
+
 TOKEN = "bench"
 
 
@@ -118,14 +127,55 @@ def pass_timings(dep: Deployment, pass_id: int) -> dict[str, float]:
 
 
 # ---------------------------------------------------------------- sequential and coalesced
-def sequential(base: Path, work: Path, users: list[int], args: argparse.Namespace) -> dict:
-    dep = copy_of(base, work, "sequential")
+def part_name(part: str, method: str) -> str:
+    """The deployment copy of a part (e2urec keeps the original names)."""
+    return part if method == "e2urec" else f"{part}-{method}"
+
+
+def method_sets(method: str, args: argparse.Namespace) -> list[str]:
+    return args.set if method == "e2urec" else preset_sets(method) + (args.extra or [])
+
+
+def pass_seconds(worker: Worker, users: list[int]) -> dict[str, float]:
+    """Wall and thread-CPU seconds of one forward-and-backward pass of the serving model over
+    `users`' train rows (batches of 32): what any deletion must spend to read them once."""
+    from e2urec.train.losses import answer_ce
+
+    warm = worker.warm
+    assert warm is not None
+    rows = [r for r in warm.train if r["user_id"] in set(users)]
+    recommender = warm.model.recommender
+    model = recommender.model
+    frozen = [p for p in model.parameters() if not p.requires_grad]  # e.g. after a LoRA merge
+    for param in frozen:
+        param.requires_grad_(True)
+    wall, cpu = time.perf_counter(), time.thread_time()
+    for start in range(0, len(rows), 32):
+        batch = recommender.collate(rows[start : start + 32])
+        answer_ce(*recommender.target_logits(batch, model)).backward()
+    wall, cpu = time.perf_counter() - wall, time.thread_time() - cpu
+    model.zero_grad(set_to_none=True)
+    for param in frozen:
+        param.requires_grad_(False)
+    return {"wall": wall, "cpu": cpu}
+
+
+def sequential(
+    base: Path,
+    work: Path,
+    users: list[int],
+    args: argparse.Namespace,
+    method: str = "e2urec",
+    part: str = "sequential",
+) -> dict:
+    dep = copy_of(base, work, part_name(part, method))
     rows = []
     with Worker(dep, max_users=args.max_users) as worker:
         start_auc = _sample_auc(worker)
         for user in users:
+            one_pass = pass_seconds(worker, [user])
             wall, cpu = time.perf_counter(), time.process_time()
-            record, _ = dep.enqueue([user], sets=args.set)
+            record, _ = dep.enqueue([user], method=method, sets=method_sets(method, args))
             (done,) = worker.drain()
             wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
             timings = pass_timings(dep, done["pass"])
@@ -137,6 +187,10 @@ def sequential(base: Path, work: Path, users: list[int], args: argparse.Namespac
                     "cpu_seconds": round(cpu, 3),
                     "unlearn_share": round(timings["wall_s"]["unlearn"] / wall, 3),
                     "unlearn_share_cpu": round(timings["cpu_s"]["unlearn"] / cpu, 3),
+                    "pass_s": round(one_pass["wall"], 3),
+                    "pass_cpu_s": round(one_pass["cpu"], 3),
+                    "unlearn_cpu_s": timings["cpu_s"]["unlearn"],
+                    "target_cpu_s": round(2 * one_pass["cpu"] + 0.3, 3),
                     "timings": timings,
                     "valid_auc_after": done["checks"]["valid_auc"]["after"],
                     "mia_auc": done["checks"]["mia_auc"],
@@ -144,12 +198,17 @@ def sequential(base: Path, work: Path, users: list[int], args: argparse.Namespac
                 }
             )
             say(
-                f"  sequential {len(rows):2d}: user {user} ({rows[-1]['train_rows']} rows) "
-                f"{wall:.2f} s wall, {cpu:.2f} s CPU, unlearning {rows[-1]['unlearn_share']:.0%}, "
-                f"valid AUC {rows[-1]['valid_auc_after']:.4f}"
+                f"  {part} {method} {len(rows):2d}: user {user} ({rows[-1]['train_rows']} rows) "
+                f"{wall:.2f} s wall, {cpu:.2f} s CPU, unlearning {rows[-1]['unlearn_share']:.0%} "
+                f"({timings['cpu_s']['unlearn']:.2f} s CPU; one fwd+bwd pass "
+                f"{one_pass['cpu']:.2f} s CPU), valid AUC {rows[-1]['valid_auc_after']:.4f}"
             )
     seconds = [r["seconds"] for r in rows]
     return {
+        "method": method,
+        "median_unlearn_cpu_s": statistics.median(r["unlearn_cpu_s"] for r in rows),
+        "median_pass_cpu_s": statistics.median(r["pass_cpu_s"] for r in rows),
+        "within_target": sum(r["unlearn_cpu_s"] <= r["target_cpu_s"] for r in rows),
         "deployment": str(dep.path),
         "requests": rows,
         "valid_auc_start": start_auc,
@@ -172,16 +231,25 @@ def _sample_auc(worker: Worker) -> float:
     return auc_or_none([r["label"] for r in warm.valid], warm.valid_p_yes) or float("nan")
 
 
-def coalesced(base: Path, work: Path, users: list[int], args: argparse.Namespace) -> dict:
-    dep = copy_of(base, work, "coalesced")
+def coalesced(
+    base: Path, work: Path, users: list[int], args: argparse.Namespace, method: str = "e2urec"
+) -> dict:
+    dep = copy_of(base, work, part_name("coalesced", method))
     with Worker(dep, max_users=args.max_users) as worker:
+        one_pass = pass_seconds(worker, users)
         wall, cpu = time.perf_counter(), time.process_time()
-        ids = [dep.enqueue([u], sets=args.set)[0]["request_id"] for u in users]
+        sets = method_sets(method, args)
+        ids = [dep.enqueue([u], method=method, sets=sets)[0]["request_id"] for u in users]
         served = worker.drain()
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     passes = sorted({r["pass"] for r in served})
     timings = [pass_timings(dep, p) for p in passes]
+    unlearn_cpu = sum(t["cpu_s"]["unlearn"] for t in timings)
     result = {
+        "method": method,
+        "pass_cpu_s": round(one_pass["cpu"], 3),
+        "unlearn_cpu_s": round(unlearn_cpu, 3),
+        "target_cpu_s": round(2 * one_pass["cpu"] + 0.3, 3),
         "deployment": str(dep.path),
         "requests": len(ids),
         "all_done": all(r["state"] == "done" for r in served) and len(served) == len(ids),
@@ -195,10 +263,22 @@ def coalesced(base: Path, work: Path, users: list[int], args: argparse.Namespace
         "version": dep.current(),
     }
     say(
-        f"  coalesced: {len(ids)} requests in {len(passes)} pass(es), {wall:.2f} s wall, "
-        f"{cpu:.2f} s CPU, unlearning {result['unlearn_share']:.0%}"
+        f"  coalesced {method}: {len(ids)} requests in {len(passes)} pass(es), {wall:.2f} s wall, "
+        f"{cpu:.2f} s CPU, unlearning {result['unlearn_share']:.0%} ({unlearn_cpu:.2f} s CPU; "
+        f"one fwd+bwd pass over the rows {one_pass['cpu']:.2f} s CPU)"
     )
     return result
+
+
+def heaviest_users(dep: Deployment, count: int) -> list[int]:
+    """The `count` users with the most train rows."""
+    with dep.store.connect() as conn:
+        found = conn.execute(
+            "SELECT user_id, COUNT(*) AS n FROM samples WHERE split = 'train' "
+            "GROUP BY user_id ORDER BY n DESC, user_id LIMIT ?",
+            (count,),
+        ).fetchall()
+    return [u for u, _ in found]
 
 
 # ---------------------------------------------------------------- distance to a Retrain
@@ -484,7 +564,9 @@ def main() -> None:
     )
     parser.add_argument("--max-users", type=int, default=64, help="users per pass (64)")
     parser.add_argument(
-        "--parts", default="sequential,coalesced,retrain,stream,privacy,kill", help="parts to run"
+        "--parts",
+        default="sequential,heavy,coalesced,retrain,stream,privacy,kill",
+        help="parts to run",
     )
     parser.add_argument(
         "--set",
@@ -493,8 +575,19 @@ def main() -> None:
         help="an E2URec setting of every request, after the cpu-ml100k preset's "
         f"({', '.join(PRESET_SETS)}), e.g. teacher=contrastive; repeatable",
     )
+    parser.add_argument(
+        "--methods", default="e2urec", help="methods served side by side (e2urec,influence)"
+    )
+    parser.add_argument("--heavy", type=int, default=3, help="heaviest users served singly (3)")
+    parser.add_argument(
+        "--extra",
+        action="append",
+        metavar="KEY=VALUE",
+        help="a setting of every request of the methods other than e2urec (after the preset's)",
+    )
     args = parser.parse_args()
     args.set = PRESET_SETS + (args.set or [])
+    methods = args.methods.split(",")
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     parts = set(args.parts.split(","))
@@ -516,17 +609,27 @@ def main() -> None:
         "load_average": os.getloadavg(),
     }
     say(f"deployment {base}: {dep.store.counts()}; users {users}")
-    if "sequential" in parts:
-        say("sequential")
-        results["sequential"] = sequential(base, work, users, args)
-        save()
-    if "coalesced" in parts:
-        say("coalesced")
-        results["coalesced"] = coalesced(base, work, users, args)
-        save()
+    heavy = heaviest_users(dep, args.heavy)
+    results["setup"]["heavy_users"] = heavy
+    for method in methods:
+        if "sequential" in parts:
+            say(f"sequential ({method})")
+            results[part_name("sequential", method)] = sequential(base, work, users, args, method)
+            save()
+        if "heavy" in parts:
+            say(f"heaviest users ({method})")
+            results[part_name("heavy", method)] = sequential(
+                base, work, heavy, args, method, part="heavy"
+            )
+            save()
+        if "coalesced" in parts:
+            say(f"coalesced ({method})")
+            results[part_name("coalesced", method)] = coalesced(base, work, users, args, method)
+            save()
     if "retrain" in parts:
         say("distance to a Retrain on the final retained data")
-        finals = {n: work / n for n in ("sequential", "coalesced") if (work / n).is_dir()}
+        found = [*sorted(work.glob("sequential*")), *sorted(work.glob("coalesced*"))]
+        finals = {d.name: d for d in found if d.is_dir()}  # every method's, this run's or earlier
         results["retrain"] = retrain_distance(base, work, users, finals, args)
         save()
     others = pick_users(dep, args.stream + 1, seed=1, exclude=set(users))
@@ -568,9 +671,26 @@ def summary(results: dict[str, Any]) -> None:
             f"{co['seconds'] / seq['median_s']:.1f}x one request ({co['cpu_seconds']:.1f} s CPU = "
             f"{co['cpu_seconds'] / seq['median_cpu_s']:.1f}x)  [target <= 2x]"
         )
+    for name, part in results.items():
+        if not isinstance(part, dict) or "method" not in part:
+            continue
+        if "requests" in part and isinstance(part["requests"], list):
+            rows = part["requests"]
+            print(
+                f"  {name}: unlearning CPU {min(r['unlearn_cpu_s'] for r in rows):.2f}-"
+                f"{max(r['unlearn_cpu_s'] for r in rows):.2f} s (median "
+                f"{part['median_unlearn_cpu_s']:.2f}); one fwd+bwd pass median "
+                f"{part['median_pass_cpu_s']:.2f} s; within 2x pass + 0.3 s: "
+                f"{part['within_target']}/{len(rows)}"
+            )
+        else:
+            print(
+                f"  {name}: unlearning CPU {part['unlearn_cpu_s']:.2f} s; one fwd+bwd pass "
+                f"{part['pass_cpu_s']:.2f} s (target {part['target_cpu_s']:.2f} s)"
+            )
     dist = results.get("retrain")
     if dist:
-        for name in ("original", "sequential", "coalesced"):
+        for name in [k for k in dist if isinstance(dist[k], dict)]:
             if name in dist:
                 d = dist[name]
                 print(

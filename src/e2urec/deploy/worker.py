@@ -372,6 +372,10 @@ class Worker:
         manifest.update(
             unlearned="forget", deployment_pass=work.pass_id, parent_version=warm.version
         )
+        # the method's own report (e.g. influence's solver and curvature)
+        manifest["method_report"] = {
+            k: v for k, v in fields.items() if k not in manifest and k != "base_run"
+        }
         adapter = folder / "run" / "adapter" / "adapter_model.safetensors"
         with staged_folder(final) as stage:
             save_recommender(model.recommender, stage / MODEL_DIR)

@@ -8,6 +8,7 @@ from e2urec.methods import (  # noqa: F401  (each import registers its method)
     bad_t,
     e2urec,
     gradascent,
+    influence,
     neggrad,
     npo,
     receraser,

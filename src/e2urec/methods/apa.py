@@ -29,6 +29,7 @@ from e2urec.artifacts import atomic_write_json, read_json, sha256_bytes, sha256_
 from e2urec.backbones import Recommender, batches, load_recommender, parse_spec, save_recommender
 from e2urec.config import check_ranges
 from e2urec.errors import E2URecError
+from e2urec.eval.scoring import to_device
 from e2urec.methods.base import Method, register
 from e2urec.methods.ensemble import TRAINERS, Recipe, link_member, require_rows
 from e2urec.mixture import (
@@ -159,7 +160,7 @@ def representations(recommender: Recommender, rows: Rows, batch_size: int) -> to
     out: torch.Tensor | None = None
     for index in batches(rows, batch_size, by_length=True):
         batch = recommender.collate([rows[i] for i in index])
-        reps = represent(recommender, model, {k: v.to(device) for k, v in batch.items()}).cpu()
+        reps = represent(recommender, model, to_device(batch, device)).cpu()
         out = torch.empty((len(rows), reps.shape[1])) if out is None else out
         out[index] = reps
     return out
@@ -254,7 +255,7 @@ def adapter_errors(
     errors = torch.empty((len(which), len(valid)))
     reps: torch.Tensor | None = None
     for index in batches(valid, batch_size, by_length=True):
-        batch = {n: v.to(device) for n, v in rec.collate([valid[i] for i in index]).items()}
+        batch = to_device(rec.collate([valid[i] for i in index]), device)
         chunk = represent(rec, mixture.model, batch).cpu()
         reps = torch.empty((len(valid), chunk.shape[1])) if reps is None else reps
         reps[index] = chunk
