@@ -171,3 +171,18 @@ def test_floor_seeds_must_be_a_list_of_integers(tmp_path, capsys) -> None:
     assert cli.main(args) == 2
     assert "bench floor_seeds must be a list of integers" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_an_ensemble_methods_recipe_fields_reach_its_original_ensemble(tmp_path) -> None:
+    """Preset settings of an ensemble method that are recipe fields (APA's neighbours, tau)
+    train its original ensemble; the smoke uses this to fit APA to its dozen valid rows."""
+    from e2urec import presets
+    from e2urec.bench import Bench
+
+    config = presets.resolve("cpu-ml100k-minilm")
+    config.methods = ["apa", "sisa"]
+    config.method_params["apa"] = {"neighbours": 3, "tau": 10.0}
+    steps = {s.name: s for s in Bench(config, tmp_path / "out", None).plan()}
+    apa = steps["train apa original ensemble"].key
+    assert apa["neighbours"] == 3 and apa["tau"] == 10.0
+    assert "neighbours" not in steps["train sisa original ensemble"].key

@@ -151,7 +151,7 @@ class Bench:
 
     def plan(self) -> list[Step]:
         """Every step of the experiment, in order."""
-        from e2urec.methods.ensemble import train_ensemble_from_options
+        from e2urec.methods.ensemble import recipe_class, train_ensemble_from_options
         from e2urec.train.recipes import train as train_run
 
         c, train = self.config, asdict(self.config.train)
@@ -175,7 +175,9 @@ class Bench:
         for method in self.methods:
             if method in ENSEMBLE_METHODS:
                 out = self.run_dir(f"{method}-original")
-                recipe = dict(train, seed=c.seeds[0])
+                # the method's settings that are recipe fields (e.g. APA's neighbours) train it
+                own = _fields_of(recipe_class(method), c.method_params.get(method) or {})
+                recipe = dict(train, seed=c.seeds[0], **own)
                 steps.append(
                     Step(
                         f"train {method} original ensemble",

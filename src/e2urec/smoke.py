@@ -32,6 +32,7 @@ SMOKE_STEPS = 2  # optimizer steps per trained phase
 SMOKE_BATCH = 2  # rows per step
 SMOKE_LAST_N = 60  # samples prepared: 36 train, 12 valid, 12 test
 SMOKE_RATINGS = {"n_users": 200, "n_items": 150, "n_ratings": 3000, "seed": 0}
+SMOKE_NEIGHBOURS = 4  # APA's validation neighbours: the smoke's valid split is 12 rows
 SMOKE_LAYERS = {"causal-config": 2}  # decoders keep their width and vocabulary, fewer layers
 GPU_TFLOPS = 100.0  # assumed sustained bf16 throughput of one data-centre GPU on these batches
 TRAINED_PHASES = ("train", "unlearn", "student", "augmented_model", "control_model")
@@ -75,6 +76,8 @@ def smoke_config(config: presets.BenchConfig, preset: str) -> presets.BenchConfi
         if issubclass(METHODS.get(name).params, TrainParams):
             values.update(max_steps=SMOKE_STEPS, batch_size=SMOKE_BATCH)
             values["precision"] = config.train.precision
+        if "neighbours" in {f.name for f in dataclasses.fields(METHODS.get(name).params)}:
+            values["neighbours"] = SMOKE_NEIGHBOURS
         params[name] = values
     smoke.method_params = params
     return smoke

@@ -318,6 +318,11 @@ def train_ensemble(
     )
 
 
+def recipe_class(kind: str) -> type:
+    """The recipe dataclass of an ensemble method (its own, e.g. APA's, or `Recipe`)."""
+    return TRAINERS.get(kind)[0] if kind in TRAINERS else Recipe
+
+
 def train_ensemble_from_options(
     kind: str,
     data_dir: str | Path,
@@ -330,6 +335,5 @@ def train_ensemble_from_options(
     lr, ...: see `Recipe`); unknown fields or wrong types give a clear error."""
     from e2urec.config import build as build_config
 
-    cls = TRAINERS.get(kind)[0] if kind in TRAINERS else Recipe
-    config = build_config(cls, {"backbone": backbone, **recipe}, "ensemble recipe")
+    config = build_config(recipe_class(kind), {"backbone": backbone, **recipe}, "ensemble recipe")
     return train_ensemble(kind, data_dir, out, config, overwrite=overwrite)
