@@ -11,13 +11,12 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
+from small_world import prepare_small
 
 from e2urec import cli
 from e2urec.artifacts import sha256_file
 from e2urec.backbones import BACKBONES, load_recommender
 from e2urec.data.dataset import load_split
-from e2urec.data.prepare import PrepareConfig, prepare
-from e2urec.data.synthetic import generate, write_ml1m
 from e2urec.errors import E2URecError
 from e2urec.methods.apa import (
     APARecipe,
@@ -40,18 +39,7 @@ def world(tmp_path_factory) -> dict[str, Path]:
     from e2urec.methods.apa import train_apa
 
     root = tmp_path_factory.mktemp("apa")
-    write_ml1m(generate(n_users=40, n_items=60, n_ratings=1500, seed=0), root / "raw")
-    config = PrepareConfig(
-        dataset="synthetic",
-        out=str(root / "data"),
-        raw=str(root / "raw"),
-        last_n=200,
-        history_len=3,
-        shards=4,
-        forget_ratio=0.2,
-        forget_strategy="least-active",
-    )
-    prepare(config)
+    prepare_small(root)
     train_apa(root / "data", root / "apa", APARecipe(**RECIPE))
     return {"root": root, "data": root / "data", "apa": root / "apa"}
 

@@ -9,11 +9,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from small_world import prepare_small
 from torch import nn
 
 from e2urec import cli
-from e2urec.data.prepare import PrepareConfig, prepare
-from e2urec.data.synthetic import generate, write_ml1m
 from e2urec.errors import E2URecError
 from e2urec.methods import influence
 from e2urec.methods.curvature import (
@@ -155,18 +154,7 @@ def test_conjugate_gradient_reports_negative_curvature_and_no_convergence():
 @pytest.fixture(scope="module")
 def world(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("influence")
-    write_ml1m(generate(n_users=40, n_items=60, n_ratings=1500, seed=0), root / "raw")
-    config = PrepareConfig(
-        dataset="synthetic",
-        out=str(root / "data"),
-        raw=str(root / "raw"),
-        last_n=200,
-        history_len=3,
-        shards=2,
-        forget_ratio=0.2,
-        forget_strategy="least-active",
-    )
-    prepare(config)
+    prepare_small(root, shards=2)
     train(root / "data", "train", "t5-tiny", root / "original", epochs=2)
     return {"root": root, "data": root / "data", "original": root / "original"}
 

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from small_world import prepare_small
 
 from e2urec import cli
 from e2urec.artifacts import sha256_file
 from e2urec.data.dataset import load_split
-from e2urec.data.prepare import PrepareConfig, prepare, split_file
-from e2urec.data.synthetic import generate, write_ml1m
+from e2urec.data.prepare import split_file
 from e2urec.methods import METHODS
 from e2urec.methods.ensemble import Recipe, train_ensemble
 from e2urec.runs import load_run_model
@@ -26,18 +26,7 @@ from e2urec.unlearn import unlearn
 def world(tmp_path_factory) -> dict[str, Path]:
     """Prepared data (4 shards, the least active user forgotten: 2 rows) and a tiny original run trained 2 steps."""
     root = tmp_path_factory.mktemp("methods")
-    write_ml1m(generate(n_users=40, n_items=60, n_ratings=1500, seed=0), root / "raw")
-    config = PrepareConfig(
-        dataset="synthetic",
-        out=str(root / "data"),
-        raw=str(root / "raw"),
-        last_n=200,
-        history_len=3,
-        shards=4,
-        forget_ratio=0.2,
-        forget_strategy="least-active",
-    )
-    prepare(config)
+    prepare_small(root)
     train(root / "data", "train", "t5-tiny", root / "original", epochs=1, max_steps=2)
     return {"root": root, "data": root / "data", "original": root / "original"}
 
