@@ -75,3 +75,22 @@ def ml100k_dir() -> Path:
     if not (ML100K / "u.data").is_file():
         pytest.skip(f"MovieLens-100K not found at {ML100K}")
     return ML100K
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small synthetic dataset prepared with the paper's protocol (last 240 samples)."""
+    from e2urec import api
+    from e2urec.data.prepare import PrepareConfig
+
+    out = tmp_path_factory.mktemp("data") / "prepared"
+    api.prepare(PrepareConfig(dataset="synthetic", out=str(out), last_n=240))
+    return out
+
+
+@pytest.fixture(scope="module")
+def rows(data_dir: Path) -> dict[str, list[dict]]:
+    """`data_dir`'s train, valid and test rows."""
+    from e2urec.data.dataset import load_split
+
+    return {s: load_split(data_dir, s).to_dict("records") for s in ("train", "valid", "test")}

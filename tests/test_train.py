@@ -12,8 +12,6 @@ from safetensors.torch import load_file
 
 from e2urec import api, cli
 from e2urec.backbones import create_recommender, save_recommender
-from e2urec.data.dataset import load_split
-from e2urec.data.prepare import PrepareConfig
 from e2urec.errors import E2URecError
 from e2urec.runs import MODEL_DIR, load_run_model, read_run_manifest
 from e2urec.train import losses
@@ -23,18 +21,6 @@ from e2urec.train.recipes import SupervisedTask
 from e2urec.train.runner import finish_run, start_run
 
 MAX_LENGTH = 128
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("data") / "prepared"
-    api.prepare(PrepareConfig(dataset="synthetic", out=str(out), last_n=240))
-    return out
-
-
-@pytest.fixture(scope="module")
-def rows(data_dir: Path) -> dict[str, list[dict]]:
-    return {s: load_split(data_dir, s).to_dict("records") for s in ("train", "valid", "test")}
 
 
 def _corpus(rows: dict[str, list[dict]]) -> list[str]:

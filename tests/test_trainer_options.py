@@ -11,10 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from e2urec import api, cli
+from e2urec import cli
 from e2urec.backbones import create_recommender
-from e2urec.data.dataset import load_split
-from e2urec.data.prepare import PrepareConfig
 from e2urec.train import losses
 from e2urec.train.loop import LoopConfig, fit
 from e2urec.train.recipes import SupervisedTask
@@ -22,18 +20,6 @@ from e2urec.train.recipes import SupervisedTask
 # sum, |sum| and squared sum of every t5-tiny weight after `_golden_run`, measured with the
 # trainer before these options existed (commit 8f865a8): the defaults must reproduce them
 GOLDEN_T5 = (651.4535361515209, 55011.98942854637, 53704.83231880254)
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("data") / "prepared"
-    api.prepare(PrepareConfig(dataset="synthetic", out=str(out), last_n=240))
-    return out
-
-
-@pytest.fixture(scope="module")
-def rows(data_dir: Path) -> dict[str, list[dict]]:
-    return {s: load_split(data_dir, s).to_dict("records") for s in ("train", "valid", "test")}
 
 
 def _recommender(rows, backbone: str = "t5-tiny"):
