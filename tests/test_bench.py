@@ -32,7 +32,9 @@ def bench_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, object, s
     monkeypatch.setenv("E2UREC_CACHE", str(root / "cache"))
     capture = root / "stderr.txt"
     with capture.open("w") as handle, contextlib.redirect_stderr(handle):
-        result = api.bench("demo", root / "out", str(root), 2, METHODS, None, TINY)
+        result = api.bench(
+            "demo", root / "out", data_root=str(root), seeds=2, methods=METHODS, sets=TINY
+        )
     monkeypatch.undo()
     return root / "out", result, capture.read_text()
 
@@ -71,14 +73,14 @@ def test_bench_writes_results_for_every_method_and_seed(bench_run) -> None:
 def test_rerun_reuses_every_step_and_a_changed_method_reruns_alone(bench_run, capsys) -> None:
     out, _, _ = bench_run
     before = (out / "results.json").read_text()
-    api.bench("demo", out, str(out.parent), 2, METHODS, None, TINY)
+    api.bench("demo", out, data_root=str(out.parent), seeds=2, methods=METHODS, sets=TINY)
     err = capsys.readouterr().err
     steps = [line for line in err.splitlines() if line.startswith("[")]
     assert steps and all(line.endswith(": reused") for line in steps)
     assert json.loads((out / "results.json").read_text()) == json.loads(before)
 
     changed = [t.replace("neggrad: {max_steps: 2}", "neggrad: {max_steps: 1}") for t in TINY]
-    api.bench("demo", out, str(out.parent), 2, METHODS, None, changed)
+    api.bench("demo", out, data_root=str(out.parent), seeds=2, methods=METHODS, sets=changed)
     err = capsys.readouterr().err
     redone = {line.split("] ")[1][:-4] for line in err.splitlines() if line.endswith(" ...")}
     assert redone == {
@@ -148,7 +150,9 @@ def test_floor_seeds_add_a_second_retrain_for_the_noise_floor_only(tmp_path, mon
     one noise-floor row against the methods' Retrain (so it has a residual), full evidence."""
     monkeypatch.setenv("E2UREC_CACHE", str(tmp_path / "cache"))
     sets = [*TINY[:6], "method_params={neggrad: {max_steps: 2}}", "seeds=[0]", "floor_seeds=[1]"]
-    result = api.bench("demo", tmp_path / "out", str(tmp_path), None, ["neggrad"], None, sets)
+    result = api.bench(
+        "demo", tmp_path / "out", data_root=str(tmp_path), methods=["neggrad"], sets=sets
+    )
     rows = result.rows
     assert [(r["method"], r["seed"]) for r in rows if r["method"] != RETRAIN] == [
         (ORIGINAL, 0),

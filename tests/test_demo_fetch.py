@@ -77,7 +77,12 @@ def test_demo_bench_downloads_then_reuses_the_cache(serve_zip, tmp_path, monkeyp
     log = io.StringIO()
     with contextlib.redirect_stderr(log):
         api.bench(
-            "demo", tmp_path / "out", str(tmp_path / "empty-root"), 1, ["neggrad"], None, TINY
+            "demo",
+            tmp_path / "out",
+            data_root=str(tmp_path / "empty-root"),
+            seeds=1,
+            methods=["neggrad"],
+            sets=TINY,
         )
     text = log.getvalue()
     assert "downloading http://127.0.0.1:" in text and str(cache) in text
@@ -94,7 +99,7 @@ def test_demo_bench_downloads_then_reuses_the_cache(serve_zip, tmp_path, monkeyp
     (www / "ml-100k.zip").unlink()
     log = io.StringIO()
     with contextlib.redirect_stderr(log):
-        api.bench("demo", tmp_path / "out", None, 1, ["neggrad"], None, TINY)
+        api.bench("demo", tmp_path / "out", seeds=1, methods=["neggrad"], sets=TINY)
     assert "downloading" not in log.getvalue() and "NOTE" not in log.getvalue()
     assert "prepare data: reused" in log.getvalue()
 

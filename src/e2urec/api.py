@@ -32,20 +32,14 @@ def describe(what: str) -> list[str]:
     return [f"{name:16s} {registry.meta(name).get('description', '')}" for name in registry]
 
 
-def bench(
-    preset: str,
-    out: str | Path,
-    data_root: str | None = None,
-    seeds: int | None = None,
-    methods: list[str] | None = None,
-    config_file: str | None = None,
-    sets: list[str] | None = None,
-) -> Any:
+def bench(preset: str, out: str | Path, **options: Any) -> Any:
     """Run (or continue) the experiment of `preset` into `out`: data, Original, Retrains,
-    every method, evaluation, tables and plots. See `e2urec.bench`."""
+    every method, evaluation, tables and plots. Options: data_root (where datasets are
+    looked for), seeds (how many), methods (a list), config_file, sets ("key=value" items);
+    see `e2urec.bench.bench`."""
     from e2urec.bench import bench as run
 
-    return run(preset, out, data_root, seeds, methods, config_file, sets)
+    return run(preset, out, **options)
 
 
 def report(results: str | Path, columns: Sequence[str] | None = None) -> str:
@@ -138,19 +132,14 @@ def train(
 
 
 def unlearn(
-    method: str,
-    base_run: str | Path,
-    data: str | Path,
-    out: str | Path,
-    sets: list[str] | None = None,
-    seed: int | None = None,
-    overwrite: bool = False,
+    method: str, base_run: str | Path, data: str | Path, out: str | Path, **options: Any
 ) -> dict[str, Any]:
-    """Unlearn the forget set of `data` from original run `base_run` with `method` (params from
-    `sets`, "key=value"); returns the run manifest. See `e2urec.unlearn.unlearn`."""
+    """Unlearn the forget set of `data` from original run `base_run` with `method`; returns the
+    run manifest. Options: sets ("key=value" params), seed, overwrite; see
+    `e2urec.unlearn.unlearn`."""
     from e2urec.unlearn import unlearn as run
 
-    return run(method, base_run, data, out, sets, seed, overwrite)
+    return run(method, base_run, data, out, **options)
 
 
 def train_ensemble(
@@ -175,19 +164,13 @@ def export(run: str | Path, out: str | Path, merge: bool = True, overwrite: bool
     return run_export(run, out, merge, overwrite)
 
 
-def deploy(
-    run: str | Path,
-    data: str | Path,
-    out: str | Path,
-    raw: str | Path | None = None,
-    overwrite: bool = False,
-    **settings: Any,
-) -> Any:
-    """Create a deployment from `run` on prepared `data` (settings: rollback_window,
-    method_for; see `e2urec.deploy.deployment.deploy`); returns the `Deployment`."""
+def deploy(run: str | Path, data: str | Path, out: str | Path, **settings: Any) -> Any:
+    """Create a deployment from `run` on prepared `data` (settings: raw, overwrite,
+    rollback_window, method_for; see `e2urec.deploy.deployment.deploy`); returns the
+    `Deployment`."""
     from e2urec.deploy.deployment import deploy as run_deploy
 
-    return run_deploy(run, data, out, raw=raw, overwrite=overwrite, **settings)
+    return run_deploy(run, data, out, **settings)
 
 
 def forget(deployment: str | Path, users: Sequence[int] | None, **options: Any) -> Any:

@@ -454,9 +454,8 @@ def add_unlearn(sub: argparse._SubParsersAction) -> None:
 def run_unlearn(args: argparse.Namespace) -> None:
     from e2urec import api
 
-    manifest = api.unlearn(
-        args.method, args.base, args.data, args.out, args.sets, args.seed, args.overwrite
-    )
+    options = {"sets": args.sets, "seed": args.seed, "overwrite": args.overwrite}
+    manifest = api.unlearn(args.method, args.base, args.data, args.out, **options)
     cost = manifest["cost"]
     print(
         f"unlearned {args.out} ({args.method}, format {manifest['format']}): "
@@ -600,9 +599,8 @@ def run_bench(args: argparse.Namespace) -> None:
         print((Path(args.out) / "smoke.md").read_text(encoding="utf-8"))
         print(f"report: {Path(args.out) / 'smoke.json'} ({report['total_s']:.0f} s)")
         return
-    result = api.bench(
-        args.preset, args.out, args.data_root, args.seeds, args.methods, args.config, args.set
-    )
+    options = {"data_root": args.data_root, "seeds": args.seeds, "methods": args.methods}
+    result = api.bench(args.preset, args.out, config_file=args.config, sets=args.set, **options)
     print((result.out / "results.md").read_text(encoding="utf-8"))
     print("results and plots:")
     for name, path in result.files.items():

@@ -114,42 +114,35 @@ def _build_minilm(arg: str | None, corpus: list[str], seed: int) -> tuple[nn.Mod
     return bert_decoder(str(minilm_folder()), seed)
 
 
-def _build_t5_tiny(arg: str | None, corpus: list[str], seed: int) -> tuple[nn.Module, Any]:
-    tokenizer = train_tokenizer(corpus, ANSWERS, TINY_VOCAB, template=f"$A {EOS}")
+def _tiny(
+    corpus: list[str], seed: int, template: str, model: Any, config: Any, **geometry: Any
+) -> tuple[nn.Module, Any]:
+    """A randomly initialised `model` of `config(**geometry)` over a tokenizer trained on
+    `corpus` (the vocabulary at least the tokenizer's); geometry values naming special tokens
+    (PAD, BOS, EOS) become their ids."""
+    tokenizer = train_tokenizer(corpus, ANSWERS, TINY_VOCAB, template=template)
     torch.manual_seed(seed)
-    config = T5Config(
-        vocab_size=len(tokenizer),
-        d_model=64,
-        d_ff=128,
-        d_kv=16,
-        num_heads=4,
-        num_layers=2,
-        num_decoder_layers=2,
-        dropout_rate=0.1,
-        pad_token_id=tokenizer.convert_tokens_to_ids(PAD),
-        eos_token_id=tokenizer.convert_tokens_to_ids(EOS),
-        decoder_start_token_id=tokenizer.convert_tokens_to_ids(PAD),
-    )
-    return T5ForConditionalGeneration(config), tokenizer
+    specials = (PAD, BOS, EOS)
+    ids = {k: tokenizer.convert_tokens_to_ids(v) for k, v in geometry.items() if v in specials}
+    vocab = max(geometry.pop("vocab_size", 0), len(tokenizer))
+    return model(config(**{**geometry, **ids, "vocab_size": vocab})), tokenizer
+
+
+def _build_t5_tiny(arg: str | None, corpus: list[str], seed: int) -> tuple[nn.Module, Any]:
+    return _tiny(
+        corpus, seed, f"$A {EOS}", T5ForConditionalGeneration, T5Config,
+        d_model=64, d_ff=128, d_kv=16, num_heads=4, num_layers=2, num_decoder_layers=2,
+        dropout_rate=0.1, pad_token_id=PAD, eos_token_id=EOS, decoder_start_token_id=PAD,
+    )  # fmt: skip
 
 
 def _build_causal_tiny(arg: str | None, corpus: list[str], seed: int) -> tuple[nn.Module, Any]:
-    tokenizer = train_tokenizer(corpus, ANSWERS, TINY_VOCAB, template=f"{BOS} $A")
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=4,
-        max_position_embeddings=1024,
-        pad_token_id=tokenizer.convert_tokens_to_ids(PAD),
-        bos_token_id=tokenizer.convert_tokens_to_ids(BOS),
-        eos_token_id=tokenizer.convert_tokens_to_ids(EOS),
-        tie_word_embeddings=True,
-    )
-    return LlamaForCausalLM(config), tokenizer
+    return _tiny(
+        corpus, seed, f"{BOS} $A", LlamaForCausalLM, LlamaConfig,
+        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=4, max_position_embeddings=1024, tie_word_embeddings=True,
+        pad_token_id=PAD, bos_token_id=BOS, eos_token_id=EOS,
+    )  # fmt: skip
 
 
 # Architectures of pretrained models the presets name, for runs at their geometry with random
@@ -199,28 +192,16 @@ def geometry(arg: str | None, kind: str) -> tuple[str, dict[str, Any]]:
 
 def _build_t5_config(arg: str | None, corpus: list[str], seed: int) -> tuple[nn.Module, Any]:
     _, values = geometry(arg, "seq2seq")
-    tokenizer = train_tokenizer(corpus, ANSWERS, TINY_VOCAB, template=f"$A {EOS}")
-    torch.manual_seed(seed)
-    config = T5Config(
-        **{**values, "vocab_size": max(values["vocab_size"], len(tokenizer))},
-        pad_token_id=tokenizer.convert_tokens_to_ids(PAD),
-        eos_token_id=tokenizer.convert_tokens_to_ids(EOS),
-        decoder_start_token_id=tokenizer.convert_tokens_to_ids(PAD),
+    specials = {"pad_token_id": PAD, "eos_token_id": EOS, "decoder_start_token_id": PAD}
+    return _tiny(
+        corpus, seed, f"$A {EOS}", T5ForConditionalGeneration, T5Config, **values, **specials
     )
-    return T5ForConditionalGeneration(config), tokenizer
 
 
 def _build_causal_config(arg: str | None, corpus: list[str], seed: int) -> tuple[nn.Module, Any]:
     _, values = geometry(arg, "causal")
-    tokenizer = train_tokenizer(corpus, ANSWERS, TINY_VOCAB, template=f"{BOS} $A")
-    torch.manual_seed(seed)
-    config = Qwen2Config(
-        **{**values, "vocab_size": max(values["vocab_size"], len(tokenizer))},
-        pad_token_id=tokenizer.convert_tokens_to_ids(PAD),
-        bos_token_id=tokenizer.convert_tokens_to_ids(BOS),
-        eos_token_id=tokenizer.convert_tokens_to_ids(EOS),
-    )
-    return Qwen2ForCausalLM(config), tokenizer
+    specials = {"pad_token_id": PAD, "bos_token_id": BOS, "eos_token_id": EOS}
+    return _tiny(corpus, seed, f"{BOS} $A", Qwen2ForCausalLM, Qwen2Config, **values, **specials)
 
 
 for _family in (
