@@ -102,6 +102,7 @@ def test_deploy_forget_twice_then_ledger(dep: Path, capsys: pytest.CaptureFixtur
         valid = entry["checks"]["valid_auc"]
         assert abs(valid["after"] - valid["before"]) < 0.15  # utility holds
         assert 0.0 <= entry["checks"]["mia_auc"]["after"] <= 1.0
+        assert entry["mia_loss"] == "vocab"  # the loss of that AUC, named
         assert len(entry["model_sha256"]) == 64 and len(entry["adapter_sha256"]) == 64
     assert not (dep / "requests").exists() or not any((dep / "requests").iterdir())
 
@@ -163,6 +164,7 @@ def test_user_without_training_data_is_noted(dep: Path) -> None:
     result = api.forget(dep, only_test[:1], sets=FAST)
     assert result.status == "no training data"
     assert result.entry["no_training_data"] == Deployment(dep).keys.pseudonyms(only_test[:1])
+    assert result.entry["checks"] is None and "mia_loss" not in result.entry  # nothing measured
     assert user_rows(dep, only_test[:1]) == 0
     assert Deployment(dep).current() == "v0001"
 

@@ -6,14 +6,11 @@
   test rows of the remaining users. An AUC near 0.5 after unlearning means the attack can no
   longer tell the forgotten rows from data the model never saw.
 - Utility: AUC of P(Yes) on the remaining users' validation rows.
-
-Large sets are subsampled (seeded) to at most `limit` rows each, so checks stay cheap.
 """
 
 from __future__ import annotations
 
 import math
-import random
 import warnings
 from collections.abc import Sequence
 from typing import Any
@@ -25,14 +22,6 @@ from e2urec.eval.predict import model_device
 from e2urec.runs import RunModel
 
 MIA_LOSS = "vocab"  # the membership-inference loss of every check (see eval.scoring.LOSSES)
-
-
-def sample(rows: list[dict[str, Any]], limit: int, seed: int = 0) -> list[dict[str, Any]]:
-    """At most `limit` rows, a seeded random subset in the original order."""
-    if len(rows) <= limit:
-        return rows
-    keep = sorted(random.Random(seed).sample(range(len(rows)), limit))
-    return [rows[i] for i in keep]
 
 
 def losses_and_p_yes(
@@ -51,24 +40,6 @@ def losses_and_p_yes(
     return stats[scoring.loss_column(MIA_LOSS)], stats["p_yes"]
 
 
-def measure(
-    run_model: RunModel,
-    members: list[dict[str, Any]],
-    nonmembers: list[dict[str, Any]],
-    valid: list[dict[str, Any]],
-) -> dict[str, float | None]:
-    """MIA AUC (members vs non-members) and validation AUC of one model; None when undefined."""
-    result: dict[str, float | None] = {"mia_auc": None, "valid_auc": None}
-    if members and nonmembers:
-        member_loss, _ = losses_and_p_yes(run_model, members)
-        nonmember_loss, _ = losses_and_p_yes(run_model, nonmembers)
-        result["mia_auc"] = mia_or_none(member_loss, nonmember_loss)
-    if valid:
-        _, p_yes = losses_and_p_yes(run_model, valid)
-        result["valid_auc"] = auc_or_none([r["label"] for r in valid], p_yes)
-    return result
-
-
 def mia_or_none(member_losses: np.ndarray, nonmember_losses: np.ndarray) -> float | None:
     """Membership-inference AUC, or None without members or non-members."""
     if not len(member_losses) or not len(nonmember_losses):
@@ -85,8 +56,3 @@ def auc_or_none(labels: Sequence[int], p_yes: np.ndarray) -> float | None:
         warnings.simplefilter("ignore", RuntimeWarning)
         value = metrics.auc(list(labels), p_yes)
     return None if math.isnan(value) else value
-
-
-def before_after(before: dict[str, Any], after: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """{"mia_auc": {"before", "after"}, "valid_auc": {...}} from two `measure` results."""
-    return {name: {"before": before[name], "after": after[name]} for name in before}

@@ -118,6 +118,7 @@ class LedgerEntry:
     model_sha256: str | None = None
     adapter_sha256: str | None = None
     checks: dict[str, Any] | None = None
+    mia_loss: str | None = None  # the loss of checks' MIA AUC (entries before it: none named)
     queued: str | None = None
     pass_: dict[str, Any] | None = None
     details: dict[str, Any] = dataclasses.field(default_factory=dict)

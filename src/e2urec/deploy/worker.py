@@ -45,6 +45,7 @@ from e2urec.errors import E2URecError
 from e2urec.methods.base import UnlearnContext
 from e2urec.quiet import quiet_transformers
 from e2urec.runs import CONFIG, MODEL_DIR, SingleModel
+from e2urec.train.streams import sample_rows
 
 VALID_ROWS = 400
 HOLDOUT_ROWS = 200
@@ -99,8 +100,8 @@ class Warm:
         self.model = dep.load_model(self.version)
         self.manifest = read_json(dep.version_dir(self.version) / MANIFEST, "version manifest")
         self.train = dep.store.rows("train")
-        self.valid = checks.sample(dep.store.rows("valid"), valid_rows, SEED)
-        self.holdout = checks.sample(dep.store.rows("test"), holdout_rows, SEED)
+        self.valid = sample_rows(dep.store.rows("valid"), valid_rows, SEED, "deploy", "valid")
+        self.holdout = sample_rows(dep.store.rows("test"), holdout_rows, SEED, "deploy", "holdout")
         self.valid_p_yes = checks.losses_and_p_yes(self.model, self.valid)[1]
         self.holdout_loss = checks.losses_and_p_yes(self.model, self.holdout)[0]
 
@@ -434,7 +435,7 @@ class Worker:
 
 
 def forget_entry(
-    work: Pass, request: dict[str, Any], info: VersionInfo, checks: Any, keys: Any
+    work: Pass, request: dict[str, Any], info: VersionInfo, measured: Any, keys: Any
 ) -> LedgerEntry:
     """The ledger entry of one request served by pass `work` (users as keyed pseudonyms)."""
     unlearned = bool(work.unlearned_users)
@@ -455,7 +456,8 @@ def forget_entry(
         parent_version=work.parent_version,
         model_sha256=info.model_sha256,
         adapter_sha256=info.adapter_sha256 if unlearned else None,
-        checks=checks,
+        checks=measured,
+        mia_loss=checks.MIA_LOSS if measured else None,
         queued=request["created"],
         pass_={
             "id": work.pass_id,

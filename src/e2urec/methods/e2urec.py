@@ -40,10 +40,10 @@ from e2urec.methods.e2urec_membership import (
     check_direction,
     holdout_available,
     inference,
-    sample_rows,
 )
 from e2urec.methods.e2urec_teachers import TEACHERS, TeacherInputs
 from e2urec.runs import ADAPTER_DIR
+from e2urec.train.streams import sample_rows
 
 Batch = dict[str, torch.Tensor]
 
@@ -474,7 +474,7 @@ def frozen_models(
         models["augmented"] = augmented_model(ctx, params, accelerator)
     if "control" in needed:
         forget = ctx.rows("forget")
-        control_rows = sample_rows(ctx.rows("retain"), len(forget), ctx.seed, "control")
+        control_rows = sample_rows(ctx.rows("retain"), len(forget), ctx.seed, "e2urec", "control")
         models["control"] = tuned_copy(ctx, params, accelerator, control_rows, "control_model")
     return {name: model.to(accelerator.device) for name, model in models.items()}
 

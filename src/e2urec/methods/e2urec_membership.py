@@ -17,6 +17,7 @@ from torch import nn
 
 from e2urec.backbones import Recommender
 from e2urec.eval import scoring
+from e2urec.train.streams import sample_rows
 
 log = logging.getLogger(__name__)
 Batch = dict[str, torch.Tensor]
@@ -102,15 +103,6 @@ def check_direction(
         log.warning(warning)
 
 
-def sample_rows(
-    rows: Sequence[dict[str, Any]], size: int, seed: int, name: str
-) -> list[dict[str, Any]]:
-    """A seeded sample of `size` rows (all rows, shuffled, when there are fewer)."""
-    from e2urec.train.loop import permutation
-
-    return [rows[i] for i in permutation(len(rows), seed, "e2urec", name)[:size]]
-
-
 @dataclass(frozen=True)
 class MembershipRule:
     """The settings of `stop=membership` (E2URecParams holds them under these names: check_every,
@@ -150,8 +142,8 @@ class MembershipMonitor:
         self.recommender = recommender
         self.rule = rule
         self.device = device
-        self.forget = sample_rows(forget_rows, rule.check_rows, seed, "check-forget")
-        self.holdout = sample_rows(holdout_rows, rule.check_rows, seed, "check-holdout")
+        self.forget = sample_rows(forget_rows, rule.check_rows, seed, "e2urec", "check-forget")
+        self.holdout = sample_rows(holdout_rows, rule.check_rows, seed, "e2urec", "check-holdout")
         self.target = 0.5
         self.holdout_auc: float | None = None
         self.checks: list[dict[str, Any]] = []

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -24,6 +25,13 @@ def permutation(size: int, *seed_parts: Any) -> list[int]:
     """A seeded permutation of range(size)."""
     generator = torch.Generator().manual_seed(derive_seed(*seed_parts))
     return torch.randperm(size, generator=generator).tolist()
+
+
+def sample_rows(rows: Sequence[Any], size: int, *seed_parts: Any) -> list[Any]:
+    """The one seeded row sampler (E2URec's stop rule and control rows, the deployment's
+    checks): the first `size` rows of the `permutation` seeded by `seed_parts` (every row,
+    shuffled, when there are fewer)."""
+    return [rows[i] for i in permutation(len(rows), *seed_parts)[:size]]
 
 
 class Cycle:
