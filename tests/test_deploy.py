@@ -93,7 +93,8 @@ def test_deploy_forget_twice_then_ledger(dep: Path, capsys: pytest.CaptureFixtur
     assert (two["parent_version"], two["version"]) == ("v0002", "v0003")
     assert one["users"] == [deployment.keys.pseudonym(first)] and "reason" not in one
     assert one["reason_hmac"] == deployment.keys.reason("user asked")
-    assert str(first) not in json.dumps(one["users"]) and one["purpose"] == "privacy"
+    assert first not in one["users"] and one["purpose"] == "privacy"  # (a pseudonym's hex
+    # digits may contain the id's digits: a substring test failed when they did)
     assert entries[2]["version"] == "v0001" and len(entries[2]["model_sha256"]) == 64
     assert one["data_sha256_after"] == two["data_sha256_before"]
     removed = one["rows_removed"]["train"] + two["rows_removed"]["train"]

@@ -172,7 +172,6 @@ def describe_methods() -> list[str]:
 @quiet_transformers()
 def export(run: str | Path, out: str | Path, merge: bool, overwrite: bool = False) -> Path:
     """Write `run` as a self-contained single-format run in `out` (see the module docstring)."""
-    from e2urec.backbones import save_recommender
     from e2urec.runs import load_run_model
 
     run = Path(run).absolute()
@@ -189,21 +188,25 @@ def export(run: str | Path, out: str | Path, merge: bool, overwrite: bool = Fals
     else:
         recommender = load_run_model(run).recommender
         recommender.model = recommender.model.merge_and_unload()
+    exported = {k: v for k, v in manifest.items() if k not in ("base_run", "weights_sha256")}
+    exported.update(format="single", exported_from=str(run))
     with staged_folder(out, overwrite=overwrite) as stage:
-        if recommender is None:
-            shutil.copytree(run / MODEL_DIR, stage / MODEL_DIR)
-        else:
-            save_recommender(recommender, stage / MODEL_DIR)
-        if (run / CONFIG).is_file():
-            shutil.copy2(run / CONFIG, stage / CONFIG)
-        exported = {k: v for k, v in manifest.items() if k not in ("base_run", "weights_sha256")}
-        atomic_write_json(
-            stage / MANIFEST,
-            {
-                **exported,
-                "format": "single",
-                "exported_from": str(run),
-                "weights_sha256": weights_sha256(stage),
-            },
-        )
+        write_single(stage, run / MODEL_DIR if recommender is None else recommender, run, exported)
     return Path(out)
+
+
+def write_single(stage: Path, model: Any, config_from: Path, manifest: dict) -> dict[str, str]:
+    """Fill folder `stage` as a single-format run: `model` (a recommender, saved, or a model
+    folder, copied), the config of run `config_from` when it has one, and `manifest` with the
+    weights' sha256 (checked on loading); returns those hashes."""
+    from e2urec.backbones import save_recommender
+
+    if isinstance(model, Path):
+        shutil.copytree(model, stage / MODEL_DIR)
+    else:
+        save_recommender(model, stage / MODEL_DIR)
+    if (config_from / CONFIG).is_file():
+        shutil.copy2(config_from / CONFIG, stage / CONFIG)
+    hashes = weights_sha256(stage)
+    atomic_write_json(stage / MANIFEST, {**manifest, "weights_sha256": hashes})
+    return hashes

@@ -154,12 +154,9 @@ def prepare(config: PrepareConfig, overwrite: bool = False) -> PrepareResult:
     with staged_folder(out, overwrite=True) as stage:
         files = {}
         for name, positions in rows.items():
-            data = "".join(lines[positions].tolist()).encode("utf-8")
-            path = stage / split_file(name)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(data)
-            stats = split_stats(frame.iloc[positions])
-            files[split_file(name)] = {"sha256": sha256_bytes(data), **stats}
+            files[split_file(name)] = write_split(
+                stage, name, frame.iloc[positions], lines[positions]
+            )
         manifest = {
             "format": FORMAT,
             "e2urec_version": __version__,
@@ -323,6 +320,19 @@ def encode_lines(frame: pd.DataFrame) -> np.ndarray:
         encode(dict(zip(COLUMNS, row, strict=True))) + "\n" for row in zip(*columns, strict=True)
     ]
     return np.array(lines, dtype=object)
+
+
+def write_split(
+    folder: Path, name: str, frame: pd.DataFrame, lines: np.ndarray | None = None
+) -> dict[str, Any]:
+    """Write split `name` (`frame`'s rows as JSON lines, `encode_lines` unless given) into
+    `folder`; returns its manifest record: sha256 and `split_stats`."""
+    lines = encode_lines(frame) if lines is None else lines
+    data = "".join(lines.tolist()).encode("utf-8")
+    path = folder / split_file(name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return {"sha256": sha256_bytes(data), **split_stats(frame)}
 
 
 def ratings_hash(ratings: pd.DataFrame) -> str:

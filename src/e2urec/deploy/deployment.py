@@ -20,7 +20,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fcntl
-import json
+import functools
 import os
 import re
 import shutil
@@ -35,11 +35,10 @@ from e2urec.artifacts import (
     atomic_write_json,
     model_sha256,
     read_json,
-    sha256_bytes,
     sha256_file,
     staged_folder,
 )
-from e2urec.deploy.ledger import LEDGER, SECRET, Keys, Ledger, LedgerEntry, iso
+from e2urec.deploy.ledger import LEDGER, SECRET, Keys, Ledger, LedgerEntry, iso, written
 from e2urec.deploy.queue import QUEUE_LIMIT, Queue, ledger_record
 from e2urec.deploy.store import SPLITS, STORE, Store
 from e2urec.errors import E2URecError
@@ -58,7 +57,7 @@ DEFAULT_METHODS = {"privacy": ["e2urec"], "pollution": ["e2urec", "teacher=contr
 UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
-def _say(message: str) -> None:
+def quiet(message: str) -> None:
     """Default progress output: nothing."""
 
 
@@ -93,10 +92,7 @@ class VersionInfo:
 
     def write(self, folder: Path) -> None:
         """Write version.json into `folder` (atomic)."""
-        fields = {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
-        if "pass_id" in fields:
-            fields["pass"] = fields.pop("pass_id")
-        atomic_write_json(folder / VERSION_INFO, fields)
+        atomic_write_json(folder / VERSION_INFO, written(self))
 
     @classmethod
     def read(cls, folder: Path) -> VersionInfo:
@@ -175,14 +171,11 @@ class Deployment:
         self.store = Store(self.path / STORE)
         self.ledger = Ledger(self.path / LEDGER)
         self.keys = Keys(self.path / SECRET)
-        self._queue: Queue | None = None
 
-    @property
+    @functools.cached_property
     def queue(self) -> Queue:
         """The deployment's durable request queue (tables created on first use)."""
-        if self._queue is None:
-            self._queue = Queue(self.store)
-        return self._queue
+        return Queue(self.store)
 
     def ensure_keys(self) -> None:
         """Create the tables and the secret of an older deployment that never had them (a
@@ -363,7 +356,7 @@ class Deployment:
     def forget(
         self,
         users: Sequence[int] | None,
-        say: Callable[[str], None] = _say,
+        say: Callable[[str], None] = quiet,
         request_id: str | None = None,
         **options: Any,
     ) -> ForgetResult:
@@ -513,7 +506,7 @@ class Deployment:
         `users`' rows (`label` is recorded as the manifest's deployment_request)."""
         import pandas as pd
 
-        from e2urec.data.prepare import BASE_SPLITS, FORMAT, split_file, split_stats
+        from e2urec.data.prepare import BASE_SPLITS, COLUMNS, FORMAT, split_file, write_split
 
         users, forget_users = set(users), set(forget_users)
         train = self.store.rows("train")
@@ -522,13 +515,10 @@ class Deployment:
         splits["forget"] = [r for r in train if r["user_id"] in forget_users]
         meta = self.store.meta()
         with staged_folder(out, overwrite=True) as stage:
-            files = {}
-            for name in BASE_SPLITS:
-                rows = splits[name]
-                text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
-                (stage / split_file(name)).write_bytes(text.encode("utf-8"))
-                stats = split_stats(pd.DataFrame(rows, columns=["user_id", "label"]))
-                files[split_file(name)] = {"sha256": sha256_bytes(text.encode("utf-8")), **stats}
+            files = {
+                split_file(name): write_split(stage, name, pd.DataFrame(rows, columns=COLUMNS))
+                for name, rows in splits.items()
+            }
             manifest = {"format": FORMAT, "config": meta["data_config"], "files": files}
             manifest.update(template=meta["template"], domain=meta["domain"])
             manifest.update(splits=list(BASE_SPLITS), forgotten_users=sorted(forget_users))

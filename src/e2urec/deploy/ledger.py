@@ -120,20 +120,25 @@ class LedgerEntry:
     checks: dict[str, Any] | None = None
     mia_loss: str | None = None  # the loss of checks' MIA AUC (entries before it: none named)
     queued: str | None = None
-    pass_: dict[str, Any] | None = None
+    pass_id: dict[str, Any] | None = None
     details: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     KEEP_NONE = {"forget": ("method", "adapter_sha256", "checks", "reason_hmac", "model_sha256")}
 
     def fields(self) -> dict[str, Any]:
-        """The entry as written: `pass_` as "pass", `details` merged in."""
-        keep = self.KEEP_NONE.get(self.kind, ())
-        out = {
-            ("pass" if f.name == "pass_" else f.name): getattr(self, f.name)
-            for f in dataclasses.fields(self)
-            if f.name != "details" and (getattr(self, f.name) is not None or f.name in keep)
-        }
-        return {**out, **self.details}
+        """The entry as written (see `written`), `details` merged in."""
+        out = written(self, self.KEEP_NONE.get(self.kind, ()))
+        return {**out, **out.pop("details")}
+
+
+def written(record: Any, keep: tuple[str, ...] = ()) -> dict[str, Any]:
+    """A dataclass record's fields as written to JSON: None values left out (unless named in
+    `keep`), `pass_id` under the name "pass"."""
+    return {
+        ("pass" if f.name == "pass_id" else f.name): getattr(record, f.name)
+        for f in dataclasses.fields(record)
+        if getattr(record, f.name) is not None or f.name in keep
+    }
 
 
 class Ledger:

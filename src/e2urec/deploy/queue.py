@@ -19,6 +19,7 @@ marks the pass and its requests done in one transaction once the ledger holds th
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import Callable, Sequence
@@ -57,32 +58,25 @@ class Pass:
     data_sha256_after: str | None = None
 
 
-def _record(values: dict[str, Any]) -> dict[str, Any]:
+JSON_COLUMNS = {"users", "unlearned_users", "sets", "merged_with", "checks", "rows"}
+RENAMED = {"pass_id": "pass", "rows": "rows_removed"}
+
+
+def _decoded(row: dict[str, Any]) -> dict[str, Any]:
+    """A queue table row with its JSON columns decoded."""
+    return {k: json.loads(v) if k in JSON_COLUMNS and v is not None else v for k, v in row.items()}
+
+
+def _record(row: dict[str, Any]) -> dict[str, Any]:
     """A requests row as the record `GET /requests/ID` returns."""
-    finished = values["finished"]
-    record = {
-        "request_id": values["request_id"],
-        "state": values["state"],
-        "users": json.loads(values["users"]),
-        "method": values["method"],
-        "sets": json.loads(values["sets"]),
-        "purpose": values.get("purpose") or "privacy",
-        "reason": values["reason"],
-        "position": values["position"],
-        "created": iso(values["created"]),
-        "started": None if values["started"] is None else iso(values["started"]),
-        "finished": None if finished is None else iso(finished),
-        "created_s": values["created"],
-        "seconds": None if finished is None else round(finished - values["created"], 3),
-        "merged_with": json.loads(values["merged_with"]),
-        "pass": values["pass_id"],
-        "version": values["version"],
-        "checks": None if values["checks"] is None else json.loads(values["checks"]),
-        "rows_removed": None if values["rows"] is None else json.loads(values["rows"]),
-        "ledger_seq": values["ledger_seq"],
-    }
-    if values["error"] is not None:
-        record["error"] = values["error"]
+    record = {RENAMED.get(k, k): v for k, v in _decoded(row).items()}
+    created, started, finished = row["created"], row["started"], row["finished"]
+    record.update(created=iso(created), created_s=created, purpose=row["purpose"] or "privacy")
+    record["started"] = None if started is None else iso(started)
+    record["finished"] = None if finished is None else iso(finished)
+    record["seconds"] = None if finished is None else round(finished - created, 3)
+    if record["error"] is None:
+        del record["error"]
     return record
 
 
@@ -248,22 +242,12 @@ class Queue:
             self.store.update("passes", values, "pass_id = ?", (work.pass_id,), conn)
             self.store.update("requests", values, "pass_id = ?", (work.pass_id,), conn)
 
-    def _pass(self, values: dict[str, Any]) -> Pass:
+    def _pass(self, row: dict[str, Any]) -> Pass:
         running = "pass_id = ? AND state = 'running'"
-        return Pass(
-            pass_id=values["pass_id"],
-            users=json.loads(values["users"]),
-            unlearned_users=json.loads(values["unlearned_users"]),
-            method=values["method"],
-            sets=json.loads(values["sets"]),
-            parent_version=values["parent_version"],
-            version=values["version"],
-            requests=[
-                _record(r) for r in self.store.select("requests", running, (values["pass_id"],))
-            ],
-            data_sha256_before=values["data_sha256_before"],
-            data_sha256_after=values["data_sha256_after"],
-        )
+        requests = self.store.select("requests", running, (row["pass_id"],))
+        names = {f.name for f in dataclasses.fields(Pass)}
+        values = {k: v for k, v in _decoded(row).items() if k in names}
+        return Pass(**values, requests=[_record(r) for r in requests])
 
 
 def conflict(request_id: str, users: list[Any], method: str | None) -> Conflict:

@@ -1,26 +1,16 @@
-"""`e2urec serve`: a FastAPI app over one deployment.
+"""`e2urec serve`: a FastAPI app over one deployment (routes, bodies, statuses and tokens are
+documented in docs/production.md, "HTTP API").
 
-POST /predict {user, items} → {user, version, scores: {item: P(like)}} with the current version.
-POST /forget {users, purpose?, method?, reason?, request_id?, sets?} records a deletion request
-  in the deployment's durable queue and answers at once: 202 {request_id, state: "queued",
-  position} (the same request again: its record, 200 once done). Unknown users, an empty list,
-  bad settings: 422 (nothing queued); a request id already used for other users: 409; a full
-  queue: 503.
-GET /requests/ID → the request's record: state queued, running, done (version, checks, rows
-  removed, ledger seq) or failed (error); unknown: 404.
-GET /ledger → {entries, verified, head} (a tampered ledger: 409 naming the first bad entry).
-Predict lookups that fail (unknown user or item, deleted history): 404.
-
-Tokens (`Authorization: Bearer <token>`): /forget needs the forget token ($E2UREC_SERVE_TOKEN;
-unset: 403, forgetting is disabled); /predict, /requests and /ledger need the read token
-($E2UREC_READ_TOKEN) or the forget token; with no token set they are open, which `serve` allows
-on a loopback address only. Missing or wrong: 401.
+POST /forget (the forget token, $E2UREC_SERVE_TOKEN) records a deletion request in the
+deployment's durable queue and answers at once; POST /predict, GET /requests/ID and GET /ledger
+need the read token ($E2UREC_READ_TOKEN) or the forget token, and are open when no token is set
+(which `serve` allows on a loopback address only). Refusals are one line, {"detail": ...}.
 
 A worker thread (`e2urec.deploy.worker`, started with the app unless worker=False) serves the
 queue in coalesced passes and swaps its new model in under a lock; predictions keep being served
 from the current version meanwhile (FastAPI runs the handlers in a thread pool). Without the
 thread (another process runs `e2urec work`), a new current version is loaded on the next
-prediction. Bad requests (malformed JSON, wrong fields) get 422 with one clear line.
+prediction.
 """
 
 from __future__ import annotations
@@ -31,11 +21,11 @@ import ipaddress
 import logging
 import os
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any, Literal
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
@@ -135,33 +125,31 @@ def _validation_message(exc: RequestValidationError) -> str:
 
 class Tokens:
     """The forget token and the read token (default: the environment); `forget(request)` and
-    `read(request)` give the refusal, or None when the request may go on."""
+    `read(request)` (route dependencies) refuse a request with an HTTPException."""
 
     def __init__(self, forget: str | None = None, read: str | None = None) -> None:
         self.forget_token = forget if forget is not None else os.environ.get(TOKEN_ENV) or None
         self.read_token = read if read is not None else os.environ.get(READ_TOKEN_ENV) or None
 
-    def _given(self, request: Request, *tokens: str | None) -> bool:
+    def _require(self, request: Request, *tokens: str | None) -> None:
         scheme, _, given = request.headers.get("authorization", "").partition(" ")
-        return scheme.lower() == "bearer" and any(
+        if scheme.lower() != "bearer" or not any(
             t is not None and hmac.compare_digest(given.encode(), t.encode()) for t in tokens
-        )
+        ):
+            raise HTTPException(401, UNAUTHORIZED)
 
-    def forget(self, request: Request) -> JSONResponse | None:
-        """None when the forget token was given."""
+    def forget(self, request: Request) -> None:
+        """Refuse unless the forget token was given (403 when none is configured)."""
         if self.forget_token is None:
-            return _error(403, f"forgetting is disabled: start the server with ${TOKEN_ENV} set")
-        return None if self._given(request, self.forget_token) else _error(401, UNAUTHORIZED)
+            raise HTTPException(
+                403, f"forgetting is disabled: start the server with ${TOKEN_ENV} set"
+            )
+        self._require(request, self.forget_token)
 
-    def read(self, request: Request) -> JSONResponse | None:
-        """None when a token was given (or none is configured)."""
-        if self.forget_token is None and self.read_token is None:
-            return None
-        return (
-            None
-            if self._given(request, self.read_token, self.forget_token)
-            else _error(401, UNAUTHORIZED)
-        )
+    def read(self, request: Request) -> None:
+        """Refuse unless a token was given (or none is configured)."""
+        if self.forget_token is not None or self.read_token is not None:
+            self._require(request, self.read_token, self.forget_token)
 
 
 def create_app(
@@ -205,56 +193,46 @@ def create_app(
     return app
 
 
+@contextlib.contextmanager
+def _refused(status: int) -> Iterator[None]:
+    """An E2URecError in the block answers `status` (a conflict 409, a full queue 503)."""
+    try:
+        yield
+    except E2URecError as exc:
+        status = {Conflict: 409, QueueFull: 503}.get(type(exc), status)
+        raise HTTPException(status, str(exc)) from None
+
+
 def _read_routes(app: FastAPI, dep: Deployment, live: Live, tokens: Tokens) -> None:
-    @app.post("/predict")
-    def predict(body: PredictBody, request: Request) -> Any:
-        if (denied := tokens.read(request)) is not None:
-            return denied
+    @app.post("/predict", dependencies=[Depends(tokens.read)])
+    def predict(body: PredictBody) -> Any:
         version, model = live.get()
-        try:
+        with _refused(404):
             scores = dep.predict(body.user, body.items, model=model)
-        except E2URecError as exc:
-            return _error(404, str(exc))
         return {"user": body.user, "version": version, "scores": scores}
 
-    @app.get("/requests/{request_id}")
-    def request_state(request_id: str, request: Request) -> Any:
-        if (denied := tokens.read(request)) is not None:
-            return denied
-        try:
+    @app.get("/requests/{request_id}", dependencies=[Depends(tokens.read)])
+    def request_state(request_id: str) -> Any:
+        with _refused(409):
             record = dep.request(request_id)
-        except E2URecError as exc:
-            return _error(409, str(exc))
         if record is None:
             return _error(404, f"no deletion request {request_id!r}")
         return {k: v for k, v in record.items() if k != "created_s"}
 
-    @app.get("/ledger")
-    def ledger(request: Request, expect_head: str | None = None) -> Any:
-        if (denied := tokens.read(request)) is not None:
-            return denied
-        try:
+    @app.get("/ledger", dependencies=[Depends(tokens.read)])
+    def ledger(expect_head: str | None = None) -> Any:
+        with _refused(409):
             entries = dep.ledger.entries(expect_head)
-        except E2URecError as exc:
-            return _error(409, str(exc))
         head = entry_hash(entries[-1]) if entries else None
         return {"verified": True, "head": head, "entries": entries}
 
 
 def _forget_route(app: FastAPI, dep: Deployment, tokens: Tokens, queue_limit: int) -> None:
-    @app.post("/forget")
-    def forget(body: ForgetBody, request: Request) -> Any:
-        if (denied := tokens.forget(request)) is not None:
-            return denied
-        try:
+    @app.post("/forget", dependencies=[Depends(tokens.forget)])
+    def forget(body: ForgetBody) -> Any:
+        with _refused(422):
             options = body.model_dump(exclude={"users"})
             record, _ = dep.enqueue(body.users, limit=queue_limit, **options)
-        except Conflict as exc:
-            return _error(409, str(exc))
-        except QueueFull as exc:
-            return _error(503, str(exc))
-        except E2URecError as exc:
-            return _error(422, str(exc))
         fields = ("request_id", "state", "position", "merged_with", "version")
         content = {k: record[k] for k in fields if record.get(k) is not None}
         return JSONResponse(status_code=200 if record["state"] == "done" else 202, content=content)

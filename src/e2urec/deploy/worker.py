@@ -31,30 +31,24 @@ import numpy as np
 
 from e2urec.artifacts import (
     MANIFEST,
-    atomic_write_json,
     read_json,
     sha256_file,
     staged_folder,
-    weights_sha256,
 )
 from e2urec.deploy import MAX_USERS, checks
-from e2urec.deploy.deployment import REQUESTS, Deployment, VersionInfo, model_sha256
+from e2urec.deploy.deployment import REQUESTS, Deployment, VersionInfo, model_sha256, quiet
 from e2urec.deploy.ledger import LedgerEntry
 from e2urec.deploy.queue import Pass
 from e2urec.errors import E2URecError
 from e2urec.methods.base import UnlearnContext
 from e2urec.quiet import quiet_transformers
-from e2urec.runs import CONFIG, MODEL_DIR, SingleModel
+from e2urec.runs import MODEL_DIR, SingleModel
 from e2urec.train.streams import sample_rows
 
 VALID_ROWS = 400
 HOLDOUT_ROWS = 200
 SEED = 0
 log = logging.getLogger("e2urec.worker")
-
-
-def _quiet(message: str) -> None:
-    """Default progress output: nothing."""
 
 
 def _copy(source: Any) -> Any:
@@ -105,28 +99,26 @@ class Warm:
         self.valid_p_yes = checks.losses_and_p_yes(self.model, self.valid)[1]
         self.holdout_loss = checks.losses_and_p_yes(self.model, self.holdout)[0]
 
+    def without(self, users: set[int]) -> tuple[list, np.ndarray, list, np.ndarray]:
+        """The valid sample rows and their P(Yes), the holdout sample rows and their losses,
+        less `users`' rows."""
+        valid = np.array([r["user_id"] not in users for r in self.valid], dtype=bool)
+        holdout = np.array([r["user_id"] not in users for r in self.holdout], dtype=bool)
+        return (
+            [r for r, k in zip(self.valid, valid, strict=True) if k],
+            self.valid_p_yes[valid],
+            [r for r, k in zip(self.holdout, holdout, strict=True) if k],
+            self.holdout_loss[holdout],
+        )
+
     def advance(self, version: str, built: Any, users: set[int]) -> None:
         """Serve `version` (`built`: (model, manifest, the new model's valid P(Yes) and holdout
         losses on the kept sample rows), None when only rows left); drop `users`' rows."""
-        valid_kept, holdout_kept = self.kept(users)
-        if built is None:
-            built = (
-                self.model,
-                self.manifest,
-                (self.valid_p_yes[valid_kept], self.holdout_loss[holdout_kept]),
-            )
+        self.valid, valid_p_yes, self.holdout, holdout_loss = self.without(users)
+        built = built or (self.model, self.manifest, (valid_p_yes, holdout_loss))
         self.version, (self.model, self.manifest, outputs) = version, built
-        self.train = [r for r in self.train if r["user_id"] not in users]
-        self.valid = [r for r in self.valid if r["user_id"] not in users]
-        self.holdout = [r for r in self.holdout if r["user_id"] not in users]
         self.valid_p_yes, self.holdout_loss = outputs
-
-    def kept(self, users: set[int]) -> tuple[np.ndarray, np.ndarray]:
-        """Masks of the valid and holdout sample rows not belonging to `users`."""
-        return (
-            np.array([r["user_id"] not in users for r in self.valid], dtype=bool),
-            np.array([r["user_id"] not in users for r in self.holdout], dtype=bool),
-        )
+        self.train = [r for r in self.train if r["user_id"] not in users]
 
 
 class Worker:
@@ -146,7 +138,7 @@ class Worker:
         max_wait: float = 0.0,
         valid_rows: int = VALID_ROWS,
         holdout_rows: int = HOLDOUT_ROWS,
-        say: Callable[[str], None] = _quiet,
+        say: Callable[[str], None] = quiet,
         on_switch: Callable[[str, SingleModel], None] | None = None,
     ) -> None:
         if max_users < 1:
@@ -285,19 +277,16 @@ class Worker:
             member_before = checks.losses_and_p_yes(warm.model, forget)[0]
         with clock.phase("unlearn"), quiet_transformers():
             fields, model = self._unlearn(work, folder, forget, retain)
-        valid_kept, holdout_kept = warm.kept(users)
-        valid = [r for r, k in zip(warm.valid, valid_kept, strict=True) if k]
-        holdout = [r for r, k in zip(warm.holdout, holdout_kept, strict=True) if k]
+        valid, valid_before, holdout, holdout_before = warm.without(users)
         with clock.phase("checks_after"), quiet_transformers():
             member_after = checks.losses_and_p_yes(model, forget)[0]
             valid_after = checks.losses_and_p_yes(model, valid)[1]
             holdout_after = checks.losses_and_p_yes(model, holdout)[0]
         labels = [r["label"] for r in valid]
         valid_auc = {
-            "before": checks.auc_or_none(labels, warm.valid_p_yes[valid_kept]),
+            "before": checks.auc_or_none(labels, valid_before),
             "after": checks.auc_or_none(labels, valid_after),
         }
-        holdout_before = warm.holdout_loss[holdout_kept]
         owners = np.array([r["user_id"] for r in forget])
         per_request = {}
         for request in work.requests:
@@ -361,11 +350,10 @@ class Worker:
         folder: Path,
     ) -> dict[str, Any]:
         """Write the new version folder whole (staged, one rename); returns its manifest."""
-        from e2urec.backbones import save_recommender
+        from e2urec.unlearn import write_single
 
         warm = self.warm
         assert warm is not None
-        parent = self.dep.version_dir(warm.version)
         inherited = ("backbone", "family", "seed", "init_seed", "finetune", "loop")
         manifest = {k: warm.manifest[k] for k in inherited if k in warm.manifest}
         manifest.update(format="single", kind="unlearned", method=work.method, complete=True)
@@ -379,15 +367,9 @@ class Worker:
         }
         adapter = folder / "run" / "adapter" / "adapter_model.safetensors"
         with staged_folder(final) as stage:
-            save_recommender(model.recommender, stage / MODEL_DIR)
-            if (parent / CONFIG).is_file():
-                shutil.copy2(parent / CONFIG, stage / CONFIG)
-            manifest["weights_sha256"] = hashes = weights_sha256(stage)  # checked on loading
-            prefix = f"{MODEL_DIR}/"
-            model_hashes = {
-                n.removeprefix(prefix): h for n, h in hashes.items() if n.startswith(prefix)
-            }
-            atomic_write_json(stage / MANIFEST, manifest)
+            parent = self.dep.version_dir(warm.version)
+            hashes = write_single(stage, model.recommender, parent, manifest)
+            model_hashes = {n.removeprefix(f"{MODEL_DIR}/"): h for n, h in hashes.items()}
             VersionInfo(
                 work.version,
                 model_sha256(stage / MODEL_DIR, model_hashes),
@@ -398,7 +380,7 @@ class Worker:
                 pass_id=work.pass_id,
                 requests=[r["request_id"] for r in work.requests],
             ).write(stage)
-        return manifest
+        return {**manifest, "weights_sha256": hashes}
 
     def _commit(self, work: Pass, final: Path) -> tuple[dict[str, Any], dict[str, int]]:
         """Switch to the pass's version and record it in the ledger (each step skipped when
@@ -459,7 +441,7 @@ def forget_entry(
         checks=measured,
         mia_loss=checks.MIA_LOSS if measured else None,
         queued=request["created"],
-        pass_={
+        pass_id={
             "id": work.pass_id,
             "requests": [r["request_id"] for r in work.requests],
             "users": keys.pseudonyms(work.users),
@@ -490,25 +472,27 @@ class Clock:
     per phase of a pass."""
 
     def __init__(self) -> None:
-        self.began = (time.perf_counter(), time.thread_time())
-        self.spent: dict[str, list[float]] = {}
+        self.began = self.now()
+        self.spent: dict[str, np.ndarray] = {}
+
+    @staticmethod
+    def now() -> np.ndarray:
+        """(wall, thread CPU) seconds."""
+        return np.array([time.perf_counter(), time.thread_time()])
 
     @contextlib.contextmanager
     def phase(self, name: str) -> Iterator[None]:
         """Add the block's wall and CPU seconds to phase `name`."""
-        wall, cpu = time.perf_counter(), time.thread_time()
+        start = self.now()
         try:
             yield
         finally:
-            spent = self.spent.setdefault(name, [0.0, 0.0])
-            spent[0] += time.perf_counter() - wall
-            spent[1] += time.thread_time() - cpu
+            self.spent[name] = self.spent.get(name, 0.0) + self.now() - start
 
     def summary(self) -> dict[str, dict[str, float]]:
         """{"wall_s": {phase: s, ..., "total": s}, "cpu_s": {...}}, rounded to ms."""
-        total = [time.perf_counter() - self.began[0], time.thread_time() - self.began[1]]
-        rows = {**self.spent, "total": total}
+        rows = {**self.spent, "total": self.now() - self.began}
         return {
-            k: {n: round(v[i], 3) for n, v in rows.items()}
+            k: {n: round(float(v[i]), 3) for n, v in rows.items()}
             for i, k in enumerate(("wall_s", "cpu_s"))
         }
