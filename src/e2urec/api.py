@@ -58,18 +58,13 @@ def register_method(method: Any) -> Any:
     return register(method)
 
 
-def smoke(
-    preset: str,
-    out: str | Path,
-    config_file: str | None = None,
-    sets: list[str] | None = None,
-    methods: list[str] | None = None,
-) -> dict[str, Any]:
+def smoke(preset: str, out: str | Path, **options: Any) -> dict[str, Any]:
     """Every step of `preset` at its backbone's geometry, a few steps each, with a projection of
-    the full preset's time. See `e2urec.smoke`."""
+    the full preset's time. Options: config_file, sets, methods (a subset of the preset's),
+    gpu_tflops; see `e2urec.smoke.smoke`."""
     from e2urec.smoke import smoke as run
 
-    return run(preset, out, config_file, sets, methods)
+    return run(preset, out, **options)
 
 
 def prepare(config: PrepareConfig, overwrite: bool = False) -> PrepareResult:
@@ -143,18 +138,14 @@ def unlearn(
 
 
 def train_ensemble(
-    method: str,
-    data: str | Path,
-    backbone: str,
-    out: str | Path,
-    overwrite: bool = False,
-    **recipe: Any,
+    method: str, data: str | Path, backbone: str, out: str | Path, **recipe: Any
 ) -> dict[str, Any]:
-    """Train an original SISA or RecEraser ensemble (recipe fields: seed, epochs, lr,
-    batch_size, patience, max_steps, ...; see `e2urec.methods.ensemble.Recipe`)."""
+    """Train an original SISA, RecEraser or APA ensemble (overwrite, and the recipe fields:
+    seed, epochs, lr, batch_size, patience, max_steps, ...; see
+    `e2urec.methods.ensemble.Recipe`)."""
     from e2urec.methods.ensemble import train_ensemble_from_options as run
 
-    return run(method, data, backbone, out, overwrite=overwrite, **recipe)
+    return run(method, data, backbone, out, **recipe)
 
 
 def export(run: str | Path, out: str | Path, merge: bool = True, overwrite: bool = False) -> Path:

@@ -592,15 +592,15 @@ def add_bench(sub: argparse._SubParsersAction) -> None:
 def run_bench(args: argparse.Namespace) -> None:
     from e2urec import api
 
+    options = {"config_file": args.config, "sets": args.set, "methods": args.methods}
     if args.smoke:
         from pathlib import Path
 
-        report = api.smoke(args.preset, args.out, args.config, args.set, args.methods)
+        report = api.smoke(args.preset, args.out, **options)
         print((Path(args.out) / "smoke.md").read_text(encoding="utf-8"))
         print(f"report: {Path(args.out) / 'smoke.json'} ({report['total_s']:.0f} s)")
         return
-    options = {"data_root": args.data_root, "seeds": args.seeds, "methods": args.methods}
-    result = api.bench(args.preset, args.out, config_file=args.config, sets=args.set, **options)
+    result = api.bench(args.preset, args.out, data_root=args.data_root, seeds=args.seeds, **options)
     print((result.out / "results.md").read_text(encoding="utf-8"))
     print("results and plots:")
     for name, path in result.files.items():
