@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -292,3 +293,19 @@ def test_kill_9_during_a_pass(dep: Path) -> None:
     done = subprocess.run([*command, "--once"], capture_output=True, text=True, env=env)
     assert done.returncode == 0, done.stderr
     check_all_done(dep, ids, users)
+
+
+def test_a_worker_s_later_passes_name_a_base_model_that_exists(dep: Path) -> None:
+    """The model a pass builds in memory is named after its version folder, so the next pass's
+    adapters do not name the purged version it was copied from (peft then looks it up, on the
+    Hub when the folder is gone, and warns)."""
+    a, b = train_users(dep)[:2]
+    first = enqueue(dep, [a])
+    enqueue(dep, [b], request_id="second")
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message="Could not find a config file")
+        with Worker(dep, max_users=1) as worker:
+            worker.drain()
+            assert Path(worker.warm.model.recommender.model.name_or_path).is_dir()
+    check_all_done(dep, [first["request_id"], "second"], [a, b])
+    assert Deployment(dep).versions() == ["v0003"]

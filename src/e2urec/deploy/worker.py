@@ -303,6 +303,9 @@ class Worker:
             }
         with clock.phase("save"), quiet_transformers():
             manifest = self._save(work, final, model, fields, per_request, folder)
+        # named after its own folder: the next pass's adapters must not name the parent, which is
+        # purged (peft would look that name up on the Hub)
+        model.recommender.model.name_or_path = str(final / MODEL_DIR)
         return model, manifest, (valid_after, holdout_after)
 
     def _unlearn(
