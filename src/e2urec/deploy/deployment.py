@@ -593,11 +593,7 @@ def _store_tables(
     ratings and profiles, item titles, and the meta the prompts need."""
     from e2urec.data.dataset import load_split
 
-    frames = {
-        "train": load_split(data, split),
-        "valid": load_split(data, "valid"),
-        "test": load_split(data, "test"),
-    }
+    frames = {name: load_split(data, split if name == "train" else name) for name in SPLITS}
     log = _raw_log(data_manifest, raw)
     users = set(load_split(data, "train")["user_id"].tolist())
     for frame in frames.values():
