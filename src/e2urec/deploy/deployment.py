@@ -105,6 +105,11 @@ class VersionInfo:
         return cls(**{k: v for k, v in data.items() if k in names})
 
 
+def serve_version(folder: Path, version: str) -> None:
+    """Point the deployment in `folder` at `version` (current.json, written atomically)."""
+    atomic_write_json(folder / CURRENT, {"version": version, "updated": iso()})
+
+
 def parse_ids(text: str, what: str) -> list[int]:
     """ "12,45" → [12, 45]; anything else is one clear error."""
     parts = [p.strip() for p in str(text).split(",") if p.strip()]
@@ -412,7 +417,7 @@ class Deployment:
         old = self.current()
         if old != version:
             self.store.retire(old)
-            atomic_write_json(self.path / CURRENT, {"version": version, "updated": iso()})
+            serve_version(self.path, version)
 
     def purge(self, keep: Sequence[str] = ()) -> list[str]:
         """Delete every version that does not serve (nor is in `keep`) once the rollback window
@@ -473,7 +478,7 @@ class Deployment:
             self.ledger.append(
                 LedgerEntry("rollback", target, parent_version=serving, details=details)
             )
-            atomic_write_json(self.path / CURRENT, {"version": target, "updated": iso()})
+            serve_version(self.path, target)
             self.store.unretire(target)
             for version in [v for v in self.versions() if v > target]:
                 self._purge(version, time.time(), "rolled back")
@@ -582,7 +587,7 @@ def deploy(
         Ledger(stage / LEDGER).append(
             LedgerEntry("deploy", "v0001", model_sha256=sha, details=fields)
         )
-        atomic_write_json(stage / CURRENT, {"version": "v0001", "updated": iso()})
+        serve_version(stage, "v0001")
     return Deployment(out)
 
 
