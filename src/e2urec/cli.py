@@ -13,8 +13,10 @@ import sys
 
 from e2urec import __version__
 from e2urec.cli_deploy import DEPLOY_COMMANDS
-from e2urec.config import KEEP_CHOICES
+from e2urec.config import add_settings, settings_of
+from e2urec.data.settings import PrepareConfig
 from e2urec.errors import E2URecError
+from e2urec.train.options import TrainJob
 
 EXIT_USAGE = 2
 
@@ -59,15 +61,6 @@ def add_data(sub: argparse._SubParsersAction) -> None:
         add(dsub)
 
 
-def _last_n(value: str) -> int | None:
-    if value == "all":
-        return None
-    try:
-        return int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer or 'all', got {value!r}") from None
-
-
 def add_data_prepare(dsub: argparse._SubParsersAction) -> None:
     p = dsub.add_parser(
         "prepare",
@@ -78,97 +71,16 @@ def add_data_prepare(dsub: argparse._SubParsersAction) -> None:
         "shards. Writes DIR whole or not at all; an identical preparation already in DIR is "
         "reported and kept, anything else there is refused unless --overwrite.",
     )
-    p.add_argument("--dataset", required=True, help="reader name (see `e2urec list datasets`)")
-    p.add_argument("--raw", help="raw data folder or file (optional for synthetic)")
-    p.add_argument("--out", required=True, metavar="DIR", help="output folder")
-    p.add_argument(
-        "--last-n",
-        type=_last_n,
-        default=100_000,
-        help="keep the last N samples, or 'all' (default 100000)",
-    )
-    p.add_argument(
-        "--history-len", type=int, default=10, help="history items shown in the prompt (default 10)"
-    )
-    p.add_argument(
-        "--min-history",
-        type=int,
-        default=5,
-        help="drop samples with fewer earlier ratings (default 5)",
-    )
-    p.add_argument(
-        "--forget-ratio",
-        type=float,
-        default=0.2,
-        help="share of train users to forget, in (0, 1) (default 0.2)",
-    )
-    p.add_argument(
-        "--forget-strategy",
-        default="random",
-        help="random | most-active | least-active (default random)",
-    )
-    p.add_argument(
-        "--pollute",
-        default="none",
-        help="none (the paper's) | label-flip: the forgotten users' train labels are flipped | "
-        "shilling: fake users promoting target items are injected and form the forget set",
-    )
-    p.add_argument(
-        "--targets", type=int, default=10, help="shilling: items the fake users promote (10)"
-    )
-    p.add_argument(
-        "--fake-users", type=int, default=20, help="shilling: fake users injected (default 20)"
-    )
-    p.add_argument(
-        "--attack",
-        default="average",
-        help="shilling: how fake users rate their fillers: average (each item's mean rating, "
-        "default) | love-hate (1 star, against real tastes)",
-    )
-    p.add_argument(
-        "--holdout-ratio",
-        type=float,
-        default=0.0,
-        help="share of train users whose train rows nobody trains on: same-period non-members "
-        "for membership tests (split 'holdout'); default 0, the paper's split",
-    )
-    p.add_argument("--shards", type=int, default=4, help="SISA and RecEraser shards (default 4)")
-    p.add_argument(
-        "--seed",
-        type=int,
-        default=42,
-        help="seed for forget/holdout users, fake users and shards (default 42)",
-    )
-    p.add_argument(
-        "--template", default="auto", help="prompt template name (default: the domain's)"
-    )
+    add_settings(p, PrepareConfig)
     p.add_argument("--overwrite", action="store_true", help="replace an existing DIR")
     p.set_defaults(func=run_data_prepare)
 
 
 def run_data_prepare(args: argparse.Namespace) -> None:
     from e2urec import api
-    from e2urec.data.prepare import PrepareConfig, summary_table
+    from e2urec.data.prepare import summary_table
 
-    config = PrepareConfig(
-        dataset=args.dataset,
-        out=args.out,
-        raw=args.raw,
-        last_n=args.last_n,
-        history_len=args.history_len,
-        min_history=args.min_history,
-        forget_ratio=args.forget_ratio,
-        forget_strategy=args.forget_strategy,
-        shards=args.shards,
-        seed=args.seed,
-        template=args.template,
-        pollute=args.pollute,
-        targets=args.targets,
-        fake_users=args.fake_users,
-        attack=args.attack,
-        holdout_ratio=args.holdout_ratio,
-    )
-    result = api.prepare(config, overwrite=args.overwrite)
+    result = api.prepare(PrepareConfig(**settings_of(PrepareConfig, args)), args.overwrite)
     if result.already_prepared:
         print(f"{result.out}: already prepared with this configuration; nothing changed")
     else:
@@ -276,93 +188,6 @@ def run_eval(args: argparse.Namespace) -> None:
 
 
 # ---------------------------------------------------------------- train
-def add_recipe_arguments(p: argparse.ArgumentParser) -> None:
-    """The supervised recipe's options, shared by `train` and `train-ensemble`."""
-    p.add_argument("--epochs", type=int, default=10, help="maximum epochs (default 10)")
-    p.add_argument(
-        "--lr",
-        type=float,
-        help="AdamW learning rate (default 1e-3 for tiny backbones, 5e-5 full / 1e-4 LoRA "
-        "for pretrained ones)",
-    )
-    p.add_argument("--batch-size", type=int, default=16, help="rows per step (default 16)")
-    p.add_argument("--patience", type=int, default=3, help="epochs without improvement (default 3)")
-    p.add_argument(
-        "--keep",
-        choices=KEEP_CHOICES,
-        default="best",
-        help="best: early stopping on valid, best epoch kept (the paper's, default); last: no "
-        "validation, all --epochs run and the last weights are kept",
-    )
-    p.add_argument("--seed", type=int, default=42, help="data order and dropout (default 42)")
-    p.add_argument(
-        "--init-seed",
-        type=int,
-        default=0,
-        help="initial weights of tiny backbones, shared by every run like a pretrained "
-        "checkpoint (default 0)",
-    )
-    p.add_argument(
-        "--max-length", type=int, default=512, help="max prompt+answer tokens (default 512)"
-    )
-    p.add_argument("--max-steps", type=int, help="cap on optimizer steps (default none)")
-    add_trainer_arguments(p)
-
-
-def add_trainer_arguments(p: argparse.ArgumentParser) -> None:
-    """The trainer's TrainOptions (e2urec.train.options); methods take them via --set."""
-    p.add_argument(
-        "--precision",
-        default="fp32",
-        help="fp32 | bf16 | fp16: autocast precision (fp16 needs CUDA; default fp32)",
-    )
-    p.add_argument(
-        "--grad-accum", type=int, default=1, help="batches per optimizer step (default 1)"
-    )
-    p.add_argument(
-        "--max-grad-norm", type=float, help="clip the gradient norm to this (default none)"
-    )
-    p.add_argument(
-        "--scheduler",
-        default="constant",
-        help="constant | linear | cosine learning rate (default constant)",
-    )
-    p.add_argument(
-        "--warmup-ratio",
-        type=float,
-        default=0.0,
-        help="share of the optimizer steps with linear warm-up (default 0)",
-    )
-    p.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay (default 0)")
-
-
-TRAINER_OPTIONS = (
-    "precision",
-    "grad_accum",
-    "max_grad_norm",
-    "scheduler",
-    "warmup_ratio",
-    "weight_decay",
-)
-
-
-def recipe_options(args: argparse.Namespace) -> dict:
-    """The recipe options parsed by `add_recipe_arguments`, as keyword arguments."""
-    names = (
-        "epochs",
-        "lr",
-        "batch_size",
-        "patience",
-        "keep",
-        "seed",
-        "init_seed",
-        "max_length",
-        "max_steps",
-        *TRAINER_OPTIONS,
-    )
-    return {name: getattr(args, name) for name in names}
-
-
 def add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "train",
@@ -379,21 +204,8 @@ def add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--on", default="train", help="split to train on: train | retain | sisa-K | receraser-K"
     )
-    p.add_argument(
-        "--backbone",
-        default="t5-tiny",
-        metavar="SPEC",
-        help="t5-tiny | causal-tiny | t5:PATH_OR_ID | causal:PATH_OR_ID | bert:PATH_OR_ID | "
-        "minilm (default t5-tiny)",
-    )
     p.add_argument("--out", required=True, metavar="RUN", help="run folder to write")
-    p.add_argument(
-        "--finetune",
-        choices=["full", "lora"],
-        default="full",
-        help="full fine-tuning or LoRA r16/alpha32, merged on save (default full)",
-    )
-    add_recipe_arguments(p)
+    add_settings(p, TrainJob)
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in RUN")
     p.add_argument("--overwrite", action="store_true", help="replace an existing RUN")
     p.set_defaults(func=run_train)
@@ -406,10 +218,8 @@ def run_train(args: argparse.Namespace) -> None:
     manifest = api.train(
         args.data,
         args.on,
-        args.backbone,
-        args.out,
-        finetune=args.finetune,
-        **recipe_options(args),
+        out=args.out,
+        **settings_of(TrainJob, args),
         resume=args.resume,
         overwrite=args.overwrite,
     )
@@ -489,11 +299,8 @@ def add_train_ensemble(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--method", required=True, choices=["sisa", "receraser", "apa"])
     p.add_argument("--data", required=True, metavar="DIR", help="prepared data folder")
-    p.add_argument(
-        "--backbone", default="t5-tiny", metavar="SPEC", help="backbone spec (default t5-tiny)"
-    )
     p.add_argument("--out", required=True, metavar="RUN", help="run folder to write")
-    add_recipe_arguments(p)
+    add_settings(p, TrainJob, exclude=("finetune",))
     apa = p.add_argument_group("apa (docs/methods-apa.md)")
     apa.add_argument("--shards", type=int, help="K adapters (default: the prepared data's shards)")
     apa.add_argument("--tau", type=float, help="aggregation temperature (default 1000)")
@@ -518,10 +325,9 @@ def run_train_ensemble(args: argparse.Namespace) -> None:
     manifest = api.train_ensemble(
         args.method,
         args.data,
-        args.backbone,
-        args.out,
+        out=args.out,
         overwrite=args.overwrite,
-        **recipe_options(args),
+        **settings_of(TrainJob, args),
         **apa,
     )
     members = manifest.get("members") or manifest["adapters"]

@@ -25,8 +25,6 @@ import pandas as pd
 from e2urec.data.schema import RatingLog
 from e2urec.errors import E2URecError
 
-POLLUTIONS = ("none", "label-flip", "shilling")
-ATTACKS = ("average", "love-hate")
 FAKE_ID_BASE = 1_000_000_000  # fake user ids start here, far from any real MovieLens/GoodReads id
 TARGET_MIN_TEST_ROWS = 3
 

@@ -11,9 +11,9 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from e2urec.data.settings import FORGET_STRATEGIES
 from e2urec.errors import E2URecError
 
-FORGET_STRATEGIES = ("random", "most-active", "least-active")
 SPLIT_FRACTIONS = (0.6, 0.2, 0.2)
 
 
