@@ -484,7 +484,10 @@ def show_library_warnings() -> None:
 def main(argv: list[str] | None = None) -> int:
     show_library_warnings()
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version, or a usage error already written as one line
+        return int(exc.code or 0)
     if not getattr(args, "func", None):
         parser.print_help()
         return EXIT_USAGE
