@@ -260,20 +260,41 @@ def add_settings(
         parser.add_argument("--" + f.name.replace("_", "-"), **option)
 
 
-def describe_settings(cls: type) -> list[str]:
-    """One line per setting of `cls`: name, type, default, choices and help."""
-    lines = []
+SHORT = {  # RANGES rules as a type's suffix, e.g. "int ≥ 1"
+    "positive": "> 0",
+    "non-negative": "≥ 0",
+    "count": "≥ 1",
+    "unit": "in [0, 1]",
+    "fraction": "in [0, 1)",
+    "share": "in (0, 1)",
+}
+
+
+def setting_rows(cls: type, exclude: typing.Iterable[str] = ()) -> list[tuple[str, ...]]:
+    """(name, kind, default, help) of each setting of `cls`: kind names the type or the
+    choices, "or none" when None is allowed, and the range rule."""
+    rows = []
     for f in dataclasses.fields(cls):
+        if f.name in exclude:
+            continue
         base, choices, optional = _unwrap(_hints(cls)[f.name])
-        kind = "one of " + "|".join(map(str, choices)) if choices else getattr(base, "__name__", "")
+        kind = " | ".join(map(str, choices)) if choices else getattr(base, "__name__", str(base))
+        kind += f" {SHORT[f.metadata['rule']]}" if f.metadata.get("rule") else ""
         kind += " or none" if optional else ""
-        default = "required" if f.default is dataclasses.MISSING else _shown(f.default)
         if f.default_factory is not dataclasses.MISSING:
             default = _shown(f.default_factory())
-        rule = f.metadata.get("rule")
-        rule = f", {RANGES[rule][1]}" if rule else ""
-        lines.append(f"{f.name} ({kind}{rule}; default {default}): {f.metadata.get('help', '')}")
-    return lines
+        else:
+            default = "required" if f.default is dataclasses.MISSING else _shown(f.default)
+        rows.append((f.name, kind, default, f.metadata.get("help", "")))
+    return rows
+
+
+def describe_settings(cls: type, exclude: typing.Iterable[str] = ()) -> list[str]:
+    """One line per setting of `cls`: "name = default (kind): help"."""
+    return [
+        f"{name} = {default} ({kind}): {text}"
+        for name, kind, default, text in setting_rows(cls, exclude)
+    ]
 
 
 def as_dict(obj: Any) -> dict[str, Any]:

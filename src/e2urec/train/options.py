@@ -64,7 +64,7 @@ class StepSettings(TrainOptions):
     """How long and how fast a trained job optimises (the methods' TrainParams)."""
 
     epochs: int = setting(
-        10, "passes over the training stream (the most, with early stopping)", rule="count"
+        10, "passes over the training stream", rule="count"
     )
     lr: float = setting(1e-3, "AdamW learning rate", rule="positive")
     batch_size: int = setting(16, "rows per batch (per process)", rule="count")
