@@ -1,51 +1,41 @@
 """The `e2urec` command line: parse arguments, call the api, turn E2URecError into one line + exit 2.
 
-Each subcommand is a pair of functions: `add_<name>(subparsers)` declares its arguments and sets
-`func` to a `run_<name>(args)` that calls into `e2urec.api`. Heavy imports happen inside the
+Each subcommand is a pair of functions: `run_<name>(args)` calls into `e2urec.api` (its docstring
+is the command's description) and `add_<name>(subparsers)` declares its arguments, most of them
+derived from the settings dataclasses (`config.add_settings`). Heavy imports happen inside the
 run functions so that `e2urec --help` stays fast.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
 
 from e2urec import __version__
+from e2urec.cli_args import EXIT_USAGE, Parser, add_output, add_sets, command, names
 from e2urec.cli_deploy import DEPLOY_COMMANDS
 from e2urec.config import add_settings, settings_of
 from e2urec.data.settings import PrepareConfig
 from e2urec.errors import E2URecError
-from e2urec.train.options import TrainJob
-
-EXIT_USAGE = 2
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse, but usage errors are one line (no usage dump) with exit code 2."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        sys.stderr.write(f"e2urec: error: {message} (see {self.prog} --help)\n")
-        sys.exit(EXIT_USAGE)
+from e2urec.train.options import TrainJob, TrainOptions
 
 
 # ---------------------------------------------------------------- list
-def add_list(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "list",
-        help="list registered datasets, methods, backbones or presets",
-        description="List what is registered: datasets (readers), methods (unlearning), "
-        "backbones (model families) or presets (bench configurations).",
-    )
-    p.add_argument("what", choices=["datasets", "methods", "backbones", "presets"])
-    p.set_defaults(func=run_list)
-
-
 def run_list(args: argparse.Namespace) -> None:
+    """List what is registered: datasets (readers), methods (unlearning, with every parameter's
+    type, default, choices and meaning), backbones (model families) or presets (bench
+    configurations)."""
     from e2urec import api
 
     for line in api.describe(args.what):
         print(line)
+
+
+def add_list(sub: argparse._SubParsersAction) -> None:
+    p = command(sub, run_list, "list registered datasets, methods, backbones or presets")
+    p.add_argument("what", choices=["datasets", "methods", "backbones", "presets"])
 
 
 # ---------------------------------------------------------------- data
@@ -55,28 +45,18 @@ def add_data(sub: argparse._SubParsersAction) -> None:
         help="fetch, synthesize or prepare datasets (rating logs -> LLMRec data)",
         description="Dataset commands: each verb below has its own --help.",
     )
-    dsub = p.add_subparsers(dest="data_command", metavar="VERB", parser_class=_Parser)
+    dsub = p.add_subparsers(dest="data_command", metavar="VERB", parser_class=Parser)
     dsub.required = True
-    for add in DATA_VERBS:
+    for add in (add_data_fetch, add_data_synthesize, add_data_prepare):
         add(dsub)
 
 
-def add_data_prepare(dsub: argparse._SubParsersAction) -> None:
-    p = dsub.add_parser(
-        "prepare",
-        help="rating log -> train/valid/test, retain/forget and shard JSONL with prompts",
-        description="Build the paper's protocol: one sample per rating with at least "
-        "--min-history earlier ratings by its user, the last --last-n samples split 60/20/20 "
-        "chronologically, --forget-ratio of the train users forgotten, SISA and RecEraser "
-        "shards. Writes DIR whole or not at all; an identical preparation already in DIR is "
-        "reported and kept, anything else there is refused unless --overwrite.",
-    )
-    add_settings(p, PrepareConfig)
-    p.add_argument("--overwrite", action="store_true", help="replace an existing DIR")
-    p.set_defaults(func=run_data_prepare)
-
-
 def run_data_prepare(args: argparse.Namespace) -> None:
+    """Build the paper's protocol: one sample per rating with at least --min-history earlier
+    ratings by its user, the last --last-n samples split 60/20/20 chronologically,
+    --forget-ratio of the train users forgotten, SISA and RecEraser shards. Writes DIR whole or
+    not at all; an identical preparation already in DIR is reported and kept, anything else
+    there is refused unless --overwrite."""
     from e2urec import api
     from e2urec.data.prepare import summary_table
 
@@ -88,14 +68,25 @@ def run_data_prepare(args: argparse.Namespace) -> None:
     print(summary_table(result.manifest))
 
 
+def add_data_prepare(dsub: argparse._SubParsersAction) -> None:
+    summary = "rating log -> train/valid/test, retain/forget and shard JSONL with prompts"
+    p = command(dsub, run_data_prepare, summary, "prepare")
+    add_settings(p, PrepareConfig)
+    p.add_argument("--overwrite", action="store_true", help="replace an existing DIR")
+
+
+def run_data_fetch(args: argparse.Namespace) -> None:
+    """Download ml-1m or ml-100k from GroupLens (or $E2UREC_DATA_URL), check its pinned sha256
+    and unzip it into the cache ($E2UREC_CACHE, default ~/.cache/e2urec). Prints the cached
+    folder; a dataset already cached is not downloaded again."""
+    from e2urec import api
+
+    print(api.fetch(args.name, cache=args.cache, offline=args.offline))
+
+
 def add_data_fetch(dsub: argparse._SubParsersAction) -> None:
-    p = dsub.add_parser(
-        "fetch",
-        help="download a MovieLens dataset into the cache (sha256-checked)",
-        description="Download ml-1m or ml-100k from GroupLens (or $E2UREC_DATA_URL), check its "
-        "pinned sha256 and unzip it into the cache ($E2UREC_CACHE, default ~/.cache/e2urec). "
-        "Prints the cached folder; a dataset already cached is not downloaded again.",
-    )
+    summary = "download a MovieLens dataset into the cache (sha256-checked)"
+    p = command(dsub, run_data_fetch, summary, "fetch")
     p.add_argument("name", metavar="NAME", help="ml-1m or ml-100k")
     p.add_argument("--cache", metavar="DIR", help="cache folder (default $E2UREC_CACHE)")
     p.add_argument(
@@ -103,126 +94,81 @@ def add_data_fetch(dsub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="never download; use only what the cache holds (also E2UREC_OFFLINE=1)",
     )
-    p.set_defaults(func=run_data_fetch)
 
 
-def run_data_fetch(args: argparse.Namespace) -> None:
+def run_data_synthesize(args: argparse.Namespace) -> None:
+    """Generate a seeded latent-factor rating log and write users.dat, movies.dat and
+    ratings.dat in the MovieLens-1M format (read it with --dataset ml-1m or synthetic). DIR
+    appears only when complete."""
     from e2urec import api
 
-    print(api.fetch(args.name, cache=args.cache, offline=args.offline))
+    sizes = {"n_users": args.users, "n_items": args.items, "n_ratings": args.ratings}
+    out = api.synthesize(args.out, **sizes, seed=args.seed, overwrite=args.overwrite)
+    print(f"wrote {out} ({args.users} users, {args.items} items, {args.ratings} ratings)")
 
 
 def add_data_synthesize(dsub: argparse._SubParsersAction) -> None:
-    p = dsub.add_parser(
-        "synthesize",
-        help="write seeded synthetic data in the MovieLens-1M format",
-        description="Generate a seeded latent-factor rating log and write users.dat, movies.dat "
-        "and ratings.dat in the MovieLens-1M format (read it with --dataset ml-1m or synthetic). "
-        "DIR appears only when complete.",
-    )
-    p.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    summary = "write seeded synthetic data in the MovieLens-1M format"
+    p = command(dsub, run_data_synthesize, summary, "synthesize")
+    add_output(p, "DIR", "output folder")
     p.add_argument("--users", type=int, default=600, help="number of users (default 600)")
     p.add_argument("--items", type=int, default=400, help="number of items (default 400)")
     p.add_argument("--ratings", type=int, default=30_000, help="number of ratings (default 30000)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing DIR")
-    p.set_defaults(func=run_data_synthesize)
-
-
-def run_data_synthesize(args: argparse.Namespace) -> None:
-    from e2urec import api
-
-    out = api.synthesize(
-        args.out,
-        n_users=args.users,
-        n_items=args.items,
-        n_ratings=args.ratings,
-        seed=args.seed,
-        overwrite=args.overwrite,
-    )
-    print(f"wrote {out} ({args.users} users, {args.items} items, {args.ratings} ratings)")
-
-
-DATA_VERBS = [add_data_fetch, add_data_synthesize, add_data_prepare]
 
 
 # ---------------------------------------------------------------- eval
+def run_eval(args: argparse.Namespace) -> None:
+    """Score RUN on prepared splits of DIR: AUC, ACC (0.5) and LogLoss of P(Yes) = softmax over
+    the Yes/No answer tokens. With --reference (the Retrain run, p) also the mean paper_jsd
+    (symmetric KL, the paper's 'JSD'), true JSD and L2 to the run (q) at the first answer
+    position, over the full vocabulary (scope vocab, the paper's) and over Yes/No (scope
+    yes_no). Writes RUN/predictions/<split>.parquet and RUN/metrics.json, merged by split
+    (other splits' entries are kept)."""
+    from e2urec import api
+    from e2urec.eval.evaluate import summary_lines
+
+    options = {"splits": args.splits, "batch_size": args.batch_size, "device": args.device}
+    result = api.evaluate(args.run, args.data, reference=args.reference, **options)
+    for line in summary_lines(result, args.splits):
+        print(line)
+
+
 def add_eval(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "eval",
-        help="score a run: utility (AUC, ACC, LogLoss) and distances to a reference run",
-        description="Score RUN on prepared splits of DIR: AUC, ACC (0.5) and LogLoss of "
-        "P(Yes) = softmax over the Yes/No answer tokens. With --reference (the Retrain run, "
-        "p) also the mean paper_jsd (symmetric KL, the paper's 'JSD'), true JSD and L2 to the "
-        "run (q) at the first answer position, over the full vocabulary (scope vocab, the "
-        "paper's) and over Yes/No (scope yes_no). Writes RUN/predictions/<split>.parquet and "
-        "RUN/metrics.json, merged by split (other splits' entries are kept).",
-    )
+    summary = "score a run: utility (AUC, ACC, LogLoss) and distances to a reference run"
+    p = command(sub, run_eval, summary)
     p.add_argument("run", metavar="RUN", help="run folder to evaluate")
     p.add_argument("--data", required=True, metavar="DIR", help="prepared data folder")
     p.add_argument("--reference", metavar="RUN", help="reference run (Retrain) for distances")
     p.add_argument(
         "--splits",
-        default=None,
         help="comma-separated splits (default test,forget, plus holdout when the data has one)",
     )
     p.add_argument("--batch-size", type=int, default=64, help="rows per batch (default 64)")
     p.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
-    p.set_defaults(func=run_eval)
-
-
-def run_eval(args: argparse.Namespace) -> None:
-    from e2urec import api
-    from e2urec.eval.evaluate import summary_lines
-
-    result = api.evaluate(
-        args.run,
-        args.data,
-        reference=args.reference,
-        splits=args.splits,
-        batch_size=args.batch_size,
-        device=args.device,
-    )
-    for line in summary_lines(result, args.splits):
-        print(line)
 
 
 # ---------------------------------------------------------------- train
-def add_train(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "train",
-        help="train a recommender on a prepared split (Original, Retrain, shard models)",
-        description="Train a recommender on split --on of a prepared folder with the paper's "
-        "recipe: AdamW, answer cross-entropy, early stopping on the valid split's answer CE "
-        "(--patience epochs without improvement), best epoch kept. --on train gives the "
-        "Original model, --on retain the Retrain reference, --on sisa-K / receraser-K a shard "
-        "model. Writes RUN/model (safetensors), log.jsonl, config.resolved.yaml and "
-        "manifest.json. An interrupted run continues with --resume. Works under "
-        "`accelerate launch -m e2urec train ...` (--batch-size is per process).",
-    )
-    p.add_argument("--data", required=True, metavar="DIR", help="prepared data folder")
-    p.add_argument(
-        "--on", default="train", help="split to train on: train | retain | sisa-K | receraser-K"
-    )
-    p.add_argument("--out", required=True, metavar="RUN", help="run folder to write")
-    add_settings(p, TrainJob)
-    p.add_argument("--resume", action="store_true", help="continue an interrupted run in RUN")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing RUN")
-    p.set_defaults(func=run_train)
+def add_recipe(p: argparse.ArgumentParser, exclude: tuple[str, ...] = ()) -> None:
+    """The supervised recipe's settings (TrainJob), the trainer options in their own group."""
+    options = [f.name for f in dataclasses.fields(TrainOptions)]
+    add_settings(p, TrainJob, exclude=(*options, *exclude))
+    add_settings(p.add_argument_group("trainer options"), TrainOptions)
 
 
 def run_train(args: argparse.Namespace) -> None:
+    """Train a recommender on split --on of a prepared folder with the paper's recipe: AdamW,
+    answer cross-entropy, early stopping on the valid split's answer CE (--patience epochs
+    without improvement), best epoch kept. --on train gives the Original model, --on retain the
+    Retrain reference, --on sisa-K / receraser-K a shard model. Writes RUN/model (safetensors),
+    log.jsonl, config.resolved.yaml and manifest.json. An interrupted run continues with
+    --resume. Works under `accelerate launch -m e2urec train ...` (--batch-size is per
+    process)."""
     from e2urec import api
     from e2urec.train.runner import process_state
 
-    manifest = api.train(
-        args.data,
-        args.on,
-        out=args.out,
-        **settings_of(TrainJob, args),
-        resume=args.resume,
-        overwrite=args.overwrite,
-    )
+    options = {"resume": args.resume, "overwrite": args.overwrite}
+    manifest = api.train(args.data, args.on, out=args.out, **settings_of(TrainJob, args), **options)
     if process_state().is_main_process:
         fit, cost = manifest["fit"], manifest["cost"]
         print(
@@ -233,35 +179,24 @@ def run_train(args: argparse.Namespace) -> None:
         )
 
 
-# ---------------------------------------------------------------- unlearn / train-ensemble / export
-def add_unlearn(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "unlearn",
-        help="unlearn the forget set from an original run with a registered method",
-        description="Serve the deletion request of a prepared folder: run --method (see "
-        "`e2urec list methods` for methods, parameters and defaults) from the original run "
-        "--from, trained on the same prepared data. Writes a run that `e2urec eval` scores "
-        "like any other, with per-phase wall time, trainable parameters, peak memory, steps "
-        "and samples in its manifest.",
-    )
-    p.add_argument("--method", required=True, help="method name (see `e2urec list methods`)")
-    p.add_argument("--from", dest="base", required=True, metavar="RUN", help="original run")
+def add_train(sub: argparse._SubParsersAction) -> None:
+    summary = "train a recommender on a prepared split (Original, Retrain, shard models)"
+    p = command(sub, run_train, summary)
     p.add_argument("--data", required=True, metavar="DIR", help="prepared data folder")
-    p.add_argument("--out", required=True, metavar="RUN", help="run folder to write")
     p.add_argument(
-        "--set",
-        dest="sets",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="method parameter (repeatable), e.g. --set alpha=2 --set aug=lora",
+        "--on", default="train", help="split to train on: train | retain | sisa-K | receraser-K"
     )
-    p.add_argument("--seed", type=int, help="seed (default: the original run's)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing RUN")
-    p.set_defaults(func=run_unlearn)
+    add_output(p)
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run in RUN")
+    add_recipe(p)
 
 
+# ---------------------------------------------------------------- unlearn / train-ensemble / export
 def run_unlearn(args: argparse.Namespace) -> None:
+    """Serve the deletion request of a prepared folder: run --method (see `e2urec list methods`
+    for methods, parameters and defaults) from the original run --from, trained on the same
+    prepared data. Writes a run that `e2urec eval` scores like any other, with per-phase wall
+    time, trainable parameters, peak memory, steps and samples in its manifest."""
     from e2urec import api
 
     manifest = api.unlearn(
@@ -274,10 +209,8 @@ def run_unlearn(args: argparse.Namespace) -> None:
         f"{cost['trainable_params']} trainable params ({cost['trainable_pct']}%)"
     )
     if manifest.get("forget_p_yes"):
-        means = ", ".join(
-            f"{k.replace('_', ' ')} {v:.3f}" for k, v in manifest["forget_p_yes"].items()
-        )
-        print(f"forget set, mean P(Yes): {means}")
+        means = (f"{k.replace('_', ' ')} {v:.3f}" for k, v in manifest["forget_p_yes"].items())
+        print(f"forget set, mean P(Yes): {', '.join(means)}")
     if manifest.get("direction_check", "").startswith("skipped"):
         print(f"direction check {manifest['direction_check']}")
     if manifest.get("holdout_p_yes"):
@@ -287,34 +220,22 @@ def run_unlearn(args: argparse.Namespace) -> None:
         print(f"stopped at step {stop['step']} by {stop['stopped_by']}: {stop['reason']}")
 
 
-def add_train_ensemble(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "train-ensemble",
-        help="train an original SISA or RecEraser shard ensemble (the --from of those methods)",
-        description="Train one model per shard of the full train split (forget samples "
-        "included: SISA replays the seeded shard assignment of `data prepare`, RecEraser adds "
-        "each forgotten user to the most similar shard with room) with the supervised recipe "
-        "(early stopping on valid); SISA averages shard logits, RecEraser fits an attention "
-        "aggregator on the valid split.",
-    )
-    p.add_argument("--method", required=True, choices=["sisa", "receraser", "apa"])
+def add_unlearn(sub: argparse._SubParsersAction) -> None:
+    summary = "unlearn the forget set from an original run with a registered method"
+    p = command(sub, run_unlearn, summary)
+    p.add_argument("--method", required=True, help="method name (see `e2urec list methods`)")
+    p.add_argument("--from", dest="base", required=True, metavar="RUN", help="original run")
     p.add_argument("--data", required=True, metavar="DIR", help="prepared data folder")
-    p.add_argument("--out", required=True, metavar="RUN", help="run folder to write")
-    add_settings(p, TrainJob, exclude=("finetune",))
-    apa = p.add_argument_group("apa (docs/methods-apa.md)")
-    apa.add_argument("--shards", type=int, help="K adapters (default: the prepared data's shards)")
-    apa.add_argument("--tau", type=float, help="aggregation temperature (default 1000)")
-    apa.add_argument("--neighbours", type=int, help="nearest valid rows per row (default 20)")
-    apa.add_argument(
-        "--whole",
-        help="modules each adapter trains whole besides LoRA: auto (minilm: the LM-head "
-        "transform), none, or comma-separated names (default auto)",
-    )
-    p.add_argument("--overwrite", action="store_true", help="replace an existing RUN")
-    p.set_defaults(func=run_train_ensemble)
+    add_output(p)
+    add_sets(p, "method parameter (repeatable), e.g. --set alpha=2 --set aug=lora")
+    p.add_argument("--seed", type=int, help="seed (default: the original run's)")
 
 
 def run_train_ensemble(args: argparse.Namespace) -> None:
+    """Train one model per shard of the full train split (forget samples included: SISA replays
+    the seeded shard assignment of `data prepare`, RecEraser adds each forgotten user to the
+    most similar shard with room) with the supervised recipe (early stopping on valid); SISA
+    averages shard logits, RecEraser fits an attention aggregator on the valid split."""
     from e2urec import api
 
     apa = {k: getattr(args, k) for k in ("shards", "tau", "neighbours", "whole")}
@@ -322,13 +243,9 @@ def run_train_ensemble(args: argparse.Namespace) -> None:
     if apa and args.method != "apa":
         flags = ", ".join(f"--{k}" for k in apa)
         raise E2URecError(f"{flags}: only for --method apa (sisa/receraser shards are prepared)")
+    recipe = {**settings_of(TrainJob, args), **apa}
     manifest = api.train_ensemble(
-        args.method,
-        args.data,
-        out=args.out,
-        overwrite=args.overwrite,
-        **settings_of(TrainJob, args),
-        **apa,
+        args.method, args.data, out=args.out, overwrite=args.overwrite, **recipe
     )
     members = manifest.get("members") or manifest["adapters"]
     sizes = ", ".join(f"{m['samples']} ({m['forget_samples']} forget)" for m in members)
@@ -338,36 +255,66 @@ def run_train_ensemble(args: argparse.Namespace) -> None:
     print(f"trained {args.out} ({args.method} ensemble, {aggregate}): {sizes}")
 
 
-def add_export(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "export",
-        help="write a run as a self-contained single-model run",
-        description="Write RUN as a single-format run in DIR: an adapter run (E2URec) needs "
-        "--merge, which folds the LoRA weights into the base model; a single run is copied.",
+def add_train_ensemble(sub: argparse._SubParsersAction) -> None:
+    summary = "train an original SISA or RecEraser shard ensemble (the --from of those methods)"
+    p = command(sub, run_train_ensemble, summary)
+    p.add_argument("--method", required=True, choices=["sisa", "receraser", "apa"])
+    p.add_argument("--data", required=True, metavar="DIR", help="prepared data folder")
+    add_output(p)
+    add_recipe(p, exclude=("finetune",))
+    apa = p.add_argument_group("apa (docs/methods-apa.md)")
+    apa.add_argument("--shards", type=int, help="K adapters (default: the prepared data's shards)")
+    apa.add_argument("--tau", type=float, help="aggregation temperature (default 1000)")
+    apa.add_argument("--neighbours", type=int, help="nearest valid rows per row (default 20)")
+    apa.add_argument(
+        "--whole",
+        help="modules each adapter trains whole besides LoRA: auto (minilm: the LM-head "
+        "transform), none, or comma-separated names (default auto)",
     )
-    p.add_argument("run", metavar="RUN", help="run folder to export")
-    p.add_argument("--merge", action="store_true", help="merge LoRA adapters into the model")
-    p.add_argument("--out", required=True, metavar="DIR", help="run folder to write")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing DIR")
-    p.set_defaults(func=run_export)
 
 
 def run_export(args: argparse.Namespace) -> None:
+    """Write RUN as a single-format run in DIR: an adapter run (E2URec) needs --merge, which
+    folds the LoRA weights into the base model; a single run is copied."""
     from e2urec import api
 
     print(f"exported {api.export(args.run, args.out, args.merge, args.overwrite)}")
 
 
-def add_bench(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "bench",
-        help="run the paper's whole experiment from a preset (tables + plots)",
-        description="Prepare the data, train the Original, train Retrain for every seed (two "
-        "Retrains give the noise floor), run every selected unlearning method, evaluate each "
-        "against the Retrain of the same seed, and write results.json/.csv/.md and plots. "
-        "Resumable: rerunning the same command reuses every finished step. "
-        "Presets: see `e2urec list presets`.",
+def add_export(sub: argparse._SubParsersAction) -> None:
+    p = command(sub, run_export, "write a run as a self-contained single-model run")
+    p.add_argument("run", metavar="RUN", help="run folder to export")
+    p.add_argument("--merge", action="store_true", help="merge LoRA adapters into the model")
+    add_output(p, "DIR")
+
+
+# ---------------------------------------------------------------- bench / report
+def run_bench(args: argparse.Namespace) -> None:
+    """Prepare the data, train the Original, train Retrain for every seed (two Retrains give the
+    noise floor), run every selected unlearning method, evaluate each against the Retrain of the
+    same seed, and write results.json/.csv/.md and plots. Resumable: rerunning the same command
+    reuses every finished step. Presets: see `e2urec list presets`."""
+    from pathlib import Path
+
+    from e2urec import api
+
+    if args.smoke:
+        report = api.smoke(args.preset, args.out, args.config, args.sets, args.methods)
+        print((Path(args.out) / "smoke.md").read_text(encoding="utf-8"))
+        print(f"report: {Path(args.out) / 'smoke.json'} ({report['total_s']:.0f} s)")
+        return
+    result = api.bench(
+        args.preset, args.out, args.data_root, args.seeds, args.methods, args.config, args.sets
     )
+    print((result.out / "results.md").read_text(encoding="utf-8"))
+    print("results and plots:")
+    for name, path in result.files.items():
+        print(f"  {name:22s} {path}")
+
+
+def add_bench(sub: argparse._SubParsersAction) -> None:
+    summary = "run the paper's whole experiment from a preset (tables + plots)"
+    p = command(sub, run_bench, summary)
     p.add_argument("--preset", required=True, help="preset name, e.g. demo or cpu-ml100k")
     p.add_argument("--out", required=True, help="output folder (reused on a rerun)")
     p.add_argument(
@@ -378,14 +325,12 @@ def add_bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seeds", type=int, help="number of seeds (overrides the preset)")
     p.add_argument(
         "--methods",
-        type=lambda v: [m.strip() for m in v.split(",") if m.strip()],
+        type=names,
         help="comma-separated methods or variant rows; a method brings its variants "
         "(default: the preset's, usually all registered)",
     )
     p.add_argument("--config", help="YAML file merged over the preset")
-    p.add_argument(
-        "--set", action="append", metavar="KEY=VALUE", help="override, e.g. train.epochs=2"
-    )
+    add_sets(p, "override, e.g. train.epochs=2")
     p.add_argument(
         "--smoke",
         action="store_true",
@@ -393,50 +338,27 @@ def add_bench(sub: argparse._SubParsersAction) -> None:
         "weights, synthetic ML-1M-format data, a few optimizer steps each); reports step "
         "times, peak memory and the full preset's projected time (see docs/gpu.md)",
     )
-    p.set_defaults(func=run_bench)
-
-
-def run_bench(args: argparse.Namespace) -> None:
-    from e2urec import api
-
-    if args.smoke:
-        from pathlib import Path
-
-        report = api.smoke(args.preset, args.out, args.config, args.set, args.methods)
-        print((Path(args.out) / "smoke.md").read_text(encoding="utf-8"))
-        print(f"report: {Path(args.out) / 'smoke.json'} ({report['total_s']:.0f} s)")
-        return
-    result = api.bench(
-        args.preset, args.out, args.data_root, args.seeds, args.methods, args.config, args.set
-    )
-    print((result.out / "results.md").read_text(encoding="utf-8"))
-    print("results and plots:")
-    for name, path in result.files.items():
-        print(f"  {name:22s} {path}")
-
-
-def add_report(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "report",
-        help="print a bench's results.json as the Markdown table the docs show",
-        description="Render RESULTS (a bench's OUT folder, or a results.json file) as the "
-        "Markdown table of results.md: mean ± std per method over seeds, best unlearning method "
-        "in bold, and the signal check when signal.json lies beside it.",
-    )
-    p.add_argument("results", metavar="RESULTS", help="bench output folder or results.json")
-    p.add_argument(
-        "--columns",
-        type=lambda v: [c.strip() for c in v.split(",") if c.strip()],
-        help="comma-separated columns, e.g. forget_residual_jsd,test_auc,time_ratio "
-        "(default: every column that holds a value)",
-    )
-    p.set_defaults(func=run_report)
 
 
 def run_report(args: argparse.Namespace) -> None:
+    """Render RESULTS (a bench's OUT folder, or a results.json file) as the Markdown table of
+    results.md: mean ± std per method over seeds, best unlearning method in bold, and the
+    signal check when signal.json lies beside it."""
     from e2urec import api
 
     print(api.report(args.results, args.columns), end="")
+
+
+def add_report(sub: argparse._SubParsersAction) -> None:
+    summary = "print a bench's results.json as the Markdown table the docs show"
+    p = command(sub, run_report, summary)
+    p.add_argument("results", metavar="RESULTS", help="bench output folder or results.json")
+    p.add_argument(
+        "--columns",
+        type=names,
+        help="comma-separated columns, e.g. forget_residual_jsd,test_auc,time_ratio "
+        "(default: every column that holds a value)",
+    )
 
 
 COMMANDS = [  # in workflow order, as `e2urec --help` lists them
@@ -454,14 +376,14 @@ COMMANDS = [  # in workflow order, as `e2urec --help` lists them
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
+    parser = Parser(
         prog="e2urec",
         description="Unlearning for LLM-based recommenders: prepare rating logs into LLMRec "
         "instruction data, train recommenders, serve deletion requests with E2URec and its "
         "baselines, and measure forgetting, utility and cost.",
     )
     parser.add_argument("--version", action="version", version=f"e2urec {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     for add in COMMANDS:
         add(sub)
     return parser
