@@ -290,7 +290,10 @@ CASES = {
     # bench, list
     "bench unknown preset": ([*BENCH, "nope"], "unknown preset"),
     "bench negative lr": ([*BENCH, "demo", "--set", "train.lr=-1"], "train.lr must be positive"),
-    "bench forget ratio": ([*BENCH, "demo", "--set", "data.forget_ratio=2"], "data.forget_ratio must be in"),
+    "bench forget ratio": (
+        [*BENCH, "demo", "--set", "data.forget_ratio=2"],
+        "data.forget_ratio must be in",
+    ),
     "bench method param": (
         [*BENCH, "demo", "--set", "method_params.npo.beta=0"],
         "parameter beta must be positive",

@@ -15,23 +15,16 @@ batch per step, no clipping, a constant rate, no weight decay.
 from __future__ import annotations
 
 import contextlib
-import typing
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from e2urec.config import check_settings, override, setting, settings_of
+from e2urec.config import override, setting, settings_of
 from e2urec.errors import E2URecError
 
 PrecisionName = Literal["fp32", "bf16", "fp16"]
 SchedulerName = Literal["constant", "linear", "cosine"]
 Keep = Literal["best", "last"]
-PRECISIONS = typing.get_args(PrecisionName)
-SCHEDULERS = typing.get_args(SchedulerName)
-KEEP_CHOICES = typing.get_args(Keep)
-BACKBONE_HELP = (
-    "t5-tiny | causal-tiny | t5:PATH_OR_ID | causal:PATH_OR_ID | bert:PATH_OR_ID | minilm"
-)
 
 
 @dataclass
@@ -53,19 +46,12 @@ class TrainOptions:
     )
     weight_decay: float = setting(0.0, "AdamW's decoupled weight decay", rule="non-negative")
 
-    def check_options(self, where: str = "") -> None:
-        """One clear error for the first option out of range or unsupported on this device."""
-        check_settings(self, where, TrainOptions)
-        check_precision(self.precision, where)
-
 
 @dataclass
 class StepSettings(TrainOptions):
     """How long and how fast a trained job optimises (the methods' TrainParams)."""
 
-    epochs: int = setting(
-        10, "passes over the training stream", rule="count"
-    )
+    epochs: int = setting(10, "passes over the training stream", rule="count")
     lr: float = setting(1e-3, "AdamW learning rate", rule="positive")
     batch_size: int = setting(16, "rows per batch (per process)", rule="count")
     max_steps: int | None = setting(None, "cap on optimizer steps (none: no cap)", rule="count")
@@ -95,7 +81,11 @@ class Seeded:
 class SupervisedSettings(LoopSettings):
     """The supervised recipe (Original, Retrain, shard models): the loop plus the backbone."""
 
-    backbone: str = setting("t5-tiny", BACKBONE_HELP, metavar="SPEC")
+    backbone: str = setting(
+        "t5-tiny",
+        "t5-tiny | causal-tiny | t5:PATH_OR_ID | causal:PATH_OR_ID | bert:PATH_OR_ID | minilm",
+        metavar="SPEC",
+    )
     lr: float | None = override(
         StepSettings,
         "lr",
