@@ -124,7 +124,7 @@ def labelled_samples(log: RatingLog, config: PrepareConfig) -> tuple[pd.DataFram
     if samples.frame.empty:
         raise E2URecError(
             f"no samples left: no rating has {config.min_history} earlier ratings by its user "
-            "(lower --min-history)"
+            "(lower min_history)"
         )
     titles = _titles(ratings["item_id"], log.items)
     entries = prompts.history_entries(
