@@ -148,7 +148,7 @@ def check_ranges(values: Any, rules: dict[str, str], where: str = "") -> None:
 
 def setting(
     default: Any = dataclasses.MISSING,
-    help: str = "",  # noqa: A002  (the argparse word)
+    help: str = "",
     *,
     rule: str | None = None,
     parse: Any = None,
@@ -163,22 +163,23 @@ def setting(
     return dataclasses.field(default=default, metadata={k: v for k, v in meta.items() if v})
 
 
-def override(cls: type, name: str, default: Any, help: str | None = None) -> Any:  # noqa: A002
+def override(cls: type, name: str, default: Any, help: str | None = None) -> Any:
     """Setting `name` of settings class `cls` with another default (its help and rule kept;
     `help` replaces the help when the default changes its meaning, e.g. None = "by family")."""
-    meta = dict(_fields(cls)[name].metadata)
+    meta = dict({f.name: f for f in dataclasses.fields(cls)}[name].metadata)
     if help is not None:
         meta["help"] = help
     return dataclasses.field(default=default, metadata=meta)
 
 
-def _fields(cls: type) -> dict[str, dataclasses.Field]:
-    return {f.name: f for f in dataclasses.fields(cls)}
-
-
 @functools.cache
 def _hints(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
+    """The resolved annotations of `cls` (Any where one cannot be resolved, e.g. a name
+    imported only for type checking: such a field is then no choice and parsed as text)."""
+    try:
+        return typing.get_type_hints(cls)
+    except (NameError, TypeError):
+        return {f.name: Any for f in dataclasses.fields(cls)}
 
 
 def _unwrap(hint: Any) -> tuple[Any, tuple, bool]:
@@ -193,11 +194,6 @@ def _unwrap(hint: Any) -> tuple[Any, tuple, bool]:
     if typing.get_origin(hint) is Literal:
         return type(args[0]), args, optional
     return hint, (), optional
-
-
-def choices_of(cls: type, name: str) -> tuple:
-    """The `Literal` choices of setting `name` of `cls` (() when it is not a choice)."""
-    return _unwrap(_hints(cls)[name])[1]
 
 
 def check_settings(obj: Any, where: str = "", cls: type | None = None) -> None:
@@ -221,6 +217,13 @@ def settings_of(cls: type, source: Any) -> dict[str, Any]:
     if isinstance(source, dict):
         return {name: source[name] for name in names if name in source}
     return {name: getattr(source, name) for name in names if hasattr(source, name)}
+
+
+def _default(f: dataclasses.Field) -> Any:
+    """A field's default (from its factory if it has one), or MISSING when it is required."""
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return f.default
 
 
 def _shown(value: Any) -> str:
@@ -247,11 +250,12 @@ def add_settings(
         base, choices, _ = _unwrap(_hints(cls)[f.name])
         help_text = f.metadata.get("help", "").replace("%", "%%")
         option: dict[str, Any] = {"help": help_text, "metavar": f.metadata.get("metavar")}
-        if f.default is dataclasses.MISSING:
+        default = _default(f)
+        if default is dataclasses.MISSING:
             option["required"] = True
         else:
-            option["default"] = f.default
-            option["help"] += f" (default {_shown(f.default)})"
+            option["default"] = default
+            option["help"] += f" (default {_shown(default)})"
         if base is bool:
             option.update(action=argparse.BooleanOptionalAction)
         else:
@@ -281,10 +285,8 @@ def setting_rows(cls: type, exclude: typing.Iterable[str] = ()) -> list[tuple[st
         kind = " | ".join(map(str, choices)) if choices else getattr(base, "__name__", str(base))
         kind += f" {SHORT[f.metadata['rule']]}" if f.metadata.get("rule") else ""
         kind += " or none" if optional else ""
-        if f.default_factory is not dataclasses.MISSING:
-            default = _shown(f.default_factory())
-        else:
-            default = "required" if f.default is dataclasses.MISSING else _shown(f.default)
+        default = _default(f)
+        default = "required" if default is dataclasses.MISSING else _shown(default)
         rows.append((f.name, kind, default, f.metadata.get("help", "")))
     return rows
 
