@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any
 
 from e2urec import api
+from e2urec.config import setting
 from e2urec.methods import Method, TrainParams, UnlearnContext
 from e2urec.methods.gradient import GradientTask, train_original
 
@@ -24,8 +25,7 @@ from e2urec.methods.gradient import GradientTask, train_original
 class RandomLabelParams(TrainParams):
     """loss = CE(retain) + forget_weight·CE(forget, random answers); all weights train."""
 
-    RANGES: ClassVar[dict[str, str]] = {"forget_weight": "non-negative"}
-    forget_weight: float = 1.0
+    forget_weight: float = setting(1.0, "weight of the random-answer CE", rule="non-negative")
 
 
 def run(ctx: UnlearnContext) -> dict[str, Any]:

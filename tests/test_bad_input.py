@@ -279,7 +279,7 @@ CASES = {
     ),  # fmt: skip
     "prepare forget ratio": (
         [*PREPARE, "--raw", f"{R}/raw", "--forget-ratio", "2"],
-        "--forget-ratio must lie",
+        "forget_ratio must be in (0, 1), got 2.0",
     ),  # fmt: skip
     "prepare unknown dataset": (
         [*PREPARE, "--raw", f"{R}/raw", "--dataset", "nope"],
@@ -290,7 +290,10 @@ CASES = {
     # bench, list
     "bench unknown preset": ([*BENCH, "nope"], "unknown preset"),
     "bench negative lr": ([*BENCH, "demo", "--set", "train.lr=-1"], "train.lr must be positive"),
-    "bench forget ratio": ([*BENCH, "demo", "--set", "data.forget_ratio=2"], "--forget-ratio"),
+    "bench forget ratio": (
+        [*BENCH, "demo", "--set", "data.forget_ratio=2"],
+        "data.forget_ratio must be in",
+    ),
     "bench method param": (
         [*BENCH, "demo", "--set", "method_params.npo.beta=0"],
         "parameter beta must be positive",

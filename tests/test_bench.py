@@ -104,7 +104,7 @@ def test_rerun_reuses_every_step_and_a_changed_method_reruns_alone(bench_run, ca
             ["--preset", "demo", "--set", "variants={x: {method: e2urec, params: {teacher: z}}}"],
             "unknown e2urec teacher 'z'",
         ),
-        (["--preset", "demo", "--set", "data.pollute=poison"], "unknown --pollute"),
+        (["--preset", "demo", "--set", "data.pollute=poison"], "data.pollute must be one of none"),
     ],
 )
 def test_bad_bench_input_is_one_line_and_writes_nothing(

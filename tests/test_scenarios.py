@@ -123,12 +123,15 @@ def test_love_hate_fakes_hate_their_fillers_and_hide_targets_among_them(ml100k_d
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--pollute", "poison"], "unknown --pollute"),
-        (["--holdout-ratio", "1.5"], "--holdout-ratio must lie in [0, 1)"),
+        (["--pollute", "poison"], "argument --pollute: invalid choice"),
+        (["--holdout-ratio", "1.5"], "holdout_ratio must be in [0, 1), got 1.5"),
         (["--holdout-ratio", "0.85"], "leaves no train user to retain"),
-        (["--pollute", "shilling", "--targets", "100000"], "--targets 100000 exceeds"),
-        (["--pollute", "shilling", "--fake-users", "0"], "must be at least 1"),
-        (["--pollute", "shilling", "--attack", "nuke"], "unknown --attack"),
+        (["--pollute", "shilling", "--targets", "100000"], "targets 100000 exceeds"),
+        (
+            ["--pollute", "shilling", "--fake-users", "0"],
+            "fake_users must be an integer of at least 1",
+        ),
+        (["--pollute", "shilling", "--attack", "nuke"], "argument --attack: invalid choice"),
     ],
 )
 def test_bad_scenarios_are_refused_and_write_nothing(ml100k_dir, tmp_path, capsys, args, message):

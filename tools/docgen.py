@@ -126,24 +126,38 @@ def render_cli() -> str:
     return "\n".join(parts)
 
 
+def _settings_table(cls: type, exclude: tuple[str, ...] = ()) -> str:
+    """A settings dataclass as a Markdown table (from the declarations, as `e2urec list methods`)."""
+    from e2urec.config import setting_rows
+
+    def cell(text: str) -> str:
+        return _prose(text).replace("|", "\\|")
+
+    rows = [
+        f"| `{name}` | {cell(kind)} | `{default}` | {cell(text)} |"
+        for name, kind, default, text in setting_rows(cls, exclude)
+    ]
+    return "| parameter | type | default | meaning |\n|---|---|---|---|\n" + "\n".join(rows) + "\n"
+
+
 def render_methods() -> str:
-    """Every registered method: where it comes from, what it does, its parameters (as `e2urec
-    list methods` shows them)."""
-    import dataclasses
-
+    """Every registered method: where it comes from, what it does, a table of its parameters,
+    then the trainer options every training method takes (as `e2urec list methods` shows)."""
     from e2urec.methods import METHODS
+    from e2urec.train.options import TrainOptions
+    from e2urec.unlearn import NO_PARAMS, option_names
 
+    shared = tuple(option_names())
     parts = []
     for name in METHODS.names():
         method = METHODS.get(name)
-        fields = dataclasses.fields(method.params)
-        params = ", ".join(f"`{f.name}={f.default!r}`" for f in fields) or (
-            "none (the original run's recipe is reused)"
-        )
-        parts.append(
-            f"**`{name}`**: {method.description} *(source: {method.source})*. "
-            f"Parameters: {params}.\n"
-        )
+        parts.append(f"**`{name}`**: {method.description} *(source: {method.source})*.\n")
+        table = _settings_table(method.params, shared)
+        if issubclass(method.params, TrainOptions):
+            table += "\nand the trainer options below.\n"
+        parts.append(table if table.count("\n") > 2 else f"{NO_PARAMS.capitalize()}.\n")
+    parts.append("**Trainer options** of every method that trains (and of `e2urec train`):\n")
+    parts.append(_settings_table(TrainOptions))
     return "\n".join(parts)
 
 

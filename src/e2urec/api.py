@@ -11,7 +11,8 @@ if TYPE_CHECKING:
 
 
 def describe(what: str) -> list[str]:
-    """One line per registered dataset, method, backbone or preset."""
+    """One line per registered dataset, backbone or preset; per method, a line and then one per
+    parameter (type, choices, range, default, help: from its declaration)."""
     if what == "methods":
         from e2urec.unlearn import describe_methods
 
@@ -119,8 +120,9 @@ def train(
     **options: Any,
 ) -> dict[str, Any]:
     """Train a recommender on split `on` of prepared folder `data` into run folder `out`;
-    returns the run manifest. Options (epochs, lr, batch_size, patience, finetune, seed,
-    max_length, max_steps, eval_batch_size, resume, overwrite): see `e2urec.train.recipes.train`."""
+    returns the run manifest. Options: resume, overwrite and the settings of
+    `e2urec.train.options.TrainJob` (epochs, lr, batch_size, patience, keep, seed, finetune,
+    max_length, ...); see `e2urec.train.recipes.train`."""
     from e2urec.train.recipes import train as run_train
 
     return run_train(data, on, backbone, out, **options)

@@ -18,7 +18,7 @@ import json
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,7 @@ from e2urec.artifacts import (
     sha256_bytes,
     sha256_file,
 )
+from e2urec.config import settings_of
 from e2urec.errors import E2URecError
 from e2urec.report.tables import NOISE_FLOOR, ORIGINAL, RETRAIN
 
@@ -176,7 +177,7 @@ class Bench:
             if method in ENSEMBLE_METHODS:
                 out = self.run_dir(f"{method}-original")
                 # the method's settings that are recipe fields (e.g. APA's neighbours) train it
-                own = _fields_of(recipe_class(method), c.method_params.get(method) or {})
+                own = settings_of(recipe_class(method), c.method_params.get(method) or {})
                 recipe = dict(train, seed=c.seeds[0], **own)
                 steps.append(
                     Step(
@@ -211,12 +212,13 @@ class Bench:
         """Refuse settings out of range before anything is written: the data preparation, the
         training recipe (checked as the ensembles' Recipe) and every method's parameters."""
         from e2urec.data.prepare import PrepareConfig
+        from e2urec.data.settings import PrepareSettings
         from e2urec.methods.ensemble import Recipe
         from e2urec.unlearn import method_params
 
-        data = _fields_of(PrepareConfig, asdict(self.config.data))
-        PrepareConfig(**{**data, "out": str(self.data_dir)}).validate()
-        Recipe(**_fields_of(Recipe, asdict(self.config.train))).check("train.")
+        data = settings_of(PrepareSettings, self.config.data)
+        PrepareConfig(**data, out=str(self.data_dir)).validate("data.")
+        Recipe(**settings_of(Recipe, self.config.train)).check("train.")
         for method in self.methods:
             method_params(self.base_method(method), self.method_sets(method)[1])
 
@@ -294,25 +296,14 @@ class Bench:
     # ------------------------------------------------------------------ actions
     def _prepare(self) -> None:
         from e2urec.data.prepare import PrepareConfig, prepare
+        from e2urec.data.settings import PrepareSettings
 
         data = self.config.data
         dataset, raw = resolve_raw(data, self.data_root, self.say)
         config = PrepareConfig(
-            dataset=dataset,
+            **{**settings_of(PrepareSettings, data), "dataset": dataset},
             out=str(self.data_dir),
             raw=str(raw) if raw else None,
-            last_n=data.last_n,
-            history_len=data.history_len,
-            min_history=data.min_history,
-            forget_ratio=data.forget_ratio,
-            forget_strategy=data.forget_strategy,
-            pollute=data.pollute,
-            targets=data.targets,
-            fake_users=data.fake_users,
-            attack=data.attack,
-            holdout_ratio=data.holdout_ratio,
-            shards=data.shards,
-            seed=data.seed,
         )
         prepare(config, overwrite=True)
 
@@ -487,12 +478,6 @@ def bench(
     runner.say(f"bench {preset}: {len(runner.plan())} steps into {out}")
     runner.execute()
     return runner.report()
-
-
-def _fields_of(cls: type, values: dict[str, Any]) -> dict[str, Any]:
-    """The items of `values` that name a field of dataclass `cls`."""
-    names = {f.name for f in fields(cls)}
-    return {k: v for k, v in values.items() if k in names}
 
 
 def _check_variants(variants: Any, methods: list[str]) -> dict[str, dict[str, Any]]:

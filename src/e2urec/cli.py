@@ -1,49 +1,41 @@
 """The `e2urec` command line: parse arguments, call the api, turn E2URecError into one line + exit 2.
 
-Each subcommand is a pair of functions: `add_<name>(subparsers)` declares its arguments and sets
-`func` to a `run_<name>(args)` that calls into `e2urec.api`. Heavy imports happen inside the
+Each subcommand is a pair of functions: `run_<name>(args)` calls into `e2urec.api` (its docstring
+is the command's description) and `add_<name>(subparsers)` declares its arguments, most of them
+derived from the settings dataclasses (`config.add_settings`). Heavy imports happen inside the
 run functions so that `e2urec --help` stays fast.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
 
 from e2urec import __version__
+from e2urec.cli_args import EXIT_USAGE, Parser, add_output, add_sets, command, names
 from e2urec.cli_deploy import DEPLOY_COMMANDS
-from e2urec.config import KEEP_CHOICES
+from e2urec.config import add_settings, settings_of
+from e2urec.data.settings import PrepareConfig
 from e2urec.errors import E2URecError
-
-EXIT_USAGE = 2
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse, but usage errors are one line (no usage dump) with exit code 2."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        sys.stderr.write(f"e2urec: error: {message} (see {self.prog} --help)\n")
-        sys.exit(EXIT_USAGE)
+from e2urec.train.options import TrainJob, TrainOptions
 
 
 # ---------------------------------------------------------------- list
-def add_list(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "list",
-        help="list registered datasets, methods, backbones or presets",
-        description="List what is registered: datasets (readers), methods (unlearning), "
-        "backbones (model families) or presets (bench configurations).",
-    )
-    p.add_argument("what", choices=["datasets", "methods", "backbones", "presets"])
-    p.set_defaults(func=run_list)
-
-
 def run_list(args: argparse.Namespace) -> None:
+    """List what is registered: datasets (readers), methods (unlearning, with every parameter's
+    type, default, choices and meaning), backbones (model families) or presets (bench
+    configurations)."""
     from e2urec import api
 
     for line in api.describe(args.what):
         print(line)
+
+
+def add_list(sub: argparse._SubParsersAction) -> None:
+    p = command(sub, run_list, "list registered datasets, methods, backbones or presets")
+    p.add_argument("what", choices=["datasets", "methods", "backbones", "presets"])
 
 
 # ---------------------------------------------------------------- data
@@ -53,122 +45,22 @@ def add_data(sub: argparse._SubParsersAction) -> None:
         help="fetch, synthesize or prepare datasets (rating logs -> LLMRec data)",
         description="Dataset commands: each verb below has its own --help.",
     )
-    dsub = p.add_subparsers(dest="data_command", metavar="VERB", parser_class=_Parser)
+    dsub = p.add_subparsers(dest="data_command", metavar="VERB", parser_class=Parser)
     dsub.required = True
-    for add in DATA_VERBS:
+    for add in (add_data_fetch, add_data_synthesize, add_data_prepare):
         add(dsub)
 
 
-def _last_n(value: str) -> int | None:
-    if value == "all":
-        return None
-    try:
-        return int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer or 'all', got {value!r}") from None
-
-
-def add_data_prepare(dsub: argparse._SubParsersAction) -> None:
-    p = dsub.add_parser(
-        "prepare",
-        help="rating log -> train/valid/test, retain/forget and shard JSONL with prompts",
-        description="Build the paper's protocol: one sample per rating with at least "
-        "--min-history earlier ratings by its user, the last --last-n samples split 60/20/20 "
-        "chronologically, --forget-ratio of the train users forgotten, SISA and RecEraser "
-        "shards. Writes DIR whole or not at all; an identical preparation already in DIR is "
-        "reported and kept, anything else there is refused unless --overwrite.",
-    )
-    p.add_argument("--dataset", required=True, help="reader name (see `e2urec list datasets`)")
-    p.add_argument("--raw", help="raw data folder or file (optional for synthetic)")
-    p.add_argument("--out", required=True, metavar="DIR", help="output folder")
-    p.add_argument(
-        "--last-n",
-        type=_last_n,
-        default=100_000,
-        help="keep the last N samples, or 'all' (default 100000)",
-    )
-    p.add_argument(
-        "--history-len", type=int, default=10, help="history items shown in the prompt (default 10)"
-    )
-    p.add_argument(
-        "--min-history",
-        type=int,
-        default=5,
-        help="drop samples with fewer earlier ratings (default 5)",
-    )
-    p.add_argument(
-        "--forget-ratio",
-        type=float,
-        default=0.2,
-        help="share of train users to forget, in (0, 1) (default 0.2)",
-    )
-    p.add_argument(
-        "--forget-strategy",
-        default="random",
-        help="random | most-active | least-active (default random)",
-    )
-    p.add_argument(
-        "--pollute",
-        default="none",
-        help="none (the paper's) | label-flip: the forgotten users' train labels are flipped | "
-        "shilling: fake users promoting target items are injected and form the forget set",
-    )
-    p.add_argument(
-        "--targets", type=int, default=10, help="shilling: items the fake users promote (10)"
-    )
-    p.add_argument(
-        "--fake-users", type=int, default=20, help="shilling: fake users injected (default 20)"
-    )
-    p.add_argument(
-        "--attack",
-        default="average",
-        help="shilling: how fake users rate their fillers: average (each item's mean rating, "
-        "default) | love-hate (1 star, against real tastes)",
-    )
-    p.add_argument(
-        "--holdout-ratio",
-        type=float,
-        default=0.0,
-        help="share of train users whose train rows nobody trains on: same-period non-members "
-        "for membership tests (split 'holdout'); default 0, the paper's split",
-    )
-    p.add_argument("--shards", type=int, default=4, help="SISA and RecEraser shards (default 4)")
-    p.add_argument(
-        "--seed",
-        type=int,
-        default=42,
-        help="seed for forget/holdout users, fake users and shards (default 42)",
-    )
-    p.add_argument(
-        "--template", default="auto", help="prompt template name (default: the domain's)"
-    )
-    p.add_argument("--overwrite", action="store_true", help="replace an existing DIR")
-    p.set_defaults(func=run_data_prepare)
-
-
 def run_data_prepare(args: argparse.Namespace) -> None:
+    """Build the paper's protocol: one sample per rating with at least --min-history earlier
+    ratings by its user, the last --last-n samples split 60/20/20 chronologically,
+    --forget-ratio of the train users forgotten, SISA and RecEraser shards. Writes DIR whole or
+    not at all; an identical preparation already in DIR is reported and kept, anything else
+    there is refused unless --overwrite."""
     from e2urec import api
-    from e2urec.data.prepare import PrepareConfig, summary_table
+    from e2urec.data.prepare import summary_table
 
-    config = PrepareConfig(
-        dataset=args.dataset,
-        out=args.out,
-        raw=args.raw,
-        last_n=args.last_n,
-        history_len=args.history_len,
-        min_history=args.min_history,
-        forget_ratio=args.forget_ratio,
-        forget_strategy=args.forget_strategy,
-        shards=args.shards,
-        seed=args.seed,
-        template=args.template,
-        pollute=args.pollute,
-        targets=args.targets,
-        fake_users=args.fake_users,
-        attack=args.attack,
-        holdout_ratio=args.holdout_ratio,
-    )
-    result = api.prepare(config, overwrite=args.overwrite)
+    result = api.prepare(PrepareConfig(**settings_of(PrepareConfig, args)), args.overwrite)
     if result.already_prepared:
         print(f"{result.out}: already prepared with this configuration; nothing changed")
     else:
@@ -176,14 +68,25 @@ def run_data_prepare(args: argparse.Namespace) -> None:
     print(summary_table(result.manifest))
 
 
+def add_data_prepare(dsub: argparse._SubParsersAction) -> None:
+    summary = "rating log -> train/valid/test, retain/forget and shard JSONL with prompts"
+    p = command(dsub, run_data_prepare, summary, "prepare")
+    add_settings(p, PrepareConfig)
+    p.add_argument("--overwrite", action="store_true", help="replace an existing DIR")
+
+
+def run_data_fetch(args: argparse.Namespace) -> None:
+    """Download ml-1m or ml-100k from GroupLens (or $E2UREC_DATA_URL), check its pinned sha256
+    and unzip it into the cache ($E2UREC_CACHE, default ~/.cache/e2urec). Prints the cached
+    folder; a dataset already cached is not downloaded again."""
+    from e2urec import api
+
+    print(api.fetch(args.name, cache=args.cache, offline=args.offline))
+
+
 def add_data_fetch(dsub: argparse._SubParsersAction) -> None:
-    p = dsub.add_parser(
-        "fetch",
-        help="download a MovieLens dataset into the cache (sha256-checked)",
-        description="Download ml-1m or ml-100k from GroupLens (or $E2UREC_DATA_URL), check its "
-        "pinned sha256 and unzip it into the cache ($E2UREC_CACHE, default ~/.cache/e2urec). "
-        "Prints the cached folder; a dataset already cached is not downloaded again.",
-    )
+    summary = "download a MovieLens dataset into the cache (sha256-checked)"
+    p = command(dsub, run_data_fetch, summary, "fetch")
     p.add_argument("name", metavar="NAME", help="ml-1m or ml-100k")
     p.add_argument("--cache", metavar="DIR", help="cache folder (default $E2UREC_CACHE)")
     p.add_argument(
@@ -191,228 +94,81 @@ def add_data_fetch(dsub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="never download; use only what the cache holds (also E2UREC_OFFLINE=1)",
     )
-    p.set_defaults(func=run_data_fetch)
 
 
-def run_data_fetch(args: argparse.Namespace) -> None:
+def run_data_synthesize(args: argparse.Namespace) -> None:
+    """Generate a seeded latent-factor rating log and write users.dat, movies.dat and
+    ratings.dat in the MovieLens-1M format (read it with --dataset ml-1m or synthetic). DIR
+    appears only when complete."""
     from e2urec import api
 
-    print(api.fetch(args.name, cache=args.cache, offline=args.offline))
+    sizes = {"n_users": args.users, "n_items": args.items, "n_ratings": args.ratings}
+    out = api.synthesize(args.out, **sizes, seed=args.seed, overwrite=args.overwrite)
+    print(f"wrote {out} ({args.users} users, {args.items} items, {args.ratings} ratings)")
 
 
 def add_data_synthesize(dsub: argparse._SubParsersAction) -> None:
-    p = dsub.add_parser(
-        "synthesize",
-        help="write seeded synthetic data in the MovieLens-1M format",
-        description="Generate a seeded latent-factor rating log and write users.dat, movies.dat "
-        "and ratings.dat in the MovieLens-1M format (read it with --dataset ml-1m or synthetic). "
-        "DIR appears only when complete.",
-    )
-    p.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    summary = "write seeded synthetic data in the MovieLens-1M format"
+    p = command(dsub, run_data_synthesize, summary, "synthesize")
+    add_output(p, "DIR", "output folder")
     p.add_argument("--users", type=int, default=600, help="number of users (default 600)")
     p.add_argument("--items", type=int, default=400, help="number of items (default 400)")
     p.add_argument("--ratings", type=int, default=30_000, help="number of ratings (default 30000)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing DIR")
-    p.set_defaults(func=run_data_synthesize)
-
-
-def run_data_synthesize(args: argparse.Namespace) -> None:
-    from e2urec import api
-
-    out = api.synthesize(
-        args.out,
-        n_users=args.users,
-        n_items=args.items,
-        n_ratings=args.ratings,
-        seed=args.seed,
-        overwrite=args.overwrite,
-    )
-    print(f"wrote {out} ({args.users} users, {args.items} items, {args.ratings} ratings)")
-
-
-DATA_VERBS = [add_data_fetch, add_data_synthesize, add_data_prepare]
 
 
 # ---------------------------------------------------------------- eval
+def run_eval(args: argparse.Namespace) -> None:
+    """Score RUN on prepared splits of DIR: AUC, ACC (0.5) and LogLoss of P(Yes) = softmax over
+    the Yes/No answer tokens. With --reference (the Retrain run, p) also the mean paper_jsd
+    (symmetric KL, the paper's 'JSD'), true JSD and L2 to the run (q) at the first answer
+    position, over the full vocabulary (scope vocab, the paper's) and over Yes/No (scope
+    yes_no). Writes RUN/predictions/<split>.parquet and RUN/metrics.json, merged by split
+    (other splits' entries are kept)."""
+    from e2urec import api
+    from e2urec.eval.evaluate import summary_lines
+
+    options = {"splits": args.splits, "batch_size": args.batch_size, "device": args.device}
+    result = api.evaluate(args.run, args.data, reference=args.reference, **options)
+    for line in summary_lines(result, args.splits):
+        print(line)
+
+
 def add_eval(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "eval",
-        help="score a run: utility (AUC, ACC, LogLoss) and distances to a reference run",
-        description="Score RUN on prepared splits of DIR: AUC, ACC (0.5) and LogLoss of "
-        "P(Yes) = softmax over the Yes/No answer tokens. With --reference (the Retrain run, "
-        "p) also the mean paper_jsd (symmetric KL, the paper's 'JSD'), true JSD and L2 to the "
-        "run (q) at the first answer position, over the full vocabulary (scope vocab, the "
-        "paper's) and over Yes/No (scope yes_no). Writes RUN/predictions/<split>.parquet and "
-        "RUN/metrics.json, merged by split (other splits' entries are kept).",
-    )
+    summary = "score a run: utility (AUC, ACC, LogLoss) and distances to a reference run"
+    p = command(sub, run_eval, summary)
     p.add_argument("run", metavar="RUN", help="run folder to evaluate")
     p.add_argument("--data", required=True, metavar="DIR", help="prepared data folder")
     p.add_argument("--reference", metavar="RUN", help="reference run (Retrain) for distances")
     p.add_argument(
         "--splits",
-        default=None,
         help="comma-separated splits (default test,forget, plus holdout when the data has one)",
     )
     p.add_argument("--batch-size", type=int, default=64, help="rows per batch (default 64)")
     p.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
-    p.set_defaults(func=run_eval)
-
-
-def run_eval(args: argparse.Namespace) -> None:
-    from e2urec import api
-    from e2urec.eval.evaluate import summary_lines
-
-    result = api.evaluate(
-        args.run,
-        args.data,
-        reference=args.reference,
-        splits=args.splits,
-        batch_size=args.batch_size,
-        device=args.device,
-    )
-    for line in summary_lines(result, args.splits):
-        print(line)
 
 
 # ---------------------------------------------------------------- train
-def add_recipe_arguments(p: argparse.ArgumentParser) -> None:
-    """The supervised recipe's options, shared by `train` and `train-ensemble`."""
-    p.add_argument("--epochs", type=int, default=10, help="maximum epochs (default 10)")
-    p.add_argument(
-        "--lr",
-        type=float,
-        help="AdamW learning rate (default 1e-3 for tiny backbones, 5e-5 full / 1e-4 LoRA "
-        "for pretrained ones)",
-    )
-    p.add_argument("--batch-size", type=int, default=16, help="rows per step (default 16)")
-    p.add_argument("--patience", type=int, default=3, help="epochs without improvement (default 3)")
-    p.add_argument(
-        "--keep",
-        choices=KEEP_CHOICES,
-        default="best",
-        help="best: early stopping on valid, best epoch kept (the paper's, default); last: no "
-        "validation, all --epochs run and the last weights are kept",
-    )
-    p.add_argument("--seed", type=int, default=42, help="data order and dropout (default 42)")
-    p.add_argument(
-        "--init-seed",
-        type=int,
-        default=0,
-        help="initial weights of tiny backbones, shared by every run like a pretrained "
-        "checkpoint (default 0)",
-    )
-    p.add_argument(
-        "--max-length", type=int, default=512, help="max prompt+answer tokens (default 512)"
-    )
-    p.add_argument("--max-steps", type=int, help="cap on optimizer steps (default none)")
-    add_trainer_arguments(p)
-
-
-def add_trainer_arguments(p: argparse.ArgumentParser) -> None:
-    """The trainer's TrainOptions (e2urec.train.options); methods take them via --set."""
-    p.add_argument(
-        "--precision",
-        default="fp32",
-        help="fp32 | bf16 | fp16: autocast precision (fp16 needs CUDA; default fp32)",
-    )
-    p.add_argument(
-        "--grad-accum", type=int, default=1, help="batches per optimizer step (default 1)"
-    )
-    p.add_argument(
-        "--max-grad-norm", type=float, help="clip the gradient norm to this (default none)"
-    )
-    p.add_argument(
-        "--scheduler",
-        default="constant",
-        help="constant | linear | cosine learning rate (default constant)",
-    )
-    p.add_argument(
-        "--warmup-ratio",
-        type=float,
-        default=0.0,
-        help="share of the optimizer steps with linear warm-up (default 0)",
-    )
-    p.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay (default 0)")
-
-
-TRAINER_OPTIONS = (
-    "precision",
-    "grad_accum",
-    "max_grad_norm",
-    "scheduler",
-    "warmup_ratio",
-    "weight_decay",
-)
-
-
-def recipe_options(args: argparse.Namespace) -> dict:
-    """The recipe options parsed by `add_recipe_arguments`, as keyword arguments."""
-    names = (
-        "epochs",
-        "lr",
-        "batch_size",
-        "patience",
-        "keep",
-        "seed",
-        "init_seed",
-        "max_length",
-        "max_steps",
-        *TRAINER_OPTIONS,
-    )
-    return {name: getattr(args, name) for name in names}
-
-
-def add_train(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "train",
-        help="train a recommender on a prepared split (Original, Retrain, shard models)",
-        description="Train a recommender on split --on of a prepared folder with the paper's "
-        "recipe: AdamW, answer cross-entropy, early stopping on the valid split's answer CE "
-        "(--patience epochs without improvement), best epoch kept. --on train gives the "
-        "Original model, --on retain the Retrain reference, --on sisa-K / receraser-K a shard "
-        "model. Writes RUN/model (safetensors), log.jsonl, config.resolved.yaml and "
-        "manifest.json. An interrupted run continues with --resume. Works under "
-        "`accelerate launch -m e2urec train ...` (--batch-size is per process).",
-    )
-    p.add_argument("--data", required=True, metavar="DIR", help="prepared data folder")
-    p.add_argument(
-        "--on", default="train", help="split to train on: train | retain | sisa-K | receraser-K"
-    )
-    p.add_argument(
-        "--backbone",
-        default="t5-tiny",
-        metavar="SPEC",
-        help="t5-tiny | causal-tiny | t5:PATH_OR_ID | causal:PATH_OR_ID | bert:PATH_OR_ID | "
-        "minilm (default t5-tiny)",
-    )
-    p.add_argument("--out", required=True, metavar="RUN", help="run folder to write")
-    p.add_argument(
-        "--finetune",
-        choices=["full", "lora"],
-        default="full",
-        help="full fine-tuning or LoRA r16/alpha32, merged on save (default full)",
-    )
-    add_recipe_arguments(p)
-    p.add_argument("--resume", action="store_true", help="continue an interrupted run in RUN")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing RUN")
-    p.set_defaults(func=run_train)
+def add_recipe(p: argparse.ArgumentParser, exclude: tuple[str, ...] = ()) -> None:
+    """The supervised recipe's settings (TrainJob), the trainer options in their own group."""
+    options = [f.name for f in dataclasses.fields(TrainOptions)]
+    add_settings(p, TrainJob, exclude=(*options, *exclude))
+    add_settings(p.add_argument_group("trainer options"), TrainOptions)
 
 
 def run_train(args: argparse.Namespace) -> None:
+    """Train a recommender on split --on of a prepared folder with the paper's recipe: AdamW,
+    answer cross-entropy, early stopping on the valid split's answer CE (--patience epochs
+    without improvement), best epoch kept. --on train gives the Original model, --on retain the
+    Retrain reference, --on sisa-K / receraser-K a shard model. Writes RUN/model (safetensors),
+    log.jsonl, config.resolved.yaml and manifest.json. An interrupted run continues with
+    --resume. Works under `accelerate launch -m e2urec train ...` (--batch-size is per
+    process)."""
     from e2urec import api
     from e2urec.train.runner import process_state
 
-    manifest = api.train(
-        args.data,
-        args.on,
-        args.backbone,
-        args.out,
-        finetune=args.finetune,
-        **recipe_options(args),
-        resume=args.resume,
-        overwrite=args.overwrite,
-    )
+    options = {"resume": args.resume, "overwrite": args.overwrite}
+    manifest = api.train(args.data, args.on, out=args.out, **settings_of(TrainJob, args), **options)
     if process_state().is_main_process:
         fit, cost = manifest["fit"], manifest["cost"]
         print(
@@ -423,35 +179,24 @@ def run_train(args: argparse.Namespace) -> None:
         )
 
 
-# ---------------------------------------------------------------- unlearn / train-ensemble / export
-def add_unlearn(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "unlearn",
-        help="unlearn the forget set from an original run with a registered method",
-        description="Serve the deletion request of a prepared folder: run --method (see "
-        "`e2urec list methods` for methods, parameters and defaults) from the original run "
-        "--from, trained on the same prepared data. Writes a run that `e2urec eval` scores "
-        "like any other, with per-phase wall time, trainable parameters, peak memory, steps "
-        "and samples in its manifest.",
-    )
-    p.add_argument("--method", required=True, help="method name (see `e2urec list methods`)")
-    p.add_argument("--from", dest="base", required=True, metavar="RUN", help="original run")
+def add_train(sub: argparse._SubParsersAction) -> None:
+    summary = "train a recommender on a prepared split (Original, Retrain, shard models)"
+    p = command(sub, run_train, summary)
     p.add_argument("--data", required=True, metavar="DIR", help="prepared data folder")
-    p.add_argument("--out", required=True, metavar="RUN", help="run folder to write")
     p.add_argument(
-        "--set",
-        dest="sets",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="method parameter (repeatable), e.g. --set alpha=2 --set aug=lora",
+        "--on", default="train", help="split to train on: train | retain | sisa-K | receraser-K"
     )
-    p.add_argument("--seed", type=int, help="seed (default: the original run's)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing RUN")
-    p.set_defaults(func=run_unlearn)
+    add_output(p)
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run in RUN")
+    add_recipe(p)
 
 
+# ---------------------------------------------------------------- unlearn / train-ensemble / export
 def run_unlearn(args: argparse.Namespace) -> None:
+    """Serve the deletion request of a prepared folder: run --method (see `e2urec list methods`
+    for methods, parameters and defaults) from the original run --from, trained on the same
+    prepared data. Writes a run that `e2urec eval` scores like any other, with per-phase wall
+    time, trainable parameters, peak memory, steps and samples in its manifest."""
     from e2urec import api
 
     options = {"sets": args.sets, "seed": args.seed, "overwrite": args.overwrite}
@@ -463,10 +208,8 @@ def run_unlearn(args: argparse.Namespace) -> None:
         f"{cost['trainable_params']} trainable params ({cost['trainable_pct']}%)"
     )
     if manifest.get("forget_p_yes"):
-        means = ", ".join(
-            f"{k.replace('_', ' ')} {v:.3f}" for k, v in manifest["forget_p_yes"].items()
-        )
-        print(f"forget set, mean P(Yes): {means}")
+        means = (f"{k.replace('_', ' ')} {v:.3f}" for k, v in manifest["forget_p_yes"].items())
+        print(f"forget set, mean P(Yes): {', '.join(means)}")
     if manifest.get("direction_check", "").startswith("skipped"):
         print(f"direction check {manifest['direction_check']}")
     if manifest.get("holdout_p_yes"):
@@ -476,37 +219,22 @@ def run_unlearn(args: argparse.Namespace) -> None:
         print(f"stopped at step {stop['step']} by {stop['stopped_by']}: {stop['reason']}")
 
 
-def add_train_ensemble(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "train-ensemble",
-        help="train an original SISA or RecEraser shard ensemble (the --from of those methods)",
-        description="Train one model per shard of the full train split (forget samples "
-        "included: SISA replays the seeded shard assignment of `data prepare`, RecEraser adds "
-        "each forgotten user to the most similar shard with room) with the supervised recipe "
-        "(early stopping on valid); SISA averages shard logits, RecEraser fits an attention "
-        "aggregator on the valid split.",
-    )
-    p.add_argument("--method", required=True, choices=["sisa", "receraser", "apa"])
+def add_unlearn(sub: argparse._SubParsersAction) -> None:
+    summary = "unlearn the forget set from an original run with a registered method"
+    p = command(sub, run_unlearn, summary)
+    p.add_argument("--method", required=True, help="method name (see `e2urec list methods`)")
+    p.add_argument("--from", dest="base", required=True, metavar="RUN", help="original run")
     p.add_argument("--data", required=True, metavar="DIR", help="prepared data folder")
-    p.add_argument(
-        "--backbone", default="t5-tiny", metavar="SPEC", help="backbone spec (default t5-tiny)"
-    )
-    p.add_argument("--out", required=True, metavar="RUN", help="run folder to write")
-    add_recipe_arguments(p)
-    apa = p.add_argument_group("apa (docs/methods-apa.md)")
-    apa.add_argument("--shards", type=int, help="K adapters (default: the prepared data's shards)")
-    apa.add_argument("--tau", type=float, help="aggregation temperature (default 1000)")
-    apa.add_argument("--neighbours", type=int, help="nearest valid rows per row (default 20)")
-    apa.add_argument(
-        "--whole",
-        help="modules each adapter trains whole besides LoRA: auto (minilm: the LM-head "
-        "transform), none, or comma-separated names (default auto)",
-    )
-    p.add_argument("--overwrite", action="store_true", help="replace an existing RUN")
-    p.set_defaults(func=run_train_ensemble)
+    add_output(p)
+    add_sets(p, "method parameter (repeatable), e.g. --set alpha=2 --set aug=lora")
+    p.add_argument("--seed", type=int, help="seed (default: the original run's)")
 
 
 def run_train_ensemble(args: argparse.Namespace) -> None:
+    """Train one model per shard of the full train split (forget samples included: SISA replays
+    the seeded shard assignment of `data prepare`, RecEraser adds each forgotten user to the
+    most similar shard with room) with the supervised recipe (early stopping on valid); SISA
+    averages shard logits, RecEraser fits an attention aggregator on the valid split."""
     from e2urec import api
 
     apa = {k: getattr(args, k) for k in ("shards", "tau", "neighbours", "whole")}
@@ -514,14 +242,9 @@ def run_train_ensemble(args: argparse.Namespace) -> None:
     if apa and args.method != "apa":
         flags = ", ".join(f"--{k}" for k in apa)
         raise E2URecError(f"{flags}: only for --method apa (sisa/receraser shards are prepared)")
+    recipe = {**settings_of(TrainJob, args), **apa}
     manifest = api.train_ensemble(
-        args.method,
-        args.data,
-        args.backbone,
-        args.out,
-        overwrite=args.overwrite,
-        **recipe_options(args),
-        **apa,
+        args.method, args.data, out=args.out, overwrite=args.overwrite, **recipe
     )
     members = manifest.get("members") or manifest["adapters"]
     sizes = ", ".join(f"{m['samples']} ({m['forget_samples']} forget)" for m in members)
@@ -531,71 +254,51 @@ def run_train_ensemble(args: argparse.Namespace) -> None:
     print(f"trained {args.out} ({args.method} ensemble, {aggregate}): {sizes}")
 
 
-def add_export(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "export",
-        help="write a run as a self-contained single-model run",
-        description="Write RUN as a single-format run in DIR: an adapter run (E2URec) needs "
-        "--merge, which folds the LoRA weights into the base model; a single run is copied.",
+def add_train_ensemble(sub: argparse._SubParsersAction) -> None:
+    summary = "train an original SISA or RecEraser shard ensemble (the --from of those methods)"
+    p = command(sub, run_train_ensemble, summary)
+    p.add_argument("--method", required=True, choices=["sisa", "receraser", "apa"])
+    p.add_argument("--data", required=True, metavar="DIR", help="prepared data folder")
+    add_output(p)
+    add_recipe(p, exclude=("finetune",))
+    apa = p.add_argument_group("apa (docs/methods-apa.md)")
+    apa.add_argument("--shards", type=int, help="K adapters (default: the prepared data's shards)")
+    apa.add_argument("--tau", type=float, help="aggregation temperature (default 1000)")
+    apa.add_argument("--neighbours", type=int, help="nearest valid rows per row (default 20)")
+    apa.add_argument(
+        "--whole",
+        help="modules each adapter trains whole besides LoRA: auto (minilm: the LM-head "
+        "transform), none, or comma-separated names (default auto)",
     )
-    p.add_argument("run", metavar="RUN", help="run folder to export")
-    p.add_argument("--merge", action="store_true", help="merge LoRA adapters into the model")
-    p.add_argument("--out", required=True, metavar="DIR", help="run folder to write")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing DIR")
-    p.set_defaults(func=run_export)
 
 
 def run_export(args: argparse.Namespace) -> None:
+    """Write RUN as a single-format run in DIR: an adapter run (E2URec) needs --merge, which
+    folds the LoRA weights into the base model; a single run is copied."""
     from e2urec import api
 
     print(f"exported {api.export(args.run, args.out, args.merge, args.overwrite)}")
 
 
-def add_bench(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "bench",
-        help="run the paper's whole experiment from a preset (tables + plots)",
-        description="Prepare the data, train the Original, train Retrain for every seed (two "
-        "Retrains give the noise floor), run every selected unlearning method, evaluate each "
-        "against the Retrain of the same seed, and write results.json/.csv/.md and plots. "
-        "Resumable: rerunning the same command reuses every finished step. "
-        "Presets: see `e2urec list presets`.",
-    )
-    p.add_argument("--preset", required=True, help="preset name, e.g. demo or cpu-ml100k")
-    p.add_argument("--out", required=True, help="output folder (reused on a rerun)")
-    p.add_argument(
-        "--data-root",
-        help="folder holding the raw dataset (e.g. a folder with ml-100k/ inside); "
-        "default: the download cache of `e2urec data fetch`",
-    )
-    p.add_argument("--seeds", type=int, help="number of seeds (overrides the preset)")
-    p.add_argument(
-        "--methods",
-        type=lambda v: [m.strip() for m in v.split(",") if m.strip()],
-        help="comma-separated methods or variant rows; a method brings its variants "
-        "(default: the preset's, usually all registered)",
-    )
-    p.add_argument("--config", help="YAML file merged over the preset")
-    p.add_argument(
-        "--set", action="append", metavar="KEY=VALUE", help="override, e.g. train.epochs=2"
-    )
-    p.add_argument(
-        "--smoke",
-        action="store_true",
-        help="every step of a pretrained-backbone preset at its model's geometry (random "
-        "weights, synthetic ML-1M-format data, a few optimizer steps each); reports step "
-        "times, peak memory and the full preset's projected time (see docs/gpu.md)",
-    )
-    p.set_defaults(func=run_bench)
+def add_export(sub: argparse._SubParsersAction) -> None:
+    p = command(sub, run_export, "write a run as a self-contained single-model run")
+    p.add_argument("run", metavar="RUN", help="run folder to export")
+    p.add_argument("--merge", action="store_true", help="merge LoRA adapters into the model")
+    add_output(p, "DIR")
 
 
+# ---------------------------------------------------------------- bench / report
 def run_bench(args: argparse.Namespace) -> None:
+    """Prepare the data, train the Original, train Retrain for every seed (two Retrains give the
+    noise floor), run every selected unlearning method, evaluate each against the Retrain of the
+    same seed, and write results.json/.csv/.md and plots. Resumable: rerunning the same command
+    reuses every finished step. Presets: see `e2urec list presets`."""
+    from pathlib import Path
+
     from e2urec import api
 
-    options = {"config_file": args.config, "sets": args.set, "methods": args.methods}
+    options = {"config_file": args.config, "sets": args.sets, "methods": args.methods}
     if args.smoke:
-        from pathlib import Path
-
         report = api.smoke(args.preset, args.out, **options)
         print((Path(args.out) / "smoke.md").read_text(encoding="utf-8"))
         print(f"report: {Path(args.out) / 'smoke.json'} ({report['total_s']:.0f} s)")
@@ -607,28 +310,53 @@ def run_bench(args: argparse.Namespace) -> None:
         print(f"  {name:22s} {path}")
 
 
-def add_report(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "report",
-        help="print a bench's results.json as the Markdown table the docs show",
-        description="Render RESULTS (a bench's OUT folder, or a results.json file) as the "
-        "Markdown table of results.md: mean ± std per method over seeds, best unlearning method "
-        "in bold, and the signal check when signal.json lies beside it.",
-    )
-    p.add_argument("results", metavar="RESULTS", help="bench output folder or results.json")
+def add_bench(sub: argparse._SubParsersAction) -> None:
+    summary = "run the paper's whole experiment from a preset (tables + plots)"
+    p = command(sub, run_bench, summary)
+    p.add_argument("--preset", required=True, help="preset name, e.g. demo or cpu-ml100k")
+    p.add_argument("--out", required=True, help="output folder (reused on a rerun)")
     p.add_argument(
-        "--columns",
-        type=lambda v: [c.strip() for c in v.split(",") if c.strip()],
-        help="comma-separated columns, e.g. forget_residual_jsd,test_auc,time_ratio "
-        "(default: every column that holds a value)",
+        "--data-root",
+        help="folder holding the raw dataset (e.g. a folder with ml-100k/ inside); "
+        "default: the download cache of `e2urec data fetch`",
     )
-    p.set_defaults(func=run_report)
+    p.add_argument("--seeds", type=int, help="number of seeds (overrides the preset)")
+    p.add_argument(
+        "--methods",
+        type=names,
+        help="comma-separated methods or variant rows; a method brings its variants "
+        "(default: the preset's, usually all registered)",
+    )
+    p.add_argument("--config", help="YAML file merged over the preset")
+    add_sets(p, "override, e.g. train.epochs=2")
+    p.add_argument(
+        "--smoke",
+        action="store_true",
+        help="every step of a pretrained-backbone preset at its model's geometry (random "
+        "weights, synthetic ML-1M-format data, a few optimizer steps each); reports step "
+        "times, peak memory and the full preset's projected time (see docs/gpu.md)",
+    )
 
 
 def run_report(args: argparse.Namespace) -> None:
+    """Render RESULTS (a bench's OUT folder, or a results.json file) as the Markdown table of
+    results.md: mean ± std per method over seeds, best unlearning method in bold, and the
+    signal check when signal.json lies beside it."""
     from e2urec import api
 
     print(api.report(args.results, args.columns), end="")
+
+
+def add_report(sub: argparse._SubParsersAction) -> None:
+    summary = "print a bench's results.json as the Markdown table the docs show"
+    p = command(sub, run_report, summary)
+    p.add_argument("results", metavar="RESULTS", help="bench output folder or results.json")
+    p.add_argument(
+        "--columns",
+        type=names,
+        help="comma-separated columns, e.g. forget_residual_jsd,test_auc,time_ratio "
+        "(default: every column that holds a value)",
+    )
 
 
 COMMANDS = [  # in workflow order, as `e2urec --help` lists them
@@ -646,14 +374,14 @@ COMMANDS = [  # in workflow order, as `e2urec --help` lists them
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
+    parser = Parser(
         prog="e2urec",
         description="Unlearning for LLM-based recommenders: prepare rating logs into LLMRec "
         "instruction data, train recommenders, serve deletion requests with E2URec and its "
         "baselines, and measure forgetting, utility and cost.",
     )
     parser.add_argument("--version", action="version", version=f"e2urec {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     for add in COMMANDS:
         add(sub)
     return parser
@@ -676,7 +404,10 @@ def show_library_warnings() -> None:
 def main(argv: list[str] | None = None) -> int:
     show_library_warnings()
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version, or a usage error already written as one line
+        return int(exc.code or 0)
     if not getattr(args, "func", None):
         parser.print_help()
         return EXIT_USAGE

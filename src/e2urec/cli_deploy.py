@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from e2urec.cli_args import add_output, add_sets, command
 from e2urec.deploy import MAX_USERS, QUEUE_LIMIT
 from e2urec.errors import E2URecError
 
@@ -15,21 +16,12 @@ def _say(line: str) -> None:
 
 
 def add_deploy(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "deploy",
-        help="create a deployment: a model version, its training data in SQLite, a ledger",
-        description="Create deployment DEP from run RUN (an adapter run is merged): "
-        "versions/v0001, store.sqlite with the run's training rows, the valid rows (utility "
-        "checks), the test rows (held-out non-members for membership inference), the users' "
-        "ratings, profiles and item titles (read from the raw data the folder was prepared "
-        "from, or --raw), ledger.jsonl starting with a deploy entry, secret.key (mode 0600: "
-        "keys the ledger's pseudonyms) and current.json. DEP appears whole or not at all.",
-    )
+    summary = "create a deployment: a model version, its training data in SQLite, a ledger"
+    p = command(sub, run_deploy, summary)
     p.add_argument("--from", dest="run", required=True, metavar="RUN", help="run to deploy")
     p.add_argument("--data", required=True, metavar="DIR", help="the run's prepared data folder")
-    p.add_argument("--out", required=True, metavar="DEP", help="deployment folder to create")
+    add_output(p, "DEP", "deployment folder to create")
     p.add_argument("--raw", help="raw data for titles and profiles (default: the data's own)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing DEP")
     p.add_argument(
         "--rollback-window",
         default="0",
@@ -45,10 +37,15 @@ def add_deploy(sub: argparse._SubParsersAction) -> None:
         help="the method (and settings) serving requests of a purpose (privacy or pollution); "
         "default privacy=e2urec, pollution=e2urec:teacher=contrastive; repeatable",
     )
-    p.set_defaults(func=run_deploy)
 
 
 def run_deploy(args: argparse.Namespace) -> None:
+    """Create deployment DEP from run RUN (an adapter run is merged): versions/v0001, store.sqlite
+    with the run's training rows, the valid rows (utility checks), the test rows (held-out
+    non-members for membership inference), the users' ratings, profiles and item titles (read
+    from the raw data the folder was prepared from, or --raw), ledger.jsonl starting with a
+    deploy entry, secret.key (mode 0600: keys the ledger's pseudonyms) and current.json. DEP
+    appears whole or not at all."""
     from e2urec import api
 
     dep = api.deploy(
@@ -68,18 +65,8 @@ def run_deploy(args: argparse.Namespace) -> None:
 
 
 def add_forget(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "forget",
-        help="serve a deletion request on a deployment: unlearn, check, switch, record",
-        description="Forget users: the request joins the deployment's queue and the queue is "
-        "served here and now (requests queued before it first): their stored training rows are "
-        "unlearned from the current version with the method of --purpose (or --method), "
-        "membership-inference AUC on their rows and validation AUC are checked before and "
-        "after, their rows leave the store, current.json switches, the superseded version is "
-        "purged and the ledger records the request. Rerunning an interrupted request finishes "
-        "it; a finished one prints 'already done'. With --enqueue the request is only queued "
-        "and the command returns at once; a worker (`e2urec serve` or `e2urec work`) serves it.",
-    )
+    summary = "serve a deletion request on a deployment: unlearn, check, switch, record"
+    p = command(sub, run_forget, summary)
     p.add_argument("--deployment", required=True, metavar="DEP", help="deployment folder")
     p.add_argument("--users", help="comma-separated user ids, e.g. 12,45")
     p.add_argument(
@@ -94,13 +81,18 @@ def add_forget(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--method", help="unlearning method (default: the purpose's)")
     p.add_argument("--reason", help="free text kept with the request (the ledger keeps its HMAC)")
     p.add_argument("--request-id", help="request id (default: keyed digest of users and method)")
-    p.add_argument(
-        "--set", dest="sets", action="append", metavar="KEY=VALUE", help="method parameter"
-    )
-    p.set_defaults(func=run_forget)
+    add_sets(p, "method parameter")
 
 
 def run_forget(args: argparse.Namespace) -> None:
+    """Forget users: the request joins the deployment's queue and the queue is served here and now
+    (requests queued before it first): their stored training rows are unlearned from the current
+    version with the method of --purpose (or --method), membership-inference AUC on their rows
+    and validation AUC are checked before and after, their rows leave the store, current.json
+    switches, the superseded version is purged and the ledger records the request. Rerunning an
+    interrupted request finishes it; a finished one prints 'already done'. With --enqueue the
+    request is only queued and the command returns at once; a worker (`e2urec serve` or `e2urec
+    work`) serves it."""
     from e2urec import api
     from e2urec.deploy.deployment import parse_ids
 
@@ -146,21 +138,10 @@ def _request_line(record: dict, new: bool = False) -> str:
 
 
 def add_work(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "work",
-        help="serve a deployment's queued deletion requests (a worker process)",
-        description="Hold DEP and serve its queue in order: the queued requests with one "
-        "method become one unlearning pass over the union of their users (at most "
-        "--max-users), checked on the requests' own rows, switched and recorded with one ledger "
-        "entry per request. The model and data stay in memory between passes. A pass cut short "
-        "(crash, kill) is finished first on the next start; superseded versions are purged at "
-        "start and after each pass once the rollback window passed. Without --once it runs "
-        "until interrupted.",
-    )
+    p = command(sub, run_work, "serve a deployment's queued deletion requests (a worker process)")
     p.add_argument("--deployment", required=True, metavar="DEP", help="deployment folder")
     p.add_argument("--once", action="store_true", help="serve what is queued, then exit")
     add_queue_options(p)
-    p.set_defaults(func=run_work)
 
 
 def add_queue_options(p: argparse.ArgumentParser) -> None:
@@ -179,6 +160,12 @@ def add_queue_options(p: argparse.ArgumentParser) -> None:
 
 
 def run_work(args: argparse.Namespace) -> None:
+    """Hold DEP and serve its queue in order: the queued requests with one method become one
+    unlearning pass over the union of their users (at most --max-users), checked on the
+    requests' own rows, switched and recorded with one ledger entry per request. The model and
+    data stay in memory between passes. A pass cut short (crash, kill) is finished first on the
+    next start; superseded versions are purged at start and after each pass once the rollback
+    window passed. Without --once it runs until interrupted."""
     from e2urec import api
 
     records = api.work(
@@ -195,16 +182,7 @@ def run_work(args: argparse.Namespace) -> None:
 
 
 def add_ledger(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "ledger",
-        help="print a deployment's history and verify its hash chain",
-        description="Print the ledger of DEP as a table (time, request, version, users as "
-        "pseudonyms, rows, method, MIA AUC and valid AUC before->after) after verifying its "
-        "sha256 hash chain (no secret needed); a tampered ledger is one error naming the first "
-        "bad entry (exit 2). The chain cannot show a removed last entry by itself: keep the "
-        "printed head hash elsewhere and pass it later as --expect-head. With --user (needs the "
-        "deployment's secret) it says whether and when that user was forgotten.",
-    )
+    p = command(sub, run_ledger, "print a deployment's history and verify its hash chain")
     p.add_argument("--deployment", required=True, metavar="DEP", help="deployment folder")
     p.add_argument(
         "--expect-head",
@@ -214,10 +192,15 @@ def add_ledger(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--user", type=int, help="say whether and when this user was forgotten")
     p.add_argument("--secret", help="the deployment's secret file (default DEP/secret.key)")
-    p.set_defaults(func=run_ledger)
 
 
 def run_ledger(args: argparse.Namespace) -> None:
+    """Print the ledger of DEP as a table (time, request, version, users as pseudonyms, rows,
+    method, MIA AUC and valid AUC before->after) after verifying its sha256 hash chain (no
+    secret needed); a tampered ledger is one error naming the first bad entry (exit 2). The
+    chain cannot show a removed last entry by itself: keep the printed head hash elsewhere and
+    pass it later as --expect-head. With --user (needs the deployment's secret) it says whether
+    and when that user was forgotten."""
     from e2urec import api
     from e2urec.deploy.ledger import entry_hash, table
 
@@ -240,19 +223,15 @@ def run_ledger(args: argparse.Namespace) -> None:
 
 
 def add_predict(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "predict",
-        help="P(like) per item for a user with a deployment's current version",
-        description="Render the prompt for USER from their most recent stored ratings (the "
-        "data's template and history length) for each item, and print P(Yes) per item.",
-    )
+    p = command(sub, run_predict, "P(like) per item for a user with a deployment's current version")
     p.add_argument("--deployment", required=True, metavar="DEP", help="deployment folder")
     p.add_argument("--user", required=True, type=int, help="user id")
     p.add_argument("--items", required=True, help="comma-separated item ids")
-    p.set_defaults(func=run_predict)
 
 
 def run_predict(args: argparse.Namespace) -> None:
+    """Render the prompt for USER from their most recent stored ratings (the data's template and
+    history length) for each item, and print P(Yes) per item."""
     from e2urec import api
     from e2urec.deploy.deployment import parse_ids
 
@@ -262,16 +241,7 @@ def run_predict(args: argparse.Namespace) -> None:
 
 
 def add_serve(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "serve",
-        help="serve a deployment over HTTP (predict, forget, ledger)",
-        description="FastAPI + uvicorn: POST /forget {users, purpose?, method?, reason?} with "
-        "'Authorization: Bearer $E2UREC_SERVE_TOKEN' (unset: forgetting is refused) queues a "
-        "deletion request (202 {request_id, state}); POST /predict {user, items}, GET "
-        "/requests/ID and GET /ledger[?expect_head=SHA256] need $E2UREC_READ_TOKEN or the "
-        "forget token (open when neither is set, allowed on a loopback host only). A worker "
-        "thread serves the queue (see `e2urec work`); predictions go on during a pass.",
-    )
+    p = command(sub, run_serve, "serve a deployment over HTTP (predict, forget, ledger)")
     p.add_argument("--deployment", required=True, metavar="DEP", help="deployment folder")
     p.add_argument("--port", type=_port, default=8000, help="port (default 8000)")
     p.add_argument("--host", default="127.0.0.1", help="address (default 127.0.0.1)")
@@ -285,7 +255,6 @@ def add_serve(sub: argparse._SubParsersAction) -> None:
         default=QUEUE_LIMIT,
         help=f"unfinished requests the queue holds before refusing more (default {QUEUE_LIMIT})",
     )
-    p.set_defaults(func=run_serve)
 
 
 def _port(value: str) -> int:
@@ -299,6 +268,12 @@ def _port(value: str) -> int:
 
 
 def run_serve(args: argparse.Namespace) -> None:
+    """FastAPI + uvicorn: POST /forget {users, purpose?, method?, reason?} with 'Authorization:
+    Bearer $E2UREC_SERVE_TOKEN' (unset: forgetting is refused) queues a deletion request (202
+    {request_id, state}); POST /predict {user, items}, GET /requests/ID and GET
+    /ledger[?expect_head=SHA256] need $E2UREC_READ_TOKEN or the forget token (open when neither
+    is set, allowed on a loopback host only). A worker thread serves the queue (see `e2urec
+    work`); predictions go on during a pass."""
     from e2urec.deploy.serve import serve
 
     serve(
@@ -313,23 +288,20 @@ def run_serve(args: argparse.Namespace) -> None:
 
 
 def add_audit(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "audit",
-        help="scan every file of a deployment for traces of a user's rows and id",
-        description="Read every file under DEP as bytes (SQLite with its free pages and WAL, "
-        "versions, request records, the ledger, logs) and report each trace of USER: the bytes "
-        "of their prompts (taken from the store or the prepared data folder the deployment was "
-        "built from) and their id; or 'no trace'. Needs the deployment's secret (to tell the "
-        "ledger's keyed pseudonym from a plaintext id). Exit 1 when a trace is found.",
-    )
+    summary = "scan every file of a deployment for traces of a user's rows and id"
+    p = command(sub, run_audit, summary)
     p.add_argument("--deployment", required=True, metavar="DEP", help="deployment folder")
     p.add_argument("--user", required=True, type=int, help="user id")
     p.add_argument("--data", help="the prepared data folder holding the user's rows")
     p.add_argument("--secret", help="the deployment's secret file (default DEP/secret.key)")
-    p.set_defaults(func=run_audit)
 
 
 def run_audit(args: argparse.Namespace) -> int:
+    """Read every file under DEP as bytes (SQLite with its free pages and WAL, versions, request
+    records, the ledger, logs) and report each trace of USER: the bytes of their prompts (taken
+    from the store or the prepared data folder the deployment was built from) and their id; or
+    'no trace'. Needs the deployment's secret (to tell the ledger's keyed pseudonym from a
+    plaintext id). Exit 1 when a trace is found."""
     from e2urec import api
 
     report = api.audit(args.deployment, args.user, data=args.data, secret=args.secret)
@@ -350,20 +322,17 @@ def run_audit(args: argparse.Namespace) -> int:
 
 
 def add_rollback(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "rollback",
-        help="serve a superseded version again (one kept by the rollback window)",
-        description="Switch DEP back to a version the rollback window still keeps (default: "
-        "the newest one before the serving version), purge the versions after it and record "
-        "the rollback in the ledger. It says which deletions it undoes: their rows stay "
-        "deleted from the store, but the model that serves again was trained on them.",
-    )
+    summary = "serve a superseded version again (one kept by the rollback window)"
+    p = command(sub, run_rollback, summary)
     p.add_argument("--deployment", required=True, metavar="DEP", help="deployment folder")
     p.add_argument("--to", metavar="VERSION", help="the kept version to serve (e.g. v0002)")
-    p.set_defaults(func=run_rollback)
 
 
 def run_rollback(args: argparse.Namespace) -> None:
+    """Switch DEP back to a version the rollback window still keeps (default: the newest one before
+    the serving version), purge the versions after it and record the rollback in the ledger. It
+    says which deletions it undoes: their rows stay deleted from the store, but the model that
+    serves again was trained on them."""
     from e2urec import api
 
     result = api.rollback(args.deployment, args.to)

@@ -13,47 +13,30 @@ from typing import Any
 import yaml
 
 from e2urec import config as cfg
+from e2urec.data.settings import PrepareSettings
 from e2urec.errors import E2URecError
-from e2urec.train.options import TrainOptions
+from e2urec.train.options import SupervisedSettings
 
 
 @dataclass
-class BenchData:
-    """How to prepare the data (see `e2urec data prepare`). Raw files are looked for under
-    --data-root, then in the download cache; with `fetch` a downloadable dataset missing from
-    both is downloaded into the cache (not when $E2UREC_OFFLINE is set); `fallback_dataset` is
-    used when the files are still not there (the demo falls back to the synthetic set)."""
+class BenchData(PrepareSettings):
+    """How to prepare the data (`data.settings.PrepareSettings`, as `e2urec data prepare`).
+    Raw files are looked for under --data-root, then in the download cache; with `fetch` a
+    downloadable dataset missing from both is downloaded into the cache (not when
+    $E2UREC_OFFLINE is set); `fallback_dataset` is used when the files are still not there (the
+    demo falls back to the synthetic set)."""
 
-    dataset: str = "ml-100k"
-    fetch: bool = False
-    fallback_dataset: str = ""
-    last_n: int = 100_000
-    history_len: int = 10
-    min_history: int = 5
-    forget_ratio: float = 0.2
-    forget_strategy: str = "random"
-    pollute: str = "none"
-    targets: int = 10
-    fake_users: int = 20
-    attack: str = "average"
-    holdout_ratio: float = 0.0
-    shards: int = 4
-    seed: int = 42
+    dataset: str = cfg.override(PrepareSettings, "dataset", "ml-100k")
+    fetch: bool = cfg.setting(False, "download a missing downloadable dataset into the cache")
+    fallback_dataset: str = cfg.setting("", "dataset used when the raw files are not found")
 
 
 @dataclass
-class BenchTrain(TrainOptions):
-    """How Original and Retrain are trained (see `e2urec train`; TrainOptions: precision,
-    grad_accum, max_grad_norm, scheduler, warmup_ratio, weight_decay)."""
+class BenchTrain(SupervisedSettings):
+    """How Original and Retrain are trained (`train.options.SupervisedSettings`, as
+    `e2urec train`; the seed comes from the bench's seeds)."""
 
-    backbone: str = "t5-tiny"
-    epochs: int = 10
-    lr: float = 1e-3
-    batch_size: int = 16
-    patience: int = 3
-    keep: str = "best"
-    max_length: int = 512
-    max_steps: int | None = None
+    lr: float = cfg.override(SupervisedSettings, "lr", 1e-3)
 
 
 @dataclass

@@ -156,17 +156,36 @@ def unlearn(
 
 
 def describe_methods() -> list[str]:
-    """One line per method: name, source, description, then its parameters with defaults."""
-    from e2urec.methods import METHODS, param_defaults
+    """Each method: name, source, description, then its parameters (name = default (type,
+    choices, range): help, from their declarations); the trainer options that every method
+    built on TrainParams takes are listed once, at the end."""
+    from e2urec.config import describe_settings
+    from e2urec.methods import METHODS
+    from e2urec.train.options import TrainOptions
 
+    shared = option_names()
     lines = []
     for name in METHODS:
         spec = METHODS.get(name)
-        lines.append(f"{name:12s} [{spec.source}] {spec.description}")
-        defaults = ", ".join(f"{k}={v}" for k, v in param_defaults(spec.params).items())
-        defaults = defaults or "none (the original run's recipe is reused)"
-        lines.append(f"{'':12s} params: {defaults}")
-    return lines
+        lines.append(f"{name} [{spec.source}] {spec.description}")
+        params = describe_settings(spec.params, exclude=shared)
+        if issubclass(spec.params, TrainOptions):
+            params.append("and the trainer options below")
+        lines += [f"    {line}" for line in params or [NO_PARAMS]]
+    lines.append("trainer options (methods that train; also `e2urec train --help`):")
+    return lines + [f"    {line}" for line in describe_settings(TrainOptions)]
+
+
+NO_PARAMS = "no parameters: the original run's recipe is reused"
+
+
+def option_names() -> list[str]:
+    """The trainer options' names (TrainOptions fields)."""
+    import dataclasses
+
+    from e2urec.train.options import TrainOptions
+
+    return [f.name for f in dataclasses.fields(TrainOptions)]
 
 
 @quiet_transformers()

@@ -35,6 +35,7 @@ from e2urec.artifacts import (
 )
 from e2urec.data import prompts, scenarios, splits
 from e2urec.data.schema import RatingLog
+from e2urec.data.settings import PrepareConfig  # noqa: F401  (re-exported: prepare's input)
 from e2urec.errors import E2URecError
 
 FORMAT = "e2urec-prepared-data/1"
@@ -42,71 +43,6 @@ COLUMNS = ["id", "user_id", "item_id", "timestamp", "rating", "label", "prompt",
 BASE_SPLITS = ("train", "valid", "test", "retain", "forget")
 HOLDOUT = "holdout"
 TARGETS = {1: "Yes.", 0: "No."}
-
-
-@dataclass
-class PrepareConfig:
-    """Everything that defines a preparation; defaults are the paper's protocol."""
-
-    dataset: str
-    out: str
-    raw: str | None = None
-    last_n: int | None = 100_000
-    history_len: int = 10
-    min_history: int = 5
-    forget_ratio: float = 0.2
-    forget_strategy: str = "random"
-    shards: int = 4
-    seed: int = 42
-    template: str = "auto"
-    pollute: str = "none"
-    targets: int = 10
-    fake_users: int = 20
-    attack: str = "average"
-    holdout_ratio: float = 0.0
-
-    def validate(self) -> None:
-        """Raise one clear E2URecError for the first invalid value."""
-        from e2urec.data.readers import READERS
-
-        READERS.get(self.dataset)
-        if self.template != "auto":
-            prompts.TEMPLATES.get(self.template)
-        if self.last_n is not None and self.last_n <= 0:
-            raise E2URecError(f"--last-n must be positive, got {self.last_n}")
-        if self.history_len < 1:
-            raise E2URecError(f"--history-len must be at least 1, got {self.history_len}")
-        if self.min_history < 1:
-            raise E2URecError(f"--min-history must be at least 1, got {self.min_history}")
-        if not 0 < self.forget_ratio < 1:
-            raise E2URecError(f"--forget-ratio must lie in (0, 1), got {self.forget_ratio:g}")
-        if self.forget_strategy not in splits.FORGET_STRATEGIES:
-            raise E2URecError(
-                f"unknown --forget-strategy {self.forget_strategy!r}; "
-                f"valid: {', '.join(splits.FORGET_STRATEGIES)}"
-            )
-        if self.shards < 1:
-            raise E2URecError(f"--shards must be at least 1, got {self.shards}")
-        if self.pollute not in scenarios.POLLUTIONS:
-            raise E2URecError(
-                f"unknown --pollute {self.pollute!r}; valid: {', '.join(scenarios.POLLUTIONS)}"
-            )
-        if self.pollute == "shilling" and (self.targets < 1 or self.fake_users < 1):
-            raise E2URecError(
-                f"--targets and --fake-users must be at least 1 for shilling, got "
-                f"{self.targets} and {self.fake_users}"
-            )
-        if self.attack not in scenarios.ATTACKS:
-            raise E2URecError(
-                f"unknown --attack {self.attack!r}; valid: {', '.join(scenarios.ATTACKS)}"
-            )
-        if not 0 <= self.holdout_ratio < 1:
-            raise E2URecError(f"--holdout-ratio must lie in [0, 1), got {self.holdout_ratio:g}")
-        if self.pollute != "shilling" and self.forget_ratio + self.holdout_ratio >= 1:
-            raise E2URecError(
-                f"--forget-ratio {self.forget_ratio:g} + --holdout-ratio "
-                f"{self.holdout_ratio:g} leaves no train user to retain"
-            )
 
 
 @dataclass
@@ -185,7 +121,7 @@ def labelled_samples(log: RatingLog, config: PrepareConfig) -> tuple[pd.DataFram
     if samples.frame.empty:
         raise E2URecError(
             f"no samples left: no rating has {config.min_history} earlier ratings by its user "
-            "(lower --min-history)"
+            "(lower min_history)"
         )
     titles = _titles(ratings["item_id"], log.items)
     entries = prompts.history_entries(

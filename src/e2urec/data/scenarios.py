@@ -25,8 +25,6 @@ import pandas as pd
 from e2urec.data.schema import RatingLog
 from e2urec.errors import E2URecError
 
-POLLUTIONS = ("none", "label-flip", "shilling")
-ATTACKS = ("average", "love-hate")
 FAKE_ID_BASE = 1_000_000_000  # fake user ids start here, far from any real MovieLens/GoodReads id
 TARGET_MIN_TEST_ROWS = 3
 
@@ -49,8 +47,8 @@ def choose_holdout(
     n = max(1, int(round(ratio * n_total)))
     if n >= len(users):
         raise E2URecError(
-            f"--holdout-ratio {ratio:g} holds out {n} of the {len(users)} train user(s) left "
-            "after forgetting; nothing would remain to train on (lower --holdout-ratio)"
+            f"holdout_ratio {ratio:g} holds out {n} of the {len(users)} train user(s) left "
+            "after forgetting; nothing would remain to train on (lower holdout_ratio)"
         )
     return np.sort(np.random.default_rng([seed, 3]).choice(users, size=n, replace=False))
 
@@ -73,8 +71,8 @@ def choose_targets(test: pd.DataFrame, n_targets: int, seed: int) -> np.ndarray:
     stats = stats[stats["size"] >= TARGET_MIN_TEST_ROWS]
     if n_targets > len(stats):
         raise E2URecError(
-            f"--targets {n_targets} exceeds the {len(stats)} item(s) with at least "
-            f"{TARGET_MIN_TEST_ROWS} test rows; lower --targets or raise --last-n"
+            f"targets {n_targets} exceeds the {len(stats)} item(s) with at least "
+            f"{TARGET_MIN_TEST_ROWS} test rows; lower targets or raise last_n"
         )
     rng = np.random.default_rng([seed, 4])
     disliked = stats.index[stats["mean"] <= stats["mean"].median()].to_numpy()

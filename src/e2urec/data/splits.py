@@ -11,9 +11,9 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from e2urec.data.settings import FORGET_STRATEGIES
 from e2urec.errors import E2URecError
 
-FORGET_STRATEGIES = ("random", "most-active", "least-active")
 SPLIT_FRACTIONS = (0.6, 0.2, 0.2)
 
 
@@ -91,8 +91,8 @@ def choose_forgotten(train: pd.DataFrame, ratio: float, strategy: str, seed: int
     n_forget = int(ratio * len(counts))
     if n_forget < 1:
         raise E2URecError(
-            f"--forget-ratio {ratio:g} of {len(counts)} train user(s) forgets nobody; "
-            "raise --forget-ratio or --last-n"
+            f"forget_ratio {ratio:g} of {len(counts)} train user(s) forgets nobody; "
+            "raise forget_ratio or last_n"
         )
     ids = counts.index.to_numpy()
     if strategy == "random":
@@ -127,7 +127,7 @@ def receraser_shards(retain: pd.DataFrame, shards: int, seed: int) -> list:
     user_ids, user_index = np.unique(retain["user_id"].to_numpy(), return_inverse=True)
     if len(user_ids) < shards:
         raise E2URecError(
-            f"only {len(user_ids)} retained user(s) for {shards} RecEraser shards; lower --shards"
+            f"only {len(user_ids)} retained user(s) for {shards} RecEraser shards; lower shards"
         )
     embedding = _user_embedding(retain, user_index, len(user_ids), seed)
     assignment = balanced_kmeans(embedding, shards, np.random.default_rng([seed, 2]))

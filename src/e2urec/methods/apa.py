@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from e2urec.artifacts import atomic_write_json, read_json, sha256_bytes, sha256_file
 from e2urec.backbones import Recommender, batches, load_recommender, parse_spec, save_recommender
-from e2urec.config import check_ranges
+from e2urec.config import setting
 from e2urec.errors import E2URecError
 from e2urec.eval.scoring import to_device
 from e2urec.methods.base import Method, register
@@ -60,24 +60,17 @@ class APARecipe(Recipe):
 
     FINETUNE: ClassVar[str] = "lora"
 
-    shards: int | None = None
-    tau: float = 1000.0
-    neighbours: int = 20
-    whole: str = "auto"
-    kmeans_iters: int = 20
-
-    def check(self, where: str = "") -> None:
-        super().check(where)
-        check_ranges(
-            self,
-            {
-                "shards": "count",
-                "tau": "non-negative",
-                "neighbours": "count",
-                "kmeans_iters": "count",
-            },
-            where,
-        )
+    shards: int | None = setting(
+        None, "K adapters (none: the prepared data's shards)", rule="count"
+    )
+    tau: float = setting(1000.0, "aggregation temperature", rule="non-negative")
+    neighbours: int = setting(20, "nearest valid rows per row", rule="count")
+    whole: str = setting(
+        "auto",
+        "modules each adapter trains whole besides LoRA: auto (by family), none, or "
+        "comma-separated names",
+    )
+    kmeans_iters: int = setting(20, "balanced K-means iterations", rule="count")
 
     def whole_modules(self) -> list[str]:
         """The module names each adapter trains whole (modules_to_save)."""
@@ -93,10 +86,12 @@ class APAParams:
     """Unlearning settings: the aggregation's `tau` and `neighbours` (None: the original run's).
     The adapters are retrained with the original run's recipe."""
 
-    RANGES: ClassVar[dict[str, str]] = {"tau": "non-negative", "neighbours": "count"}
-
-    tau: float | None = None
-    neighbours: int | None = None
+    tau: float | None = setting(
+        None, "aggregation temperature (none: the original run's)", rule="non-negative"
+    )
+    neighbours: int | None = setting(
+        None, "nearest valid rows per row (none: the original run's)", rule="count"
+    )
 
 
 # ---------------------------------------------------------------- partition

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
 
 from e2urec.backbones import Recommender
+from e2urec.config import setting
 from e2urec.methods.base import Method, TrainParams, register
 from e2urec.methods.gradient import (
     GradientTask,
@@ -24,9 +24,9 @@ class BadTParams(TrainParams):
     Stopping rule: `epochs` passes over the forget set, keep the last state.
     """
 
-    RANGES: ClassVar[dict[str, str]] = {"forget_weight": "non-negative"}
-
-    forget_weight: float = 0.2
+    forget_weight: float = setting(
+        0.2, "weight of the CE towards the flipped answers on forget", rule="non-negative"
+    )
 
 
 def make_task(

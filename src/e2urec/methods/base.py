@@ -12,12 +12,12 @@ import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 from e2urec.backbones import Recommender, load_recommender
-from e2urec.config import check_ranges
+from e2urec.config import check_settings, override, settings_of
 from e2urec.registry import Registry
-from e2urec.train.options import TrainOptions, options_of
+from e2urec.train.options import StepSettings, check_precision
 
 
 @dataclass(frozen=True)
@@ -55,17 +55,18 @@ def register(method: Method) -> Method:
 
 
 def param_defaults(params: type) -> dict[str, Any]:
-    """Field name → default of a params dataclass (for `e2urec list methods`)."""
+    """Field name → default of a params dataclass."""
     return {f.name: f.default for f in dataclasses.fields(params)}
 
 
 def check_params(params: Any, where: str) -> None:
-    """One clear error for the first setting out of range, before anything is written: the loop
-    settings of TrainParams, the ranges a params class declares in `RANGES`, then its own
-    `check()` if it has one. Errors start with `where`, e.g. "method 'npo' parameter "."""
+    """One clear error for the first setting out of range, before anything is written: every
+    declared setting (`config.check_settings`: Literal choices, range rules), the precision's
+    support on this device, then the params' own `check()` if it has one. Errors start with
+    `where`, e.g. "method 'npo' parameter "."""
+    check_settings(params, where)
     if isinstance(params, TrainParams):
-        params.loop_config(0).check(where)
-    check_ranges(params, getattr(params, "RANGES", {}), where)
+        check_precision(params.precision, where)
     if callable(getattr(params, "check", None)):
         params.check()
 
@@ -99,31 +100,17 @@ class UnlearnContext:
 
 
 @dataclass
-class TrainParams(TrainOptions):
-    """Optimisation settings shared by the trained methods; each method overrides defaults.
-    TrainOptions adds precision, grad_accum, max_grad_norm, scheduler, warmup_ratio and
-    weight_decay (`--set precision=bf16`, ...).
+class TrainParams(StepSettings):
+    """Optimisation settings shared by the trained methods (`train.options.StepSettings`:
+    epochs, lr, batch_size, max_steps and the TrainOptions: `--set precision=bf16`, ...); each
+    method overrides defaults with `config.override` and declares its own settings with
+    `config.setting` (help text, range rule, `Literal` choices), which `check_params` tests."""
 
-    A method's params class declares the ranges of its own settings in `RANGES` (field → rule
-    of `config.RANGES`); `check_params` tests them and the loop settings.
-    """
-
-    RANGES: ClassVar[dict[str, str]] = {}
-
-    lr: float = 5e-5
-    batch_size: int = 16
-    epochs: int = 1
-    max_steps: int | None = None
+    lr: float = override(StepSettings, "lr", 5e-5)
+    epochs: int = override(StepSettings, "epochs", 1)
 
     def loop_config(self, seed: int) -> Any:
         """The training loop's config for these settings (no early stopping: keep the last)."""
         from e2urec.train.loop import LoopConfig
 
-        return LoopConfig(
-            epochs=self.epochs,
-            lr=self.lr,
-            batch_size=self.batch_size,
-            seed=seed,
-            max_steps=self.max_steps,
-            **options_of(self),
-        )
+        return LoopConfig(**settings_of(StepSettings, self), seed=seed)

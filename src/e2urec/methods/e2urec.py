@@ -23,7 +23,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -31,6 +31,7 @@ from torch import nn
 from torch.nn.utils.rnn import pad_sequence
 
 from e2urec.backbones import BACKBONES, IGNORE, Recommender
+from e2urec.config import check_settings, override, setting
 from e2urec.errors import E2URecError
 from e2urec.eval.scoring import answer_tokens, row_batches, score_stats
 from e2urec.methods.base import Method, TrainParams, UnlearnContext, register
@@ -77,68 +78,55 @@ class E2URecParams(TrainParams):
     the epoch budget. Holdout-based options need a prepared `holdout` split.
     """
 
-    RANGES: ClassVar[dict[str, str]] = {
-        "alpha": "non-negative",
-        "forget_epochs": "non-negative",
-        "lora_r": "count",
-        "lora_alpha": "positive",
-        "lora_dropout": "fraction",
-        "aug_lr": "positive",
-        "mia_tol": "unit",
-        "ks_alpha": "unit",
-    }
-
-    lr: float = 1e-3
-    epochs: int = 2
-    weight: float = 0.6
-    alpha: float = 2.0
-    forget_epochs: int = 1
-    lora_r: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.05
-    aug: str = "full"
-    aug_lr: float = 5e-5
-    aug_epochs: int = 2
-    cache_teachers: bool = True
-    teacher: str = "paper"
-    stop: str = "budget"
-    remember: str = "original"
-    check_every: int = 20
-    check_rows: int = 256
-    mia_tol: float = 0.02
-    mia_target: str = "chance"
-    ks_alpha: float = 0.05
-    stop_needs: str = "any"
+    lr: float = override(TrainParams, "lr", 1e-3)
+    epochs: int = override(TrainParams, "epochs", 2)
+    weight: float = setting(
+        0.6, "w: weight of the retain terms (1 − w: the forget term)", rule="unit"
+    )
+    alpha: float = setting(2.0, "α: the forgetting teacher's strength", rule="non-negative")
+    forget_epochs: int = setting(1, "first epochs with the forget term only", rule="non-negative")
+    lora_r: int = setting(16, "the student's LoRA rank", rule="count")
+    lora_alpha: int = setting(32, "the student's LoRA alpha", rule="positive")
+    lora_dropout: float = setting(0.05, "the student's LoRA dropout", rule="fraction")
+    aug: Literal["full", "lora"] = setting(
+        "full", "the augmented model: full fine-tuning (the paper's) or LoRA merged back"
+    )
+    aug_lr: float = setting(5e-5, "the augmented model's learning rate", rule="positive")
+    aug_epochs: int = setting(2, "the augmented model's passes over the forget set", rule="count")
+    cache_teachers: bool = setting(
+        True, "compute each row's teacher logits once (false: at every step, as the paper's code)"
+    )
+    teacher: str = setting("paper", "the forgetting teacher: paper, contrastive, label or holdout")
+    stop: Literal["budget", "membership"] = setting(
+        "budget", "budget: the epochs; membership: stop once membership inference fails"
+    )
+    remember: Literal["original", "labels"] = setting(
+        "original", "original: retain CE plus distillation from the original; labels: CE alone"
+    )
+    check_every: int = setting(20, "membership: steps between checks", rule="count")
+    check_rows: int = setting(256, "membership: forget and holdout rows sampled (at least 4)")
+    mia_tol: float = setting(
+        0.02, "membership: MIA AUC distance to the target that passes", rule="unit"
+    )
+    mia_target: Literal["chance", "holdout"] = setting(
+        "chance", "membership: target AUC, 0.5 or the original's holdout-half AUC"
+    )
+    ks_alpha: float = setting(0.05, "membership: KS p-value that passes", rule="share")
+    stop_needs: Literal["any", "all"] = setting(
+        "any", "membership: any passing test stops, or all of them"
+    )
 
     def __post_init__(self) -> None:
         self.check()
 
     def check(self) -> None:
         """One clear error for the first value out of range."""
+        check_settings(self, "e2urec parameter ")  # choices and ranges of the declarations
         TEACHERS.get(self.teacher)
-        choices = {
-            "aug": ("full", "lora"),
-            "stop": STOPS,
-            "remember": ("original", "labels"),
-            "mia_target": ("chance", "holdout"),
-            "stop_needs": ("any", "all"),
-        }
-        for name, valid in choices.items():
-            if getattr(self, name) not in valid:
-                raise E2URecError(
-                    f"e2urec parameter {name} must be one of {', '.join(valid)}, "
-                    f"got {getattr(self, name)!r}"
-                )
-        if not 0.0 <= self.weight <= 1.0:
-            raise E2URecError(f"e2urec parameter weight must lie in [0, 1], got {self.weight}")
-        if self.epochs < 1 or self.aug_epochs < 1:
-            raise E2URecError("e2urec parameters epochs and aug_epochs must be at least 1")
-        if self.check_every < 1 or self.check_rows < 4:
+        if self.check_rows < 4:
             raise E2URecError(
-                "e2urec parameters check_every must be at least 1 and check_rows at least 4"
+                f"e2urec parameter check_rows must be at least 4, got {self.check_rows}"
             )
-        if not 0.0 < self.ks_alpha < 1.0 or self.mia_tol < 0.0:
-            raise E2URecError("e2urec parameters ks_alpha must lie in (0, 1), mia_tol ≥ 0")
 
     def membership_rule(self) -> MembershipRule:
         """The `stop=membership` settings as the monitor takes them."""
@@ -171,7 +159,6 @@ class E2URecParams(TrainParams):
 
 
 # ---------------------------------------------------------------- the loss, piece by piece
-STOPS = ("budget", "membership")
 
 
 def combine(

@@ -27,12 +27,12 @@ from torch import nn
 
 from e2urec.artifacts import sha256_file
 from e2urec.backbones import load_recommender, save_recommender
-from e2urec.config import check_ranges
+from e2urec.config import check_settings, setting
 from e2urec.errors import E2URecError
 from e2urec.quiet import quiet_transformers
 from e2urec.registry import Registry
 from e2urec.runs import AGGREGATOR, AttentionAggregator, EnsembleModel
-from e2urec.train.options import TrainOptions, options_of
+from e2urec.train.options import Seeded, SupervisedSettings
 
 MEMBERS_DIR = "members"
 # ensemble kind → function(data_dir) giving its original shards and their forget-sample counts
@@ -46,59 +46,31 @@ Rows = Sequence[dict[str, Any]]
 
 
 @dataclass
-class Recipe(TrainOptions):
-    """How every member is trained (the paper's supervised recipe, early stopping on valid),
-    and for RecEraser how the attention aggregator is fitted (full-batch Adam on valid)."""
+class Recipe(Seeded, SupervisedSettings):
+    """How every member is trained (`train.options.SupervisedSettings`: the paper's supervised
+    recipe, early stopping on valid), and for RecEraser how the attention aggregator is fitted
+    (full-batch Adam on valid)."""
 
     FINETUNE: ClassVar[str] = "full"  # the members' fine-tuning mode (recipes.recipe_loop)
-    backbone: str = "t5-tiny"
-    seed: int = 42
-    init_seed: int = 0
-    epochs: int = 10
-    lr: float | None = None
-    batch_size: int = 16
-    patience: int = 3
-    keep: str = "best"
-    max_steps: int | None = None
-    eval_batch_size: int = 64
-    max_length: int = 512
-    agg_hidden: int = 16
-    agg_epochs: int = 200
-    agg_lr: float = 0.01
+    agg_hidden: int = setting(
+        16, "RecEraser: hidden units of the attention aggregator", rule="count"
+    )
+    agg_epochs: int = setting(
+        200, "RecEraser: full-batch Adam steps of the aggregator", rule="count"
+    )
+    agg_lr: float = setting(0.01, "RecEraser: the aggregator's Adam learning rate", rule="positive")
 
     def loop_config(self, where: str = "") -> Any:
         """The members' loop settings (`recipes.recipe_loop`: checked, lr default by family)."""
         from e2urec.train.recipes import recipe_loop
 
-        return recipe_loop(
-            self.backbone,
-            self.FINETUNE,
-            where=where,
-            lr=self.lr,
-            epochs=self.epochs,
-            batch_size=self.batch_size,
-            patience=self.patience,
-            keep=self.keep,
-            seed=self.seed,
-            max_steps=self.max_steps,
-            eval_batch_size=self.eval_batch_size,
-            **options_of(self),
-        )
+        return recipe_loop(self, self.FINETUNE, where)
 
     def check(self, where: str = "") -> None:
         """One clear error for the first setting out of range (before anything is written);
         errors start with `where`."""
         self.loop_config(where)
-        check_ranges(
-            self,
-            {
-                "max_length": "count",
-                "agg_hidden": "count",
-                "agg_epochs": "count",
-                "agg_lr": "positive",
-            },
-            where,
-        )
+        check_settings(self, where)
 
 
 def require_rows(name: str, rows: Rows) -> None:

@@ -30,12 +30,13 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, Literal
 
 import torch
 from torch import nn
 
 from e2urec.backbones import ANSWERS, BACKBONES, IGNORE, Recommender, save_recommender
+from e2urec.config import check_settings, setting
 from e2urec.errors import E2URecError
 from e2urec.eval.scoring import to_device
 from e2urec.methods.base import Method, UnlearnContext, register
@@ -67,44 +68,43 @@ class InfluenceParams:
     removed since the curvature was built before it is rebuilt. `center`: subtract the retained
     rows' mean gradient (over `center_rows` of them) from each removed row's (mode=remove)."""
 
-    RANGES: ClassVar[dict[str, str]] = {
-        "damping": "positive",
-        "scale": "positive",
-        "cg_iters": "count",
-        "cg_tol": "positive",
-        "hvp_rows": "count",
-        "curvature_rows": "count",
-        "batch_size": "count",
-        "refresh": "unit",
-        "center_rows": "count",
-    }
-
-    mode: str = "remove"
-    params: str = "auto"
-    solver: str = "ekfac"
-    damping: float = 0.3
-    scale: float = 1.0
-    cg_iters: int = 100
-    cg_tol: float = 1e-3
-    hvp_rows: int = 256
-    curvature_rows: int = 256
-    batch_size: int = 32
-    curvature: str = "auto"
-    refresh: float = 0.1
-    center: bool = True
-    center_rows: int = 1024
+    mode: Literal["remove", "flip"] = setting(
+        "remove", "remove the forget rows, or flip their answers (z' = the other answer)"
+    )
+    params: str = setting(
+        "auto",
+        "weights updated: auto (LoRA targets after --finetune lora, else all), lora, "
+        "all, head or last:K",
+    )
+    solver: Literal["ekfac", "cg"] = setting(
+        "ekfac", "ekfac: cached EK-FAC curvature; cg: exact Hessian-vector products"
+    )
+    damping: float = setting(0.3, "λ added to the curvature", rule="positive")
+    scale: float = setting(1.0, "multiplier of the update Δθ", rule="positive")
+    cg_iters: int = setting(100, "cg: most iterations", rule="count")
+    cg_tol: float = setting(1e-3, "cg: relative residual to stop at", rule="positive")
+    hvp_rows: int = setting(256, "cg: retained rows of the Hessian-vector products", rule="count")
+    curvature_rows: int = setting(256, "retained rows the EK-FAC is built on", rule="count")
+    batch_size: int = setting(32, "rows per gradient batch", rule="count")
+    curvature: str = setting(
+        "auto",
+        "auto (reuse a stored or in-memory curvature the refresh rule allows, else "
+        "build and store), build, or the path of a curvature file of this version",
+    )
+    refresh: float = setting(
+        0.1, "share of n removed since the curvature was built before it is rebuilt", rule="unit"
+    )
+    center: bool = setting(
+        True, "subtract the retained rows' mean gradient from each removed row's (remove)"
+    )
+    center_rows: int = setting(1024, "retained rows of that mean gradient", rule="count")
 
     def __post_init__(self) -> None:
         self.check()
 
     def check(self) -> None:
         """One clear error for the first value out of range (before anything is written)."""
-        for name, valid in (("mode", ("remove", "flip")), ("solver", ("ekfac", "cg"))):
-            if getattr(self, name) not in valid:
-                raise E2URecError(
-                    f"influence parameter {name} must be one of {', '.join(valid)}, "
-                    f"got {getattr(self, name)!r}"
-                )
+        check_settings(self, "influence parameter ")  # choices and ranges of the declarations
         spec = str(self.params)
         if spec not in ("auto", "lora", "all", "head") and not spec.startswith("last:"):
             raise E2URecError(
@@ -114,8 +114,6 @@ class InfluenceParams:
             count = spec.removeprefix("last:")
             if not count.isdigit() or int(count) < 1:
                 raise E2URecError(f"influence params=last:K needs a whole K ≥ 1, got {spec!r}")
-        if not (isinstance(self.damping, (int, float)) and self.damping > 0):
-            raise E2URecError(f"influence parameter damping must be positive, got {self.damping}")
 
     def check_data(self, data_dir: Path) -> None:
         """mode=flip needs a forget set whose answers are Yes./No. (the other answer exists)."""

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
 
 from e2urec.backbones import Recommender
+from e2urec.config import setting
 from e2urec.methods.base import Method, TrainParams, register
 from e2urec.methods.gradient import GradientTask, Rows, from_original, retain_and_forget
 
@@ -18,9 +18,7 @@ class NegGradParams(TrainParams):
     batch), keep the last state.
     """
 
-    RANGES: ClassVar[dict[str, str]] = {"forget_weight": "non-negative"}
-
-    forget_weight: float = 0.2
+    forget_weight: float = setting(0.2, "weight of the ascended forget CE", rule="non-negative")
 
 
 def make_task(

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from e2urec.backbones import Recommender
+from e2urec.config import setting
 from e2urec.methods.base import Method, TrainParams, UnlearnContext, register
 from e2urec.methods.gradient import GradientTask, sequence_logp, train_original
 
@@ -24,10 +25,8 @@ class NPOParams(TrainParams):
     Stopping rule: `epochs` passes over the forget set, keep the last state.
     """
 
-    RANGES: ClassVar[dict[str, str]] = {"beta": "positive", "retain_weight": "non-negative"}
-
-    beta: float = 0.1
-    retain_weight: float = 1.0
+    beta: float = setting(0.1, "β: the NPO term's inverse temperature", rule="positive")
+    retain_weight: float = setting(1.0, "weight of the retain CE", rule="non-negative")
 
 
 class NPOTask(GradientTask):

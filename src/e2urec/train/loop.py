@@ -32,12 +32,18 @@ import torch
 from torch import nn
 
 from e2urec.backbones import Recommender
-from e2urec.config import KEEP_CHOICES, check_ranges
+from e2urec.config import check_settings
 from e2urec.errors import E2URecError
 from e2urec.runs import LOG
 from e2urec.train import checkpoint as ckpt
 from e2urec.train.cost import CostMeter
-from e2urec.train.options import Precision, TrainOptions, make_scheduler
+from e2urec.train.options import (
+    LoopSettings,
+    Precision,
+    Seeded,
+    check_precision,
+    make_scheduler,
+)
 from e2urec.train.runner import CHECKPOINT_DIR, process_state, use_cpu
 from e2urec.train.streams import (  # noqa: F401  (re-exported: the loop's public helpers)
     Cycle,
@@ -54,39 +60,16 @@ RESUME_FIXED = ckpt.RESUME_FIXED
 
 
 @dataclass
-class LoopConfig(TrainOptions):
-    """Optimization settings; `batch_size` is per process, `max_steps` caps optimizer steps.
+class LoopConfig(Seeded, LoopSettings):
+    """The loop's settings (`train.options.LoopSettings`: epochs, lr, batch_size per process,
+    max_steps, patience, keep, eval_batch_size and the TrainOptions) and the run's seed.
     `keep`: "best" (early stopping on the validation loss, best epoch kept) or "last" (no
-    validation: the whole budget runs and the last weights are kept). TrainOptions adds
-    precision, grad_accum, max_grad_norm, scheduler, warmup_ratio and weight_decay."""
-
-    epochs: int = 10
-    lr: float = 1e-3
-    batch_size: int = 16
-    patience: int = 3
-    seed: int = 42
-    max_steps: int | None = None
-    eval_batch_size: int = 64
-    keep: str = "best"
+    validation: the whole budget runs and the last weights are kept)."""
 
     def check(self, where: str = "") -> None:
         """One clear error for the first setting out of range (before anything is written)."""
-        check_ranges(self, LOOP_RANGES, where)
-        if self.keep not in KEEP_CHOICES:
-            raise E2URecError(
-                f"{where}keep must be one of {', '.join(KEEP_CHOICES)}, got {self.keep!r}"
-            )
-        self.check_options(where)
-
-
-LOOP_RANGES = {
-    "epochs": "count",
-    "lr": "positive",
-    "batch_size": "count",
-    "patience": "count",
-    "max_steps": "count",
-    "eval_batch_size": "count",
-}
+        check_settings(self, where)
+        check_precision(self.precision, where)
 
 
 @dataclass

@@ -1,69 +1,116 @@
-"""The trainer's optimisation options shared by every trained job: precision, gradient
-accumulation, clipping, learning-rate schedule, weight decay.
+"""The training settings, declared once, and the trainer's optimisation options.
 
-`TrainOptions` is a dataclass mixed into every settings class that feeds the loop (LoopConfig,
-the bench's train section, the ensemble recipe, the methods' TrainParams), so one option is
-spelled the same everywhere (`--precision bf16`, `--set precision=bf16`, `train.precision`) and
-lands in every manifest. The defaults reproduce the loop before these options existed, bit for
-bit: fp32, one batch per step, no clipping, a constant rate, no weight decay.
+`TrainOptions` (precision, gradient accumulation, clipping, learning-rate schedule, weight
+decay) < `StepSettings` (epochs, lr, batch_size, max_steps: the methods' TrainParams) <
+`LoopSettings` (+ patience, keep, eval_batch_size: the loop's LoopConfig) < `SupervisedSettings`
+(+ backbone, init_seed, max_length: the bench's train section, the ensembles' Recipe) <
+`TrainJob` (+ seed, finetune: `e2urec train`). Each setting is declared once (`config.setting`:
+help text, range rule, `Literal` choices), so it is spelled the same everywhere
+(`--precision bf16`, `--set precision=bf16`, `train.precision`), validated by one function and
+shown by the CLI and the docs. A subclass may change a default (`config.override`), never the
+meaning. The option defaults reproduce the loop before they existed, bit for bit: fp32, one
+batch per step, no clipping, a constant rate, no weight decay.
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
-from e2urec.config import check_ranges
+from e2urec.config import override, setting, settings_of
 from e2urec.errors import E2URecError
 
-PRECISIONS = ("fp32", "bf16", "fp16")
-SCHEDULERS = ("constant", "linear", "cosine")
-OPTION_RANGES = {
-    "grad_accum": "count",
-    "max_grad_norm": "positive",
-    "warmup_ratio": "fraction",
-    "weight_decay": "non-negative",
-}
+PrecisionName = Literal["fp32", "bf16", "fp16"]
+SchedulerName = Literal["constant", "linear", "cosine"]
+Keep = Literal["best", "last"]
 
 
 @dataclass
 class TrainOptions:
-    """precision: fp32 | bf16 | fp16 (autocast; fp16 adds loss scaling and needs CUDA);
-    grad_accum: batches per optimizer step (the step's batch is grad_accum × batch_size);
-    max_grad_norm: clip the gradients' global L2 norm (None: no clipping);
-    scheduler: constant | linear | cosine learning rate after `warmup_ratio` of the planned
-    optimizer steps of linear warm-up; weight_decay: AdamW's decoupled decay."""
+    """The trainer's optimisation options, shared by every trained job."""
 
-    precision: str = "fp32"
-    grad_accum: int = 1
-    max_grad_norm: float | None = None
-    scheduler: str = "constant"
-    warmup_ratio: float = 0.0
-    weight_decay: float = 0.0
-
-    def check_options(self, where: str = "") -> None:
-        """One clear error for the first option out of range or unsupported on this device."""
-        check_ranges(self, OPTION_RANGES, where)
-        for name, choices in (("precision", PRECISIONS), ("scheduler", SCHEDULERS)):
-            if getattr(self, name) not in choices:
-                raise E2URecError(
-                    f"{where}{name} must be one of {', '.join(choices)}, "
-                    f"got {getattr(self, name)!r}"
-                )
-        check_precision(self.precision, where)
+    precision: PrecisionName = setting(
+        "fp32", "autocast precision (fp16 adds loss scaling and needs CUDA)"
+    )
+    grad_accum: int = setting(
+        1, "batches per optimizer step (the step's batch is grad_accum × batch_size)", rule="count"
+    )
+    max_grad_norm: float | None = setting(
+        None, "clip the gradients' global L2 norm to this (none: no clipping)", rule="positive"
+    )
+    scheduler: SchedulerName = setting("constant", "learning-rate schedule after the warm-up")
+    warmup_ratio: float = setting(
+        0.0, "share of the planned optimizer steps with linear warm-up", rule="fraction"
+    )
+    weight_decay: float = setting(0.0, "AdamW's decoupled weight decay", rule="non-negative")
 
 
-def option_names() -> tuple[str, ...]:
-    """The TrainOptions field names."""
-    return tuple(f.name for f in dataclasses.fields(TrainOptions))
+@dataclass
+class StepSettings(TrainOptions):
+    """How long and how fast a trained job optimises (the methods' TrainParams)."""
+
+    epochs: int = setting(10, "passes over the training stream", rule="count")
+    lr: float = setting(1e-3, "AdamW learning rate", rule="positive")
+    batch_size: int = setting(16, "rows per batch (per process)", rule="count")
+    max_steps: int | None = setting(None, "cap on optimizer steps (none: no cap)", rule="count")
+
+
+@dataclass
+class LoopSettings(StepSettings):
+    """A validated fit: early stopping on the valid split (LoopConfig, recipes)."""
+
+    patience: int = setting(3, "epochs without a better valid loss before stopping", rule="count")
+    keep: Keep = setting(
+        "best",
+        "best: early stopping on valid, best epoch kept (the paper's); last: no validation, "
+        "all epochs run and the last weights are kept",
+    )
+    eval_batch_size: int = setting(64, "rows per batch when scoring the valid split", rule="count")
+
+
+@dataclass
+class Seeded:
+    """The seed of a training run's data order and dropout."""
+
+    seed: int = setting(42, "data order and dropout")
+
+
+@dataclass
+class SupervisedSettings(LoopSettings):
+    """The supervised recipe (Original, Retrain, shard models): the loop plus the backbone."""
+
+    backbone: str = setting(
+        "t5-tiny",
+        "t5-tiny | causal-tiny | t5:PATH_OR_ID | causal:PATH_OR_ID | bert:PATH_OR_ID | minilm",
+        metavar="SPEC",
+    )
+    lr: float | None = override(
+        StepSettings,
+        "lr",
+        None,
+        help="AdamW learning rate; none: 1e-3 for tiny backbones, 5e-5 full / 1e-4 LoRA for "
+        "pretrained ones",
+    )
+    init_seed: int = setting(
+        0, "initial weights of tiny backbones, shared by every run like a pretrained checkpoint"
+    )
+    max_length: int = setting(512, "max prompt+answer tokens", rule="count")
+
+
+@dataclass
+class TrainJob(Seeded, SupervisedSettings):
+    """`e2urec train`: one recommender on one split."""
+
+    finetune: Literal["full", "lora"] = setting(
+        "full", "full fine-tuning, or LoRA r16/alpha32 merged on save"
+    )
 
 
 def options_of(settings: Any) -> dict[str, Any]:
     """The TrainOptions values of any settings object that carries them."""
-    return {name: getattr(settings, name) for name in option_names()}
+    return settings_of(TrainOptions, settings)
 
 
 def device_type() -> str:

@@ -14,7 +14,7 @@ from torch import nn
 
 from e2urec.artifacts import staged_folder
 from e2urec.backbones import Recommender
-from e2urec.config import check_ranges
+from e2urec.config import check_ranges, settings_of
 from e2urec.errors import E2URecError
 from e2urec.quiet import quiet_transformers
 from e2urec.runs import MODEL_DIR
@@ -90,19 +90,21 @@ def tokenizer_corpus(data_dir: str | Path) -> list[str]:
     ]
 
 
-def recipe_loop(
-    backbone: str, finetune: str = "full", lr: float | None = None, where: str = "", **loop: Any
-) -> LoopConfig:
-    """The supervised recipe's LoopConfig for `backbone` (`lr` None: `default_lr`), checked
-    before anything is written: an unknown backbone family or fine-tuning mode, or a loop
-    setting out of range, is one clear error (starting with `where`)."""
+def recipe_loop(settings: Any, finetune: str = "full", where: str = "") -> LoopConfig:
+    """The supervised recipe's LoopConfig from `settings` (any object carrying the LoopConfig
+    fields and `backbone`; `lr` None: `default_lr`), checked before anything is written: an
+    unknown backbone family or fine-tuning mode, or a loop setting out of range, is one clear
+    error (starting with `where`)."""
     from e2urec.backbones import parse_spec
     from e2urec.train.loop import LoopConfig
 
     if finetune not in ("full", "lora"):
         raise E2URecError(f"unknown finetune mode {finetune!r}; valid: full, lora")
-    family, _ = parse_spec(backbone)
-    cfg = LoopConfig(lr=default_lr(family.name, finetune) if lr is None else lr, **loop)
+    family, _ = parse_spec(settings.backbone)
+    loop = settings_of(LoopConfig, settings)
+    if loop["lr"] is None:
+        loop["lr"] = default_lr(family.name, finetune)
+    cfg = LoopConfig(**loop)
     cfg.check(where)
     return cfg
 
@@ -214,48 +216,40 @@ def train(
     backbone: str,
     out: str | Path,
     *,
-    epochs: int = 10,
-    lr: float | None = None,
-    batch_size: int = 16,
-    patience: int = 3,
-    keep: str = "best",
-    finetune: str = "full",
-    seed: int = 42,
-    init_seed: int = 0,
-    max_length: int = 512,
-    max_steps: int | None = None,
-    eval_batch_size: int = 64,
     resume: bool = False,
     overwrite: bool = False,
-    **options: Any,
+    **settings: Any,
 ) -> dict[str, Any]:
     """Train a recommender on split `on` of prepared folder `data`; returns the run manifest.
 
-    The paper's recipe: AdamW, answer CE, early stopping on the valid split's answer CE with
-    `patience`, best epoch kept (`keep="last"`: no validation, all `epochs` run, last kept).
-    Backbone weights start from `init_seed` (the same for every run, like a shared pretrained
-    checkpoint); `seed` drives data order and dropout. The tokenizer corpus is
-    train+valid+test, so every run on the same data shares a vocabulary.
-    `finetune="lora"` trains PEFT adapters and saves the merged model. The run folder gets
-    model/ (save_recommender), log.jsonl, config.resolved.yaml and manifest.json (format
-    "single", kind from `run_kind`). Every input (settings, data, the backbone, built here) is
-    checked before the run folder is created. `options`: TrainOptions (precision, grad_accum,
-    max_grad_norm, scheduler, warmup_ratio, weight_decay), recorded under `loop`.
+    `settings`: the fields of `train.options.TrainJob` (epochs, lr, batch_size, patience, keep,
+    seed, init_seed, max_length, max_steps, eval_batch_size, finetune and the TrainOptions; an
+    unknown name or a wrong type is one clear error). The paper's recipe: AdamW, answer CE,
+    early stopping on the valid split's answer CE with `patience`, best epoch kept
+    (`keep="last"`: no validation, all `epochs` run, last kept). Backbone weights start from
+    `init_seed` (the same for every run, like a shared pretrained checkpoint); `seed` drives
+    data order and dropout. The tokenizer corpus is train+valid+test, so every run on the same
+    data shares a vocabulary. `finetune="lora"` trains PEFT adapters and saves the merged model.
+    The run folder gets model/ (save_recommender), log.jsonl, config.resolved.yaml and
+    manifest.json (format "single", kind from `run_kind`). Every input (settings, data, the
+    backbone, built here) is checked before the run folder is created.
     """
     from e2urec.backbones import parse_spec, save_recommender
+    from e2urec.config import build
     from e2urec.data.dataset import read_manifest
     from e2urec.train.cost import CostMeter
+    from e2urec.train.options import TrainJob
     from e2urec.train.runner import finish_run, process_state, start_run
 
-    loop = dict(epochs=epochs, batch_size=batch_size, patience=patience, keep=keep, seed=seed)
-    loop.update(max_steps=max_steps, eval_batch_size=eval_batch_size, **options)
-    cfg = recipe_loop(backbone, finetune, lr, **loop)
+    job = build(TrainJob, {**settings, "backbone": backbone}, "train")
+    cfg = recipe_loop(job, job.finetune)
     data = Path(data).absolute()
     read_manifest(data)
     family, _ = parse_spec(backbone)
     rows = split_rows(data, on, "training")
     valid_rows = validation_rows(data, cfg)
     meter = CostMeter()
+    finetune, init_seed, max_length = job.finetune, job.init_seed, job.max_length
     built = build_backbone(
         data, backbone, init_seed=init_seed, max_length=max_length, meter=meter, finetune=finetune
     )
@@ -285,7 +279,7 @@ def train(
     if process_state().is_main_process:
         with staged_folder(run / MODEL_DIR, overwrite=True) as stage:
             save_recommender(recommender, stage)
-    fields = {"kind": run_kind(on), "family": family.name, "trained_on": on, "seed": seed}
+    fields = {"kind": run_kind(on), "family": family.name, "trained_on": on, "seed": job.seed}
     fields.update(backbone=backbone, finetune=finetune, data_dir=str(data), init_seed=init_seed)
     return finish_run(run, _manifest_fields(fields, cfg, result, valid_rows is not None, cost))
 
