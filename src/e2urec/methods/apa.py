@@ -315,7 +315,8 @@ def refresh_validation(
         reps = torch.empty((n, new.shape[1])) if reps is None else reps
         reps[fresh] = new
         others = [j for j in range(k) if j not in retrained]
-        for j, row in zip(others, adapter_errors(mixture, k, others, rows, batch_size), strict=True):
+        scored = adapter_errors(mixture, k, others, rows, batch_size)
+        for j, row in zip(others, scored, strict=True):
             errors[j, fresh] = row
     if retrained:
         errors[retrained] = adapter_errors(mixture, k, retrained, valid, batch_size)
