@@ -40,9 +40,11 @@ from e2urec.mixture import (
     VALIDATION,
     AdapterMixture,
     load_adapters,
+    load_mixture,
     represent,
 )
 from e2urec.quiet import quiet_transformers
+from e2urec.runs import SERVED, Served
 
 Rows = list[dict[str, Any]]
 # Modules an adapter trains whole besides LoRA ("auto"), by family: MiniLM's checkpoint is a
@@ -607,6 +609,32 @@ def link_member_file(source: Path, target: Path) -> None:
         shutil.copy2(source, target)
 
 
+def check_served(run: Path, manifest: dict[str, Any], rows: Rows) -> None:
+    """A deployment's training rows must be the ones the APA run's partition holds."""
+    retained_shards(run, rows, set())
+
+
+def write_served(run: Path, stage: Path, link: bool) -> None:
+    """An APA run's files (base, adapters, partition, validation) into the folder `stage`,
+    hardlinked with `link` (a version made from the one before), else copied."""
+    import shutil
+
+    put = link_member_file if link else shutil.copy2
+    for name in (BASE_DIR, ADAPTERS_DIR):
+        shutil.copytree(run / name, stage / name, copy_function=put)
+    for name in (PARTITION, ASSIGNMENT, VALIDATION):
+        put(run / name, stage / name)
+
+
+def load_served(run: Path, manifest: dict[str, Any], serving: Any) -> AdapterMixture:
+    """The APA run `run` over a copy of the frozen base of `serving` (an AdapterMixture)."""
+    base = copy.copy(serving.recommender)
+    base.model = copy.deepcopy(serving.recommender.model)
+    for module in base.model.modules():  # a mixed pass running in another thread is not copied
+        module._forward_hooks.clear()
+    return load_mixture(run, manifest, base)
+
+
 def train_apa_from_recipe(
     data_dir: Path, out: Path, recipe: Recipe, overwrite: bool = False
 ) -> dict[str, Any]:
@@ -617,6 +645,7 @@ def train_apa_from_recipe(
 
 
 TRAINERS.register("apa")((APARecipe, train_apa_from_recipe))
+SERVED.register("apa")(Served(check_served, write_served, load_served))
 
 register(
     Method(
