@@ -562,7 +562,8 @@ def unlearn_apa(ctx: Any) -> dict[str, Any]:
     order = read_json(ctx.base_run / ASSIGNMENT, "APA partition")["ids"]
     write_assignment(ctx.run_dir / ASSIGNMENT, shards, order)
     valid = ctx.rows("valid")
-    frozen = ctx.original()
+    with ctx.meter.phase("load base"):
+        frozen = ctx.original()
     loop_valid = None if recipe.loop_config().keep == "last" else valid
     adapters, trained = build_adapters(
         ctx.run_dir, frozen, shards, [0] * len(shards), recipe, ctx.meter, loop_valid, reuse
