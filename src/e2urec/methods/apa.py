@@ -290,10 +290,9 @@ def refresh_validation(
     """validation.safetensors of `run_dir` for the `valid` rows: each row's representation and
     each adapter's log-loss on it. A row that `previous` (the validation tensors of the run the
     reused adapters come from) holds keeps its representation and, for an adapter not in
-    `retrained`, its error; the rest is computed over `base` (used in place). Returns the
-    tensors and how many rows were new (scored by every adapter)."""
-    from e2urec.train.runner import process_state
-
+    `retrained`, its error; the rest is computed over `base` (used in place), loading only the
+    adapters it scores. Returns the tensors and how many rows were new (scored by every
+    adapter)."""
     k, n = len(adapters), len(valid)
     digests = row_digests(valid)
     known_rows = {}
@@ -302,8 +301,6 @@ def refresh_validation(
     found = [known_rows.get(int(d)) for d in digests.tolist()]
     known = [i for i, f in enumerate(found) if f is not None]
     fresh = [i for i, f in enumerate(found) if f is None]
-    recommender, layers, whole = load_adapters(run_dir, adapters, base)
-    mixture = AdapterMixture(recommender, layers, whole).to(process_state().device)
     reps: torch.Tensor | None = None
     errors = torch.empty((k, n))
     if known:
@@ -311,19 +308,46 @@ def refresh_validation(
         reps = torch.empty((n, previous["representation"].shape[1]))
         reps[known] = previous["representation"][source]
         errors[:, known] = previous["log_loss"][:, source]
-    if fresh:
-        rows = [valid[i] for i in fresh]
-        new = representations(recommender, rows, batch_size)
-        reps = torch.empty((n, new.shape[1])) if reps is None else reps
-        reps[fresh] = new
-        others = [j for j in range(k) if j not in retrained]
-        scored = adapter_errors(mixture, k, others, rows, batch_size)
-        for j, row in zip(others, scored, strict=True):
-            errors[j, fresh] = row
-    if retrained:
-        errors[retrained] = adapter_errors(mixture, k, retrained, valid, batch_size)
+    others = [j for j in range(k) if j not in retrained]
+    loaded = sorted(retrained) + (others if fresh else [])
+    if loaded:
+        scored = score_validation(run_dir, [adapters[j] for j in loaded], base, valid, fresh,
+                                  len(retrained), batch_size)  # fmt: skip
+        if fresh:
+            new, fresh_errors = scored[1], scored[2]
+            reps = torch.empty((n, new.shape[1])) if reps is None else reps
+            reps[fresh] = new
+            for j, row in zip(others, fresh_errors, strict=True):
+                errors[j, fresh] = row
+        if retrained:
+            errors[sorted(retrained)] = scored[0]
     tensors = {"representation": reps, "log_loss": errors, "digest": digests}
     return {name: t.contiguous() for name, t in tensors.items()}, len(fresh)
+
+
+def score_validation(
+    run_dir: Path,
+    adapters: list[dict[str, Any]],
+    base: Recommender,
+    valid: Rows,
+    fresh: list[int],
+    retrained: int,
+    batch_size: int,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """With `adapters` loaded over `base` (the first `retrained` of them retrained): their
+    errors on every valid row; the `fresh` rows' representations and the other adapters'
+    errors on them (None without fresh rows). Computed on the process's device."""
+    from e2urec.train.runner import process_state
+
+    recommender, layers, whole = load_adapters(run_dir, adapters, base)
+    mixture = AdapterMixture(recommender, layers, whole).to(process_state().device)
+    k = len(adapters)
+    errors = adapter_errors(mixture, k, list(range(retrained)), valid, batch_size)
+    if not fresh:
+        return errors, None, None
+    rows = [valid[i] for i in fresh]
+    reps = representations(recommender, rows, batch_size)
+    return errors, reps, adapter_errors(mixture, k, list(range(retrained, k)), rows, batch_size)
 
 
 def validation_fields(valid: Rows, scored: list[str], fresh: int) -> dict[str, Any]:
