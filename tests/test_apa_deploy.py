@@ -22,7 +22,7 @@ from e2urec.deploy.deployment import Deployment
 from e2urec.deploy.worker import Worker
 from e2urec.errors import E2URecError
 from e2urec.methods.apa import APARecipe, check_served, train_adapter, train_apa
-from e2urec.mixture import ASSIGNMENT, BASE_DIR, VALIDATION
+from e2urec.mixture import ASSIGNMENT, BASE_DIR, PARTITION, VALIDATION
 from e2urec.runs import load_run_model
 from e2urec.train.cost import CostMeter
 
@@ -61,6 +61,7 @@ def test_a_deletion_retrains_only_the_users_shards(world, tmp_path, capsys):
     assert deployment.settings()["purposes"] == {"privacy": ["apa"], "pollution": ["apa"]}
     v1 = deployment.version_dir("v0001")
     assert json.loads((v1 / "manifest.json").read_text())["format"] == "apa"
+    assert not (v1 / PARTITION).exists()  # the centres average every train row: left out
     spans = shards_of_users(world["apa"], world["data"])
     user = min(spans, key=lambda u: (len(spans[u]), u))
     touched = sorted(spans[user])

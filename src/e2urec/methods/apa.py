@@ -582,7 +582,8 @@ def unlearn_apa(ctx: Any) -> dict[str, Any]:
     check_kept(shards)
     reuse = {k: ctx.base_run / a["path"] for k, a in enumerate(base["adapters"]) if lost[k] == 0}
     link_member(ctx.base_run / BASE_DIR, ctx.run_dir / BASE_DIR)
-    link_member_file(ctx.base_run / PARTITION, ctx.run_dir / PARTITION)
+    if (ctx.base_run / PARTITION).is_file():  # a deployment's versions hold no centres
+        link_member_file(ctx.base_run / PARTITION, ctx.run_dir / PARTITION)
     order = read_json(ctx.base_run / ASSIGNMENT, "APA partition")["ids"]
     write_assignment(ctx.run_dir / ASSIGNMENT, shards, order)
     valid = ctx.rows("valid")
@@ -640,14 +641,16 @@ def check_served(run: Path, manifest: dict[str, Any], rows: Rows) -> None:
 
 
 def write_served(run: Path, stage: Path, link: bool) -> None:
-    """An APA run's files (base, adapters, partition, validation) into the folder `stage`,
-    hardlinked with `link` (a version made from the one before), else copied."""
+    """An APA run's files (base, adapters, row → shard assignment, validation) into the folder
+    `stage` of a deployment version, hardlinked with `link` (a version made from the one
+    before), else copied. The K-means centres stay out: nothing after training reads them, and
+    they average the representations of every train row, a forgotten user's included."""
     import shutil
 
     put = link_member_file if link else shutil.copy2
     for name in (BASE_DIR, ADAPTERS_DIR):
         shutil.copytree(run / name, stage / name, copy_function=put)
-    for name in (PARTITION, ASSIGNMENT, VALIDATION):
+    for name in (ASSIGNMENT, VALIDATION):
         put(run / name, stage / name)
 
 
