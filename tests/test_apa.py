@@ -339,3 +339,23 @@ def test_validation_is_reused_and_only_new_rows_are_scored(world, tmp_path):
     assert fresh == len(changed)
     assert torch.allclose(scratch["representation"], new["representation"], atol=1e-5)
     assert torch.allclose(scratch["log_loss"], new["log_loss"], atol=1e-4)
+
+
+def test_bench_trains_apa_with_its_recipe_settings(tmp_path):
+    from e2urec import presets
+    from e2urec.bench import Bench
+
+    sets = [
+        "method_params.apa.lr=0.001",
+        "method_params.apa.whole=none",
+        "method_params.apa.tau=10",
+    ]
+    bench = Bench(presets.resolve("cpu-ml100k-minilm", overrides=sets), tmp_path / "a", None)
+    bench.check()
+    steps = {s.name: s.key for s in bench.plan()}
+    trained = steps["train apa original ensemble"]
+    assert (trained["lr"], trained["whole"], trained["tau"]) == (0.001, "none", 10)
+    assert steps["unlearn apa (seed 0)"]["params"] == {"tau": 10}  # the recipe trains the original
+    typo = presets.resolve("cpu-ml100k-minilm", overrides=["method_params.apa.lrr=0.001"])
+    with pytest.raises(E2URecError, match="unknown setting"):
+        Bench(typo, tmp_path / "b", None).check()
