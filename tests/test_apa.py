@@ -359,3 +359,18 @@ def test_bench_trains_apa_with_its_recipe_settings(tmp_path):
     typo = presets.resolve("cpu-ml100k-minilm", overrides=["method_params.apa.lrr=0.001"])
     with pytest.raises(E2URecError, match="unknown setting"):
         Bench(typo, tmp_path / "b", None).check()
+
+
+def test_a_run_without_row_digests_is_matched_by_its_rows_sha256(world):
+    from e2urec.methods.apa import refresh_validation
+
+    m = manifest(world["apa"])
+    saved = load_file(world["apa"] / VALIDATION)
+    older = {k: saved[k] for k in ("representation", "log_loss")}  # written before digests
+    valid = load_split(world["data"], "valid").to_dict("records")
+    base = load_recommender(world["apa"] / BASE_DIR)
+    args = (world["apa"], m["adapters"], base, [0], valid, older, 64)
+    tensors, fresh = refresh_validation(*args, m["validation"]["sha256"])
+    assert fresh == 0 and torch.equal(tensors["log_loss"][1:], saved["log_loss"][1:])
+    assert torch.equal(tensors["representation"], saved["representation"])
+    assert refresh_validation(*args, "another sha256")[1] == len(valid)

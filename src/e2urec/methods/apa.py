@@ -286,18 +286,22 @@ def refresh_validation(
     valid: Rows,
     previous: dict[str, torch.Tensor] | None,
     batch_size: int,
+    previous_sha256: str | None = None,
 ) -> tuple[dict[str, torch.Tensor], int]:
     """validation.safetensors of `run_dir` for the `valid` rows: each row's representation and
     each adapter's log-loss on it. A row that `previous` (the validation tensors of the run the
     reused adapters come from) holds keeps its representation and, for an adapter not in
     `retrained`, its error; the rest is computed over `base` (used in place), loading only the
-    adapters it scores. Returns the tensors and how many rows were new (scored by every
-    adapter)."""
+    adapters it scores. `previous_sha256`: its rows' `rows_sha256` (a run written before rows
+    had digests is matched whole). Returns the tensors and how many rows were new (scored by
+    every adapter)."""
     k, n = len(adapters), len(valid)
     digests = row_digests(valid)
     known_rows = {}
     if previous is not None and "digest" in previous:
         known_rows = {int(d): i for i, d in enumerate(previous["digest"].tolist())}
+    elif previous is not None and previous_sha256 == rows_sha256(valid):
+        known_rows = {int(d): i for i, d in enumerate(digests.tolist())}
     found = [known_rows.get(int(d)) for d in digests.tolist()]
     known = [i for i, f in enumerate(found) if f is not None]
     fresh = [i for i, f in enumerate(found) if f is None]
@@ -597,7 +601,14 @@ def unlearn_apa(ctx: Any) -> dict[str, Any]:
     with ctx.meter.phase("validation errors"):
         previous = load_file(ctx.base_run / VALIDATION)
         tensors, fresh = refresh_validation(
-            ctx.run_dir, adapters, frozen, retrained, valid, previous, recipe.eval_batch_size
+            ctx.run_dir,
+            adapters,
+            frozen,
+            retrained,
+            valid,
+            previous,
+            recipe.eval_batch_size,
+            base.get("validation", {}).get("sha256"),
         )
         save_file(tensors, ctx.run_dir / VALIDATION)
     params = ctx.params
