@@ -61,7 +61,8 @@ def represent(recommender: Recommender, model: nn.Module, batch: dict[str, Any])
 
 
 class AdapterMixture:
-    """A loaded APA run: the base model with hooks that mix the K adapters per row.
+    """A loaded APA run: the base model, and hooks that mix the K adapters per row during a
+    mixed pass (`mixed_logits`; between passes the base is a plain model).
 
     `layers`: module path → (A [K·r, in], B·scale [out, K·r]) of the LoRA-targeted linears;
     `whole`: module path → the K trained copies of a module trained whole. `valid_repr` [Nv, H]
