@@ -173,7 +173,7 @@ def test_unlearning_retrains_only_touched_adapters_exactly(world, tmp_path):
     valid = load_split(world["data"], "valid").to_dict("records")
     scratch = tmp_path / "scratch"
     rec = load_recommender(base / BASE_DIR)
-    train_adapter(world["data"], rec, shards[k], valid, recipe, k, scratch, tmp_path, CostMeter())
+    train_adapter(rec, shards[k], valid, recipe, k, scratch, tmp_path, CostMeter())
     name = "adapter_model.safetensors"
     assert sha256_file(scratch / name) == sha256_file(out / "adapters" / f"shard-{k}" / name)
     assert m["cost"]["optimizer_steps"] > 0
@@ -306,20 +306,71 @@ def test_causal_mixture_runs_the_head_at_the_answer_only(world, tmp_path):
     assert fast.shape == full.shape and torch.allclose(fast, full, atol=1e-5)
 
 
-def test_other_valid_rows_rescore_every_adapter(world, tmp_path):
+def test_validation_is_reused_and_only_new_rows_are_scored(world, tmp_path):
     from e2urec.methods import UnlearnContext
-    from e2urec.methods.apa import APAParams, unlearn_apa
+    from e2urec.methods.apa import APAParams, refresh_validation, unlearn_apa
 
     base = manifest(world["apa"])
-    valid = load_split(world["data"], "valid").to_dict("records")[1:]  # a deleted user's row
+    valid = load_split(world["data"], "valid").to_dict("records")
+    changed = [dict(r) for r in valid[1:]]  # a deleted user's row is gone
+    changed[0]["prompt"] += " (edited)"  # and one row is new
     run = tmp_path / "run"
     run.mkdir()
     ctx = UnlearnContext(
         world["apa"], base, world["data"], run, base["seed"], CostMeter(), APAParams()
     )
-    ctx._rows["valid"] = valid
+    ctx._rows["valid"] = changed
     fields = unlearn_apa(ctx)
-    assert fields["validation"]["rows"] == len(valid)
-    assert fields["validation"]["scored"] == [a["name"] for a in base["adapters"]]
-    assert len(fields["retrained_shards"]) < 4
-    assert load_file(run / VALIDATION)["log_loss"].shape == (4, len(valid))
+    retrained = fields["retrained_shards"]
+    assert fields["validation"]["rows"] == len(changed) and fields["validation"]["new_rows"] == 1
+    assert fields["validation"]["scored"] == retrained and 0 < len(retrained) < 4
+    old, new = load_file(world["apa"] / VALIDATION), load_file(run / VALIDATION)
+    assert new["log_loss"].shape == (4, len(changed))
+    # the kept rows' representations and the reused adapters' errors on them are the original's
+    assert torch.equal(new["representation"][1:], old["representation"][2:])
+    for k, adapter in enumerate(fields["adapters"]):
+        if adapter["name"] not in retrained:
+            assert torch.equal(new["log_loss"][k, 1:], old["log_loss"][k, 2:])
+    # and every value is what scoring every adapter on every row from scratch gives
+    scratch, fresh = refresh_validation(
+        run, fields["adapters"], load_recommender(run / BASE_DIR), list(range(4)), changed,
+        None, 64,
+    )  # fmt: skip
+    assert fresh == len(changed)
+    assert torch.allclose(scratch["representation"], new["representation"], atol=1e-5)
+    assert torch.allclose(scratch["log_loss"], new["log_loss"], atol=1e-4)
+
+
+def test_bench_trains_apa_with_its_recipe_settings(tmp_path):
+    from e2urec import presets
+    from e2urec.bench import Bench
+
+    sets = [
+        "method_params.apa.lr=0.001",
+        "method_params.apa.whole=none",
+        "method_params.apa.tau=10",
+    ]
+    bench = Bench(presets.resolve("cpu-ml100k-minilm", overrides=sets), tmp_path / "a", None)
+    bench.check()
+    steps = {s.name: s.key for s in bench.plan()}
+    trained = steps["train apa original ensemble"]
+    assert (trained["lr"], trained["whole"], trained["tau"]) == (0.001, "none", 10)
+    assert steps["unlearn apa (seed 0)"]["params"] == {"tau": 10}  # the recipe trains the original
+    typo = presets.resolve("cpu-ml100k-minilm", overrides=["method_params.apa.lrr=0.001"])
+    with pytest.raises(E2URecError, match="unknown setting"):
+        Bench(typo, tmp_path / "b", None).check()
+
+
+def test_a_run_without_row_digests_is_matched_by_its_rows_sha256(world):
+    from e2urec.methods.apa import refresh_validation
+
+    m = manifest(world["apa"])
+    saved = load_file(world["apa"] / VALIDATION)
+    older = {k: saved[k] for k in ("representation", "log_loss")}  # written before digests
+    valid = load_split(world["data"], "valid").to_dict("records")
+    base = load_recommender(world["apa"] / BASE_DIR)
+    args = (world["apa"], m["adapters"], base, [0], valid, older, 64)
+    tensors, fresh = refresh_validation(*args, m["validation"]["sha256"])
+    assert fresh == 0 and torch.equal(tensors["log_loss"][1:], saved["log_loss"][1:])
+    assert torch.equal(tensors["representation"], saved["representation"])
+    assert refresh_validation(*args, "another sha256")[1] == len(valid)

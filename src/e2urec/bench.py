@@ -205,6 +205,8 @@ class Bench:
         `--set key=value` items they become."""
         params = dict(self.config.method_params.get(self.base_method(method)) or {})
         params.update(self.variants.get(method, {}).get("params") or {})
+        if self.base_method(method) in ENSEMBLE_METHODS:
+            params = _unlearn_fields(self.base_method(method), params)
         sets = [f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in params.items()]
         return params, sets
 
@@ -478,6 +480,23 @@ def bench(
     runner.say(f"bench {preset}: {len(runner.plan())} steps into {out}")
     runner.execute()
     return runner.report()
+
+
+def _unlearn_fields(method: str, values: dict[str, Any]) -> dict[str, Any]:
+    """An ensemble method's preset settings that are its unlearning parameters; those that are
+    only fields of its recipe (e.g. APA's lr, epochs, whole) train its original ensemble (see
+    `plan`), and a name that is neither is one clear error."""
+    from e2urec.methods import METHODS
+    from e2urec.methods.ensemble import recipe_class
+
+    own = settings_of(METHODS.get(method).params, values)
+    unknown = sorted(set(values) - set(own) - set(settings_of(recipe_class(method), values)))
+    if unknown:
+        raise E2URecError(
+            f"method_params.{method}: unknown setting(s) {', '.join(unknown)} (neither an "
+            f"unlearning parameter of {method} nor a field of its training recipe)"
+        )
+    return own
 
 
 def _check_variants(variants: Any, methods: list[str]) -> dict[str, dict[str, Any]]:

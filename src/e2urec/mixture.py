@@ -20,7 +20,10 @@ one mixed pass, never K passes.
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +61,8 @@ def represent(recommender: Recommender, model: nn.Module, batch: dict[str, Any])
 
 
 class AdapterMixture:
-    """A loaded APA run: the base model with hooks that mix the K adapters per row.
+    """A loaded APA run: the base model, and hooks that mix the K adapters per row during a
+    mixed pass (`mixed_logits`; between passes the base is a plain model).
 
     `layers`: module path → (A [K·r, in], B·scale [out, K·r]) of the LoRA-targeted linears;
     `whole`: module path → the K trained copies of a module trained whole. `valid_repr` [Nv, H]
@@ -81,33 +85,60 @@ class AdapterMixture:
         self.whole = {path: [m.eval() for m in copies] for path, copies in whole.items()}
         self.valid_repr, self.valid_error = valid_repr, valid_error
         self.tau, self.neighbours = tau, neighbours
-        self._omega: torch.Tensor | None = None
-        for path in self.layers:
+        self._local = threading.local()  # ω of the mixed pass running in this thread
+
+    @property
+    def _omega(self) -> torch.Tensor | None:
+        return getattr(self._local, "omega", None)
+
+    @contextlib.contextmanager
+    def _mixing(self, omega: torch.Tensor) -> Iterator[None]:
+        """Hooks that mix the adapters by `omega`, on the base's modules for this block only:
+        between mixed passes the base is a plain model (a copy of it carries no hook), and a
+        pass in another thread (a deployment serving while it unlearns) is not mixed."""
+        handles = [
             self.model.get_submodule(path).register_forward_hook(self._lora_hook(path))
-        for path in self.whole:
+            for path in self.layers
+        ]
+        handles += [
             self.model.get_submodule(path).register_forward_hook(self._whole_hook(path))
+            for path in self.whole
+        ]
+        self._local.omega = omega
+        try:
+            yield
+        finally:
+            self._local.omega = None
+            for handle in handles:
+                handle.remove()
 
     def _lora_hook(self, path: str) -> Any:
+        target = self.model.get_submodule(path)
+
         def hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor | None:
-            if self._omega is None:
+            omega = self._omega
+            if omega is None or module is not target:
                 return None
             a, b = self.layers[path]
-            bsz, k = self._omega.shape
+            bsz, k = omega.shape
             h = F.linear(inputs[0], a)
             shape = h.shape
-            h = h.reshape(bsz, -1, k, shape[-1] // k) * self._omega[:, None, :, None]
+            h = h.reshape(bsz, -1, k, shape[-1] // k) * omega[:, None, :, None]
             return output + F.linear(h.reshape(shape), b)
 
         return hook
 
     def _whole_hook(self, path: str) -> Any:
+        target = self.model.get_submodule(path)
+
         def hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor | None:
-            if self._omega is None:
+            omega = self._omega
+            if omega is None or module is not target:
                 return None
             mixed = 0
             for k, module_k in enumerate(self.whole[path]):
                 y = module_k(*inputs)
-                mixed = mixed + self._omega[:, k].reshape(-1, *[1] * (y.dim() - 1)) * y
+                mixed = mixed + omega[:, k].reshape(-1, *[1] * (y.dim() - 1)) * y
             return mixed
 
         return hook
@@ -141,8 +172,7 @@ class AdapterMixture:
         logits; `full=True` runs the whole model as `Recommender.answer_logits` does)."""
         dtype = next(self.model.parameters()).dtype
         head = ANSWER_HEADS.get(getattr(self.model.config, "model_type", None))
-        self._omega = omega.to(dtype)
-        try:
+        with self._mixing(omega.to(dtype)):
             if full or head is None or self.recommender.kind != "causal":
                 return self.recommender.answer_logits(batch, self.model)
             hidden = self.model.base_model(
@@ -151,13 +181,21 @@ class AdapterMixture:
             index = (batch["answer_start"] - 1).clamp(min=0)
             rows = torch.arange(hidden.shape[0], device=hidden.device)
             return getattr(self.model, head)(hidden[rows, index])
-        finally:
-            self._omega = None
 
     def answer_logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Full-vocabulary logits [B, V] at the first answer position, adapters mixed per row."""
         reps = represent(self.recommender, self.model, batch)
         return self.mixed_logits(batch, self.row_weights(reps))
+
+    def target_logits(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """`answer_logits` as [B, 1, V] with the first answer token [B, 1], the shape
+        `Recommender.target_logits` gives (the scorers read the first answer position only)."""
+        labels = batch["labels"]
+        if self.recommender.kind == "seq2seq":
+            first = labels[:, :1]
+        else:
+            first = labels.gather(1, batch["answer_start"].unsqueeze(1))
+        return self.answer_logits(batch).unsqueeze(1), first
 
 
 def stacked_adapters(
@@ -181,11 +219,14 @@ def stacked_adapters(
     return layers, whole
 
 
-def load_adapters(run: Path, adapters: list[dict[str, Any]]) -> tuple[Recommender, Any, Any]:
-    """The run's base recommender (plain model) and its adapters' stacked weights."""
+def load_adapters(
+    run: Path, adapters: list[dict[str, Any]], base: Recommender | None = None
+) -> tuple[Recommender, Any, Any]:
+    """The run's base recommender (plain model; `base`: the frozen base already in memory,
+    used in place instead of loading `run/base`) and its adapters' stacked weights."""
     from peft import PeftModel
 
-    recommender = load_recommender(run / BASE_DIR)
+    recommender = load_recommender(run / BASE_DIR) if base is None else base
     names = [a["name"] for a in adapters]
     peft_model = PeftModel.from_pretrained(
         recommender.model, run / adapters[0]["path"], adapter_name=names[0]
@@ -204,11 +245,13 @@ def load_adapters(run: Path, adapters: list[dict[str, Any]]) -> tuple[Recommende
     return recommender, layers, whole
 
 
-def load_mixture(run: Path, manifest: dict[str, Any]) -> AdapterMixture:
-    """Load an APA run (format "apa") for scoring."""
+def load_mixture(
+    run: Path, manifest: dict[str, Any], base: Recommender | None = None
+) -> AdapterMixture:
+    """Load an APA run (format "apa") for scoring (`base`: its frozen base already in memory)."""
     from safetensors.torch import load_file
 
-    recommender, layers, whole = load_adapters(run, manifest["adapters"])
+    recommender, layers, whole = load_adapters(run, manifest["adapters"], base)
     valid = load_file(run / VALIDATION)
     aggregation = manifest["aggregation"]
     return AdapterMixture(

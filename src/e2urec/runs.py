@@ -19,6 +19,7 @@ Formats (manifest "format"), each registered with a loader in RUN_FORMATS:
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -50,6 +51,26 @@ class RunModel(Protocol):
 
 
 RUN_FORMATS: Registry[Callable[[Path, dict[str, Any]], RunModel]] = Registry("run format")
+
+
+@dataclass(frozen=True)
+class Served:
+    """How a deployment serves a run format whose weights are not one model (e.g. "apa"), as a
+    version folder of that format, unlearned by the methods that start from it:
+    - check(run, manifest, rows): the deployment's training rows must be the ones the run was
+      trained on (one clear error, before anything is written);
+    - write(run, stage, link): the run's weight files into a version folder being staged
+      (hardlinked with `link`, else copied); the caller writes the manifest;
+    - load(run, manifest, serving): an unlearning run as a model over a copy of the frozen
+      parts of `serving` (the version that served it, in memory).
+    """
+
+    check: Callable[[Path, dict[str, Any], list[dict[str, Any]]], None]
+    write: Callable[[Path, Path, bool], None]
+    load: Callable[[Path, dict[str, Any], Any], RunModel]
+
+
+SERVED: Registry[Served] = Registry("run format a deployment serves as it is")
 
 
 class SingleModel:

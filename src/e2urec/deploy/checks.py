@@ -27,11 +27,13 @@ MIA_LOSS = "vocab"  # the membership-inference loss of every check (see eval.sco
 def losses_and_p_yes(
     run_model: RunModel, rows: Sequence[dict[str, Any]], batch_size: int = 64
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Per row: the MIA_LOSS loss (`scoring.loss_vocab`) and P(Yes)."""
+    """Per row: the MIA_LOSS loss (`scoring.loss_vocab`) and P(Yes) (by the run model's own
+    `target_logits` when it has one, e.g. APA's adapter mixture)."""
     recommender = run_model.recommender
+    own = getattr(run_model, "target_logits", None)
     stats = scoring.score_stats(
         recommender,
-        lambda batch: recommender.target_logits(batch, recommender.model),
+        own or (lambda batch: recommender.target_logits(batch, recommender.model)),
         rows,
         batch_size,
         model_device(run_model),

@@ -1,7 +1,8 @@
 """Deployments: model versions, the data they were trained on, and deletion requests.
 
 A deployment folder DEP holds:
-  versions/vNNNN/   single-format runs (manifest.json, model/, version.json), one per version
+  versions/vNNNN/   single-format runs (manifest.json, model/, version.json), one per version;
+                    a run format served as it is (`runs.SERVED`, e.g. apa) keeps its own files
   current.json      which version serves (written atomically)
   store.sqlite      the data the current version was trained on and the request queue (`store`)
   ledger.jsonl      the hash-chained history (`ledger`); secret.key keys its pseudonyms (0600)
@@ -43,7 +44,7 @@ from e2urec.deploy.queue import QUEUE_LIMIT, Queue, ledger_record
 from e2urec.deploy.store import SPLITS, STORE, Store
 from e2urec.errors import E2URecError
 from e2urec.quiet import quiet_transformers
-from e2urec.runs import MODEL_DIR, RunModel
+from e2urec.runs import MODEL_DIR, SERVED, RunModel
 
 CURRENT = "current.json"
 VERSIONS = "versions"
@@ -132,24 +133,37 @@ def parse_duration(text: str) -> float:
     return float(match[1]) * UNITS[match[2] or "s"]
 
 
-def check_method(method: str, sets: Sequence[str]) -> None:
-    """`method` must be a registered single-model method and `sets` valid settings of it."""
+def check_method(method: str, sets: Sequence[str], fmt: str = "single") -> None:
+    """`method` must be a registered method that starts from the deployment's run format `fmt`
+    (a single model, or e.g. "apa") and `sets` valid settings of it."""
     from e2urec.methods import METHODS
     from e2urec.unlearn import method_params
 
     spec = METHODS.get(method)
-    if spec.base_format != "single":
+    if spec.base_format != fmt:
+        serves = "a single model" if fmt == "single" else f"{fmt} runs"
         raise E2URecError(
-            f"method {method!r} starts from a {spec.base_format} original; a deployment "
-            "serves a single model"
+            f"method {method!r} starts from a {spec.base_format} original; this deployment "
+            f"serves {serves}"
         )
     method_params(method, list(sets))
 
 
-def parse_method_for(items: Sequence[str]) -> dict[str, list[str]]:
+def default_methods(fmt: str) -> dict[str, list[str]]:
+    """Purpose → [method, *settings] by default: DEFAULT_METHODS for a single model, else the
+    method that unlearns runs of format `fmt` (e.g. apa) for every purpose."""
+    from e2urec.methods import METHODS
+
+    if fmt == "single":
+        return {k: list(v) for k, v in DEFAULT_METHODS.items()}
+    names = [name for name in METHODS if METHODS.get(name).base_format == fmt]
+    return {purpose: names[:1] for purpose in PURPOSES}
+
+
+def parse_method_for(items: Sequence[str], fmt: str = "single") -> dict[str, list[str]]:
     """ "pollution=e2urec:teacher=contrastive,alpha=2" items → purpose → [method, *settings],
-    over the defaults; each method and setting checked against the registry."""
-    purposes = {k: list(v) for k, v in DEFAULT_METHODS.items()}
+    over the defaults for run format `fmt`; each method and setting checked."""
+    purposes = default_methods(fmt)
     for item in items:
         purpose, _, spec = item.partition("=")
         method, _, settings = spec.partition(":")
@@ -159,7 +173,7 @@ def parse_method_for(items: Sequence[str]) -> dict[str, list[str]]:
                 f"one of {', '.join(PURPOSES)}"
             )
         sets = [s.strip() for s in settings.split(",") if s.strip()]
-        check_method(method, sets)
+        check_method(method, sets, fmt)
         purposes[purpose] = [method, *sets]
     return purposes
 
@@ -196,6 +210,7 @@ class Deployment:
         return {
             "purposes": meta.get("purposes") or DEFAULT_METHODS,
             "rollback_window_s": float(meta.get("rollback_window_s") or 0.0),
+            "format": meta.get("format") or "single",
         }
 
     def current(self) -> str:
@@ -315,10 +330,11 @@ class Deployment:
             raise E2URecError(
                 f"request id {request_id!r}: use 1-64 letters, digits, '.', '_' or '-'"
             )
+        settings = self.settings()
         if method is None:
-            method, *mapped = self.settings()["purposes"].get(purpose) or DEFAULT_METHODS[purpose]
+            method, *mapped = settings["purposes"].get(purpose) or DEFAULT_METHODS[purpose]
             sets = [*mapped, *(sets or [])]
-        check_method(method, sets or [])
+        check_method(method, sets or [], settings["format"])
         self._check_known(users)
         rid = request_id or self.keys.request_id(users, method)
         return {"request_id": rid, "users": users, "method": method, "sets": list(sets or [])}
@@ -564,21 +580,30 @@ def deploy(
 
     run, data = Path(run).absolute(), Path(data).absolute()
     window = parse_duration(str(rollback_window))
-    purposes = parse_method_for(method_for)
     manifest = read_run_manifest(run)
+    fmt = manifest.get("format", "single")
+    served = served_format(fmt)
+    purposes = parse_method_for(method_for, fmt if served else "single")
     data_manifest = read_manifest(data)
     if manifest.get("data_manifest_sha256") != sha256_file(data / MANIFEST):
         raise E2URecError(f"--data {data} is not the prepared data run {run} was trained on")
     split = training_split(manifest)
     tables = _store_tables(data, data_manifest, split, raw)
+    if served is not None:
+        served.check(run, manifest, tables["samples"]["train"])
     meta = {"source_run": str(run), "source_data": str(data), "keyed": True}
     meta.update(tables.pop("meta"), purposes=purposes, rollback_window_s=window)
+    if served is not None:
+        meta["format"] = fmt
     with staged_folder(out, overwrite=overwrite) as stage:
         version = stage / VERSIONS / "v0001"
-        export(run, version, merge=True)
+        if served is None:
+            export(run, version, merge=True)
+        else:
+            write_served(served, run, manifest, version)
         store = Store.create(stage / STORE, **tables, meta=meta)
         Keys(stage / SECRET).create()
-        sha = model_sha256(version / MODEL_DIR)
+        sha = model_sha256(version if served else version / MODEL_DIR)
         VersionInfo("v0001", sha, source_run=str(run)).write(version)
         fields = {"source_run": str(run), "source_kind": manifest.get("kind"), "trained_on": split}
         fields.update(source_format=manifest.get("format", "single"), data_dir=str(data))
@@ -589,6 +614,26 @@ def deploy(
         )
         serve_version(stage, "v0001")
     return Deployment(out)
+
+
+def served_format(fmt: str) -> Any:
+    """How a deployment serves run format `fmt` as it is (`runs.Served`, registered by the
+    method that starts from it, e.g. apa), or None: the run is merged into one model."""
+    import e2urec.methods  # noqa: F401 (the methods register the formats they serve)
+
+    return SERVED.get(fmt) if fmt in SERVED else None
+
+
+def write_served(served: Any, run: Path, manifest: dict[str, Any], version: Path) -> None:
+    """Version `version` of a run format the deployment serves as it is (`runs.SERVED`): the
+    run's weights copied, its manifest with their sha256."""
+    from e2urec.artifacts import weights_sha256
+
+    version.mkdir(parents=True)
+    served.write(run, version, False)
+    fields = {k: v for k, v in manifest.items() if k not in ("base_run", "weights_sha256")}
+    fields.update(exported_from=str(run), weights_sha256=weights_sha256(version))
+    atomic_write_json(version / MANIFEST, fields)
 
 
 def _store_tables(

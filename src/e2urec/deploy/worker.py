@@ -36,7 +36,14 @@ from e2urec.artifacts import (
     staged_folder,
 )
 from e2urec.deploy import MAX_USERS, checks
-from e2urec.deploy.deployment import REQUESTS, Deployment, VersionInfo, model_sha256, quiet
+from e2urec.deploy.deployment import (
+    REQUESTS,
+    Deployment,
+    VersionInfo,
+    model_sha256,
+    quiet,
+    served_format,
+)
 from e2urec.deploy.ledger import LedgerEntry
 from e2urec.deploy.queue import Pass
 from e2urec.errors import E2URecError
@@ -321,6 +328,7 @@ class Worker:
 
         warm = self.warm
         assert warm is not None
+        users = set(work.users)
         params = method_params(work.method, work.sets)
         run_dir = folder / "run"
         config = {"command": "forget-pass", "method": work.method, "params": as_dict(params)}
@@ -335,13 +343,13 @@ class Worker:
             params=params,
             _rows={"train": warm.train, "forget": forget, "retain": retain},
         )
+        ctx._rows["valid"] = [r for r in self.dep.store.rows("valid") if r["user_id"] not in users]
         ctx.source = warm.model.recommender
         ctx.materialise = lambda: self.dep.write_data(
             folder / "data", work.users, work.unlearned_users, f"pass-{work.pass_id}"
         )
         fields = METHODS.get(work.method).run(ctx)
-        model = SingleModel(_merged(fields, run_dir, warm.model.recommender))
-        return {**fields, "params": as_dict(params)}, model
+        return {**fields, "params": as_dict(params)}, _merged(fields, run_dir, warm.model)
 
     def _save(
         self,
@@ -353,29 +361,38 @@ class Worker:
         folder: Path,
     ) -> dict[str, Any]:
         """Write the new version folder whole (staged, one rename); returns its manifest."""
-        from e2urec.unlearn import write_single
+        from e2urec.unlearn import finish_run, write_single
 
         warm = self.warm
         assert warm is not None
         inherited = ("backbone", "family", "seed", "init_seed", "finetune", "loop")
         manifest = {k: warm.manifest[k] for k in inherited if k in warm.manifest}
-        manifest.update(format="single", kind="unlearned", method=work.method, complete=True)
+        served = served_format(fields.get("format"))
+        fmt = fields["format"] if served else "single"
+        manifest.update(format=fmt, kind="unlearned", method=work.method, complete=True)
         manifest.update(params=fields.get("params"), cost=fields.get("cost"), trained_on="train")
         manifest.update(
             unlearned="forget", deployment_pass=work.pass_id, parent_version=warm.version
         )
-        # the method's own report (e.g. influence's solver and curvature)
-        manifest["method_report"] = {
-            k: v for k, v in fields.items() if k not in manifest and k != "base_run"
-        }
+        # the method's own report (e.g. influence's solver and curvature); a format served as
+        # it is keeps its fields at the top, where its loader reads them (e.g. APA's adapters)
+        own = {k: v for k, v in fields.items() if k not in manifest and k != "base_run"}
+        if served:
+            manifest.update(own)
+        else:
+            manifest["method_report"] = own
         adapter = folder / "run" / "adapter" / "adapter_model.safetensors"
         with staged_folder(final) as stage:
             parent = self.dep.version_dir(warm.version)
-            hashes = write_single(stage, model.recommender, parent, manifest)
-            model_hashes = {n.removeprefix(f"{MODEL_DIR}/"): h for n, h in hashes.items()}
+            if served:  # the run's own files, as the format's loader reads them
+                served.write(folder / "run", stage, True)
+                model_hashes = hashes = finish_run(stage, parent, manifest)
+            else:
+                hashes = write_single(stage, model.recommender, parent, manifest)
+                model_hashes = {n.removeprefix(f"{MODEL_DIR}/"): h for n, h in hashes.items()}
             VersionInfo(
                 work.version,
-                model_sha256(stage / MODEL_DIR, model_hashes),
+                model_sha256(stage if served else stage / MODEL_DIR, model_hashes),
                 parent_version=warm.version,
                 method=work.method,
                 adapter_sha256=sha256_file(adapter) if adapter.is_file() else None,
@@ -452,22 +469,28 @@ def forget_entry(
     )
 
 
-def _merged(fields: dict[str, Any], run_dir: Path, source: Any) -> Any:
-    """The method's result as one recommender: its LoRA adapters (`runs.load_adapter_run` over
-    a copy of `source`) folded in, or the whole model it saved."""
+def _merged(fields: dict[str, Any], run_dir: Path, serving: Any) -> Any:
+    """The method's result as the model to serve: its LoRA adapters (`runs.load_adapter_run`
+    over a copy of the serving model) folded in, the whole model it saved, or a run format the
+    deployment serves as it is (`runs.Served.load`, over the serving model's frozen parts)."""
     from e2urec.backbones import load_recommender
     from e2urec.runs import load_adapter_run
 
     fmt = fields.get("format")
+    served = served_format(fmt)
+    if served is not None:
+        model = served.load(run_dir, fields, serving)
+        model.recommender.model.eval()
+        return model
     if fmt == "adapter":
-        recommender = load_adapter_run(run_dir, fields, SingleModel(_copy(source))).recommender
+        source = SingleModel(_copy(serving.recommender))
+        recommender = load_adapter_run(run_dir, fields, source).recommender
         recommender.model = recommender.model.merge_and_unload()
     elif fmt == "single":
         recommender = load_recommender(run_dir / MODEL_DIR)
     else:
         raise E2URecError(f"a deployment cannot serve a {fmt!r} run; use a single-model method")
-    recommender.model.eval()
-    return recommender
+    return SingleModel(recommender)
 
 
 class Clock:

@@ -40,9 +40,11 @@ from e2urec.mixture import (
     VALIDATION,
     AdapterMixture,
     load_adapters,
+    load_mixture,
     represent,
 )
 from e2urec.quiet import quiet_transformers
+from e2urec.runs import SERVED, Served
 
 Rows = list[dict[str, Any]]
 # Modules an adapter trains whole besides LoRA ("auto"), by family: MiniLM's checkpoint is a
@@ -185,7 +187,6 @@ def check_backbone(recommender: Recommender, recipe: APARecipe) -> None:
 
 
 def train_adapter(
-    data_dir: Path,
     base: Recommender,
     rows: Rows,
     valid_rows: Rows | None,
@@ -196,8 +197,9 @@ def train_adapter(
     meter: Any,
 ) -> int:
     """Train adapter `index` on `rows` over a copy of the frozen `base` (the LoRA init seeded by
-    the recipe's seed and the index; the Original's recipe in LoRA mode) and save it in
-    `folder` (PEFT); returns its trainable parameter count."""
+    the recipe's seed and the index; the Original's recipe in LoRA mode, early stopping on
+    `valid_rows` unless None) and save it in `folder` (PEFT); returns its trainable parameter
+    count."""
     from peft import LoraConfig, TaskType, get_peft_model
 
     from e2urec.train.loop import derive_seed
@@ -217,7 +219,7 @@ def train_adapter(
     model = get_peft_model(copy.deepcopy(base.model), config)
     member.model = model
     fit_supervised(
-        data_dir,
+        None,  # type: ignore[arg-type]  (the backbone is built: no data folder is read)
         rows,
         valid_rows,
         recipe.backbone,
@@ -234,62 +236,138 @@ def train_adapter(
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
+def row_digests(rows: Rows) -> torch.Tensor:
+    """[n] int64 naming each row by its content (the first 8 bytes of the sha256 of its id,
+    prompt and target): how validation.safetensors finds a valid row again."""
+    import hashlib
+
+    return torch.tensor(
+        [
+            int.from_bytes(
+                hashlib.sha256(f"{r['id']}\t{r['prompt']}\t{r['target']}".encode()).digest()[:8],
+                "little",
+                signed=True,
+            )
+            for r in rows
+        ],
+        dtype=torch.int64,
+    )
+
+
 @torch.no_grad()
 def adapter_errors(
-    run_dir: Path, adapters: list[dict[str, Any]], which: list[int], valid: Rows, batch_size: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The valid rows' representations [Nv, H] and the log-loss of P(label) (softmax over the
-    Yes/No logits) of each adapter in `which` alone on every valid row [len(which), Nv]
-    (computed on the process's device)."""
-    from e2urec.train.runner import process_state
-
-    device = process_state().device
-    recommender, layers, whole = load_adapters(run_dir, adapters)
-    mixture = AdapterMixture(recommender, layers, whole).to(device)
-    rec, k = mixture.recommender, len(adapters)
-    errors = torch.empty((len(which), len(valid)))
-    reps: torch.Tensor | None = None
-    for index in batches(valid, batch_size, by_length=True):
-        batch = to_device(rec.collate([valid[i] for i in index]), device)
-        chunk = represent(rec, mixture.model, batch).cpu()
-        reps = torch.empty((len(valid), chunk.shape[1])) if reps is None else reps
-        reps[index] = chunk
-        labels = torch.tensor([0 if int(valid[i]["label"]) == 1 else 1 for i in index])
+    mixture: AdapterMixture, k: int, which: list[int], rows: Rows, batch_size: int
+) -> torch.Tensor:
+    """The log-loss of P(label) (softmax over the Yes/No logits) of each adapter in `which`
+    (of the mixture's `k`) alone on every row [len(which), n], on the mixture's device."""
+    rec = mixture.recommender
+    device = next(mixture.model.parameters()).device
+    errors = torch.empty((len(which), len(rows)))
+    for index in batches(rows, batch_size, by_length=True):
+        batch = to_device(rec.collate([rows[i] for i in index]), device)
+        labels = torch.tensor([0 if int(rows[i]["label"]) == 1 else 1 for i in index])
         for row, adapter in enumerate(which):
             omega = F.one_hot(torch.full((len(index),), adapter, device=device), k).float()
             logits = mixture.mixed_logits(batch, omega)[:, [rec.yes_id, rec.no_id]]
             errors[row, index] = F.cross_entropy(logits.float().cpu(), labels, reduction="none")
-    return reps, errors
+    return errors
 
 
-def validation_fields(valid: Rows, scored: list[str]) -> dict[str, Any]:
-    """Manifest record of the valid rows the errors are on, and which adapters were scored."""
-    return {"rows": len(valid), "sha256": rows_sha256(valid), "scored": scored}
+def refresh_validation(
+    run_dir: Path,
+    adapters: list[dict[str, Any]],
+    base: Recommender,
+    retrained: list[int],
+    valid: Rows,
+    previous: dict[str, torch.Tensor] | None,
+    batch_size: int,
+    previous_sha256: str | None = None,
+) -> tuple[dict[str, torch.Tensor], int]:
+    """validation.safetensors of `run_dir` for the `valid` rows: each row's representation and
+    each adapter's log-loss on it. A row that `previous` (the validation tensors of the run the
+    reused adapters come from) holds keeps its representation and, for an adapter not in
+    `retrained`, its error; the rest is computed over `base` (used in place), loading only the
+    adapters it scores. `previous_sha256`: its rows' `rows_sha256` (a run written before rows
+    had digests is matched whole). Returns the tensors and how many rows were new (scored by
+    every adapter)."""
+    k, n = len(adapters), len(valid)
+    digests = row_digests(valid)
+    known_rows = {}
+    if previous is not None and "digest" in previous:
+        known_rows = {int(d): i for i, d in enumerate(previous["digest"].tolist())}
+    elif previous is not None and previous_sha256 == rows_sha256(valid):
+        known_rows = {int(d): i for i, d in enumerate(digests.tolist())}
+    found = [known_rows.get(int(d)) for d in digests.tolist()]
+    known = [i for i, f in enumerate(found) if f is not None]
+    fresh = [i for i, f in enumerate(found) if f is None]
+    reps: torch.Tensor | None = None
+    errors = torch.empty((k, n))
+    if known:
+        source = torch.tensor([found[i] for i in known])
+        reps = torch.empty((n, previous["representation"].shape[1]))
+        reps[known] = previous["representation"][source]
+        errors[:, known] = previous["log_loss"][:, source]
+    others = [j for j in range(k) if j not in retrained]
+    loaded = sorted(retrained) + (others if fresh else [])
+    if loaded:
+        scored = score_validation(run_dir, [adapters[j] for j in loaded], base, valid, fresh,
+                                  len(retrained), batch_size)  # fmt: skip
+        if fresh:
+            new, fresh_errors = scored[1], scored[2]
+            reps = torch.empty((n, new.shape[1])) if reps is None else reps
+            reps[fresh] = new
+            for j, row in zip(others, fresh_errors, strict=True):
+                errors[j, fresh] = row
+        if retrained:
+            errors[sorted(retrained)] = scored[0]
+    tensors = {"representation": reps, "log_loss": errors, "digest": digests}
+    return {name: t.contiguous() for name, t in tensors.items()}, len(fresh)
 
 
-def write_validation(path: Path, reps: torch.Tensor, errors: torch.Tensor) -> None:
-    """Save the valid rows' representations and the adapters' log-losses (safetensors)."""
-    from safetensors.torch import save_file
+def score_validation(
+    run_dir: Path,
+    adapters: list[dict[str, Any]],
+    base: Recommender,
+    valid: Rows,
+    fresh: list[int],
+    retrained: int,
+    batch_size: int,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """With `adapters` loaded over `base` (the first `retrained` of them retrained): their
+    errors on every valid row; the `fresh` rows' representations and the other adapters'
+    errors on them (None without fresh rows). Computed on the process's device."""
+    from e2urec.train.runner import process_state
 
-    save_file({"representation": reps.contiguous(), "log_loss": errors.contiguous()}, path)
+    recommender, layers, whole = load_adapters(run_dir, adapters, base)
+    mixture = AdapterMixture(recommender, layers, whole).to(process_state().device)
+    k = len(adapters)
+    errors = adapter_errors(mixture, k, list(range(retrained)), valid, batch_size)
+    if not fresh:
+        return errors, None, None
+    rows = [valid[i] for i in fresh]
+    reps = representations(recommender, rows, batch_size)
+    return errors, reps, adapter_errors(mixture, k, list(range(retrained, k)), rows, batch_size)
+
+
+def validation_fields(valid: Rows, scored: list[str], fresh: int) -> dict[str, Any]:
+    """Manifest record of the valid rows the errors are on, the adapters scored on every row
+    and how many rows every adapter was scored on anew."""
+    return {"rows": len(valid), "sha256": rows_sha256(valid), "scored": scored, "new_rows": fresh}
 
 
 def build_adapters(
-    data_dir: Path,
     run_dir: Path,
+    base: Recommender,
     shards: list[Rows],
     forget_counts: list[int],
     recipe: APARecipe,
     meter: Any,
+    valid_rows: Rows | None,
     reuse: dict[int, Path] | None = None,
 ) -> tuple[list[dict[str, Any]], int]:
-    """Train (or link from `reuse`: shard → adapter folder) every shard's adapter over the
-    run's base; returns the manifest's adapter records and the trained parameter count."""
-    from e2urec.train.recipes import validation_rows
-
+    """Train over the frozen `base` (or link from `reuse`: shard → adapter folder) every
+    shard's adapter; returns the manifest's adapter records and the trained parameter count."""
     reuse = reuse or {}
-    base = load_recommender(run_dir / BASE_DIR)
-    valid_rows = validation_rows(data_dir, recipe.loop_config())
     adapters, trained = [], 0
     for k, rows in enumerate(shards):
         name = f"shard-{k}"
@@ -297,9 +375,7 @@ def build_adapters(
         if k in reuse:
             link_member(reuse[k], folder)
         else:
-            trained += train_adapter(
-                data_dir, base, rows, valid_rows, recipe, k, folder, run_dir, meter
-            )
+            trained += train_adapter(base, rows, valid_rows, recipe, k, folder, run_dir, meter)
         adapters.append(
             {
                 "name": name,
@@ -377,8 +453,9 @@ def train_apa(
     }
     run_dir = start_run(out, config, overwrite=overwrite, resume=False, can_resume=False)
     save_recommender(base, run_dir / BASE_DIR)
+    base = load_recommender(run_dir / BASE_DIR)  # as every later use loads it (exactness)
     with meter.phase("partition"):
-        reps = representations(load_recommender(run_dir / BASE_DIR), train, recipe.eval_batch_size)
+        reps = representations(base, train, recipe.eval_batch_size)
         assignment, centres = balanced_kmeans(reps, k, recipe.seed, recipe.kmeans_iters)
     if (np.bincount(assignment, minlength=k) == 0).any():
         raise E2URecError(f"K-means left a shard empty: use fewer than {k} shards")
@@ -388,12 +465,13 @@ def train_apa(
     shards = [[r for r, a in zip(train, assignment, strict=True) if a == j] for j in range(k)]
     write_assignment(run_dir / ASSIGNMENT, shards, [r["id"] for r in train])
     counts = [sum(r["id"] in forget for r in rows) for rows in shards]
-    adapters, trained = build_adapters(data_dir, run_dir, shards, counts, recipe, meter)
+    loop_valid = validation_rows(data_dir, recipe.loop_config())
+    adapters, trained = build_adapters(run_dir, base, shards, counts, recipe, meter, loop_valid)
     with meter.phase("validation errors"):
-        write_validation(
-            run_dir / VALIDATION,
-            *adapter_errors(run_dir, adapters, list(range(k)), valid, recipe.eval_batch_size),
+        tensors, fresh = refresh_validation(
+            run_dir, adapters, base, list(range(k)), valid, None, recipe.eval_batch_size
         )
+        save_file(tensors, run_dir / VALIDATION)
     base_params = sum(p.numel() for p in base.model.parameters())
     return finish_run(
         run_dir,
@@ -403,11 +481,12 @@ def train_apa(
             "kind": "original",
             "adapters": adapters,
             "aggregation": {"tau": recipe.tau, "neighbours": recipe.neighbours},
-            "validation": validation_fields(valid, [a["name"] for a in adapters]),
+            "validation": validation_fields(valid, [a["name"] for a in adapters], fresh),
             "partition": {
                 "shards": k,
                 "sizes": [len(s) for s in shards],
                 "whole": recipe.whole_modules(),
+                "base_params": base_params,
             },
             "recipe": asdict(recipe),
             "backbone": recipe.backbone,
@@ -471,57 +550,64 @@ def check_apa(base_run: Path, base: dict[str, Any], data_dir: Path, params: APAP
 
     train = split_rows(data_dir, "train", "APA unlearning")
     forget = {r["id"] for r in split_rows(data_dir, "forget", "unlearning")}
-    shards, _ = retained_shards(base_run, train, forget)
-    for k, rows in enumerate(shards):
-        if not rows:
-            raise E2URecError(
-                f"every row of shard-{k} is forgotten: its adapter has nothing to train on"
-            )
+    check_kept(retained_shards(base_run, train, forget)[0])
     neighbours = params.neighbours or base["aggregation"]["neighbours"]
     valid = split_rows(data_dir, "valid", "APA's aggregation")
     if neighbours > len(valid):
         raise E2URecError(f"neighbours {neighbours} is more than the {len(valid)} valid rows")
 
 
+def check_kept(shards: list[Rows]) -> None:
+    """Every shard keeps a row to train its adapter on."""
+    for k, rows in enumerate(shards):
+        if not rows:
+            raise E2URecError(
+                f"every row of shard-{k} is forgotten: its adapter has nothing to train on"
+            )
+
+
 def unlearn_apa(ctx: Any) -> dict[str, Any]:
     """Retrain the adapters whose shard held forgotten rows (the retained rows, the original
-    recipe, `ctx.seed`), refresh their validation errors; link everything else."""
-    from safetensors.torch import load_file
+    recipe, `ctx.seed`) over the frozen base (`ctx.original()`: loaded once, or the serving
+    model's), refresh their validation errors (the other adapters' errors and the valid rows'
+    representations are reused); link everything else."""
+    from safetensors.torch import load_file, save_file
 
     base = ctx.base_manifest
     recipe = APARecipe(**base["recipe"])
     recipe.seed = ctx.seed
     forget = {r["id"] for r in ctx.rows("forget")}
     shards, lost = retained_shards(ctx.base_run, ctx.rows("train"), forget)
-    old = base["adapters"]
-    reuse = {k: ctx.base_run / a["path"] for k, a in enumerate(old) if lost[k] == 0}
-    for name in (BASE_DIR,):
-        link_member(ctx.base_run / name, ctx.run_dir / name)
-    link_member_file(ctx.base_run / PARTITION, ctx.run_dir / PARTITION)
+    check_kept(shards)
+    reuse = {k: ctx.base_run / a["path"] for k, a in enumerate(base["adapters"]) if lost[k] == 0}
+    link_member(ctx.base_run / BASE_DIR, ctx.run_dir / BASE_DIR)
+    if (ctx.base_run / PARTITION).is_file():  # a deployment's versions hold no centres
+        link_member_file(ctx.base_run / PARTITION, ctx.run_dir / PARTITION)
     order = read_json(ctx.base_run / ASSIGNMENT, "APA partition")["ids"]
     write_assignment(ctx.run_dir / ASSIGNMENT, shards, order)
+    valid = ctx.rows("valid")
+    with ctx.meter.phase("load base"):
+        frozen = ctx.original()
+    loop_valid = None if recipe.loop_config().keep == "last" else valid
     adapters, trained = build_adapters(
-        ctx.data_dir, ctx.run_dir, shards, [0] * len(shards), recipe, ctx.meter, reuse
+        ctx.run_dir, frozen, shards, [0] * len(shards), recipe, ctx.meter, loop_valid, reuse
     )
     retrained = [k for k in range(len(shards)) if k not in reuse]
-    valid = ctx.rows("valid")
-    # the same valid rows: refresh the retrained adapters' errors; other valid rows (a
-    # deployment drops a deleted user's): recompute every adapter's errors on them
-    same = base.get("validation", {}).get("sha256") == rows_sha256(valid)
-    which = retrained if same else list(range(len(shards)))
     with ctx.meter.phase("validation errors"):
-        reps, fresh = adapter_errors(ctx.run_dir, adapters, which, valid, recipe.eval_batch_size)
-    if same:
         previous = load_file(ctx.base_run / VALIDATION)
-        reps, errors = previous["representation"], previous["log_loss"].clone()
-        errors[which] = fresh
-    else:
-        errors = fresh
-    write_validation(ctx.run_dir / VALIDATION, reps, errors)
+        tensors, fresh = refresh_validation(
+            ctx.run_dir,
+            adapters,
+            frozen,
+            retrained,
+            valid,
+            previous,
+            recipe.eval_batch_size,
+            base.get("validation", {}).get("sha256"),
+        )
+        save_file(tensors, ctx.run_dir / VALIDATION)
     params = ctx.params
-    base_params = sum(
-        p.numel() for p in load_recommender(ctx.run_dir / BASE_DIR).model.parameters()
-    )
+    base_params = sum(p.numel() for p in frozen.model.parameters())
     per_adapter = trained // max(1, len(retrained))
     return {
         "format": "apa",
@@ -531,9 +617,13 @@ def unlearn_apa(ctx: Any) -> dict[str, Any]:
             "tau": base["aggregation"]["tau"] if params.tau is None else params.tau,
             "neighbours": params.neighbours or base["aggregation"]["neighbours"],
         },
-        "partition": {**base["partition"], "sizes": [len(s) for s in shards]},
+        "partition": {
+            **base["partition"],
+            "sizes": [len(s) for s in shards],
+            "base_params": base_params,
+        },
         "recipe": asdict(recipe),
-        "validation": validation_fields(valid, [adapters[k]["name"] for k in which]),
+        "validation": validation_fields(valid, [adapters[k]["name"] for k in retrained], fresh),
         "retrained_shards": [adapters[k]["name"] for k in retrained],
         "reused_shards": [adapters[k]["name"] for k in reuse],
         "cost": cost_fields(ctx.meter, trained, base_params, per_adapter, len(shards)),
@@ -551,6 +641,34 @@ def link_member_file(source: Path, target: Path) -> None:
         shutil.copy2(source, target)
 
 
+def check_served(run: Path, manifest: dict[str, Any], rows: Rows) -> None:
+    """A deployment's training rows must be the ones the APA run's partition holds."""
+    retained_shards(run, rows, set())
+
+
+def write_served(run: Path, stage: Path, link: bool) -> None:
+    """An APA run's files (base, adapters, row → shard assignment, validation) into the folder
+    `stage` of a deployment version, hardlinked with `link` (a version made from the one
+    before), else copied. The K-means centres stay out: nothing after training reads them, and
+    they average the representations of every train row, a forgotten user's included."""
+    import shutil
+
+    put = link_member_file if link else shutil.copy2
+    for name in (BASE_DIR, ADAPTERS_DIR):
+        shutil.copytree(run / name, stage / name, copy_function=put)
+    for name in (ASSIGNMENT, VALIDATION):
+        put(run / name, stage / name)
+
+
+def load_served(run: Path, manifest: dict[str, Any], serving: Any) -> AdapterMixture:
+    """The APA run `run` over a copy of the frozen base of `serving` (an AdapterMixture)."""
+    base = copy.copy(serving.recommender)
+    base.model = copy.deepcopy(serving.recommender.model)
+    for module in base.model.modules():  # a mixed pass running in another thread is not copied
+        module._forward_hooks.clear()
+    return load_mixture(run, manifest, base)
+
+
 def train_apa_from_recipe(
     data_dir: Path, out: Path, recipe: Recipe, overwrite: bool = False
 ) -> dict[str, Any]:
@@ -561,6 +679,7 @@ def train_apa_from_recipe(
 
 
 TRAINERS.register("apa")((APARecipe, train_apa_from_recipe))
+SERVED.register("apa")(Served(check_served, write_served, load_served))
 
 register(
     Method(

@@ -93,10 +93,13 @@ class UnlearnContext:
         return self._rows[split]
 
     def original(self) -> Recommender:
-        """A fresh copy of the original run's whole model (single-format runs)."""
+        """A fresh copy of the original run's whole model (single-format runs; an APA run's
+        frozen base)."""
+        from e2urec.mixture import BASE_DIR
         from e2urec.runs import MODEL_DIR
 
-        return load_recommender(self.base_run / MODEL_DIR)
+        folder = BASE_DIR if self.base_manifest.get("format") == "apa" else MODEL_DIR
+        return load_recommender(self.base_run / folder)
 
 
 @dataclass
