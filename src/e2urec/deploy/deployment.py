@@ -111,18 +111,6 @@ def serve_version(folder: Path, version: str) -> None:
     atomic_write_json(folder / CURRENT, {"version": version, "updated": iso()})
 
 
-def parse_ids(text: str, what: str) -> list[int]:
-    """ "12,45" → [12, 45]; anything else is one clear error."""
-    parts = [p.strip() for p in str(text).split(",") if p.strip()]
-    try:
-        ids = [int(p) for p in parts]
-    except ValueError:
-        raise E2URecError(f"{what} must be comma-separated integer ids, got {text!r}") from None
-    if not ids:
-        raise E2URecError(f"no {what} given")
-    return sorted(set(ids))
-
-
 def parse_duration(text: str) -> float:
     """ "0", "90s", "30m", "12h", "7d" → seconds; a negative or malformed one is an error."""
     match = re.fullmatch(r"\s*(-?\d+(?:\.\d+)?)\s*([smhd]?)\s*", str(text))
