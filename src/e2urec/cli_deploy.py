@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Any
 
 from e2urec.cli_args import add_output, add_sets, command
 from e2urec.deploy import MAX_USERS, QUEUE_LIMIT
@@ -13,6 +14,46 @@ from e2urec.errors import E2URecError
 
 def _say(line: str) -> None:
     print(line, file=sys.stderr)
+
+
+def parse_ids(text: str, what: str) -> list[int]:
+    """ "12,45" → [12, 45]; anything else is one clear error."""
+    parts = [p.strip() for p in str(text).split(",") if p.strip()]
+    try:
+        ids = [int(p) for p in parts]
+    except ValueError:
+        raise E2URecError(f"{what} must be comma-separated integer ids, got {text!r}") from None
+    if not ids:
+        raise E2URecError(f"no {what} given")
+    return sorted(set(ids))
+
+
+def _arrow(check: dict[str, Any] | None) -> str:
+    if not check:
+        return "-"
+    return "→".join("nan" if v is None else f"{v:.3f}" for v in (check["before"], check["after"]))
+
+
+def table(entries: list[dict[str, Any]]) -> str:
+    """A readable history: time, request, version, users, rows, method, MIA and valid AUC."""
+    lines = [
+        f"{'#':>3s}  {'time':29s} {'request':16s} {'version':8s} {'users':14s} "
+        f"{'rows':>5s}  {'method':8s} {'MIA AUC':13s} {'valid AUC':13s}"
+    ]
+    for e in entries:
+        users = ",".join(str(u)[:8] for u in e.get("users", [])) or "-"
+        rows = (e.get("rows_removed") or e.get("rows") or {}).get("train", 0)
+        checks = e.get("checks") or {}
+        request = e.get("request_id") or e.get("kind", "")
+        lines.append(
+            f"{e['seq']:3d}  {e.get('time', ''):29s} {request[:16]:16s} "
+            f"{e.get('version') or '-':8s} {users[:14]:14s} {rows:5d}  {e.get('method') or '-':8s} "
+            f"{_arrow(checks.get('mia_auc')):13s} {_arrow(checks.get('valid_auc')):13s}"
+        )
+        if e.get("no_training_data"):
+            ids = ",".join(str(u)[:8] for u in e["no_training_data"])
+            lines.append(f"{'':5s}note: no training data held for user(s) {ids}")
+    return "\n".join(lines)
 
 
 def add_deploy(sub: argparse._SubParsersAction) -> None:
@@ -94,7 +135,6 @@ def run_forget(args: argparse.Namespace) -> None:
     request is only queued and the command returns at once; a worker (`e2urec serve` or `e2urec
     work`) serves it."""
     from e2urec import api
-    from e2urec.deploy.deployment import parse_ids
 
     users = None if args.users is None else parse_ids(args.users, "--users")
     options = {"method": args.method, "sets": args.sets, "reason": args.reason}
@@ -202,7 +242,7 @@ def run_ledger(args: argparse.Namespace) -> None:
     pass it later as --expect-head. With --user (needs the deployment's secret) it says whether
     and when that user was forgotten."""
     from e2urec import api
-    from e2urec.deploy.ledger import entry_hash, table
+    from e2urec.deploy.ledger import entry_hash
 
     if args.user is not None:
         found = api.forgotten(args.deployment, args.user, args.secret)
@@ -233,7 +273,6 @@ def run_predict(args: argparse.Namespace) -> None:
     """Render the prompt for USER from their most recent stored ratings (the data's template and
     history length) for each item, and print P(Yes) per item."""
     from e2urec import api
-    from e2urec.deploy.deployment import parse_ids
 
     scores = api.predict(args.deployment, args.user, parse_ids(args.items, "--items"))
     for item, p in scores.items():

@@ -186,7 +186,7 @@ def _live_rows(dep: Deployment, user: int) -> list[str]:
         found.append("known_users holds the id")
     store.ensure_queue()
     for table in ("requests", "passes"):
-        for row in store.select(table, "1"):
+        for row in store.select(table):
             if user in json.loads(row["users"]):
                 found.append(
                     f"{table} row {row.get('request_id') or row.get('pass_id')} holds the id"

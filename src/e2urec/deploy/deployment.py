@@ -40,7 +40,7 @@ from e2urec.artifacts import (
     staged_folder,
 )
 from e2urec.deploy.ledger import LEDGER, SECRET, Keys, Ledger, LedgerEntry, iso, written
-from e2urec.deploy.queue import QUEUE_LIMIT, Queue, ledger_record
+from e2urec.deploy.queue import QUEUE_LIMIT, Queue, conflict, ledger_record
 from e2urec.deploy.store import SPLITS, STORE, Store
 from e2urec.errors import E2URecError
 from e2urec.quiet import quiet_transformers
@@ -109,18 +109,6 @@ class VersionInfo:
 def serve_version(folder: Path, version: str) -> None:
     """Point the deployment in `folder` at `version` (current.json, written atomically)."""
     atomic_write_json(folder / CURRENT, {"version": version, "updated": iso()})
-
-
-def parse_ids(text: str, what: str) -> list[int]:
-    """ "12,45" → [12, 45]; anything else is one clear error."""
-    parts = [p.strip() for p in str(text).split(",") if p.strip()]
-    try:
-        ids = [int(p) for p in parts]
-    except ValueError:
-        raise E2URecError(f"{what} must be comma-separated integer ids, got {text!r}") from None
-    if not ids:
-        raise E2URecError(f"no {what} given")
-    return sorted(set(ids))
 
 
 def parse_duration(text: str) -> float:
@@ -357,8 +345,6 @@ class Deployment:
         done = None if self.queue.get(rid) else self.ledger.find(rid)
         if done is not None:  # served by a synchronous forget of an older deployment
             if sorted(done.get("users") or []) not in (users, sorted(names)):
-                from e2urec.deploy.queue import conflict
-
                 raise conflict(rid, done.get("users") or [], None)
             return ledger_record(done), False
         return self.queue.enqueue(

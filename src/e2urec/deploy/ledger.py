@@ -216,31 +216,3 @@ class Ledger:
 def names(entry: dict[str, Any], user: int, pseudonym: str) -> bool:
     """Whether `entry` names `user` among its users (by pseudonym, or by id in older entries)."""
     return any(u == pseudonym or u == user for u in entry.get("users") or [])
-
-
-def _arrow(check: dict[str, Any] | None) -> str:
-    if not check:
-        return "-"
-    return "→".join("nan" if v is None else f"{v:.3f}" for v in (check["before"], check["after"]))
-
-
-def table(entries: list[dict[str, Any]]) -> str:
-    """A readable history: time, request, version, users, rows, method, MIA and valid AUC."""
-    lines = [
-        f"{'#':>3s}  {'time':29s} {'request':16s} {'version':8s} {'users':14s} "
-        f"{'rows':>5s}  {'method':8s} {'MIA AUC':13s} {'valid AUC':13s}"
-    ]
-    for e in entries:
-        users = ",".join(str(u)[:8] for u in e.get("users", [])) or "-"
-        rows = (e.get("rows_removed") or e.get("rows") or {}).get("train", 0)
-        checks = e.get("checks") or {}
-        request = e.get("request_id") or e.get("kind", "")
-        lines.append(
-            f"{e['seq']:3d}  {e.get('time', ''):29s} {request[:16]:16s} "
-            f"{e.get('version') or '-':8s} {users[:14]:14s} {rows:5d}  {e.get('method') or '-':8s} "
-            f"{_arrow(checks.get('mia_auc')):13s} {_arrow(checks.get('valid_auc')):13s}"
-        )
-        if e.get("no_training_data"):
-            ids = ",".join(str(u)[:8] for u in e["no_training_data"])
-            lines.append(f"{'':5s}note: no training data held for user(s) {ids}")
-    return "\n".join(lines)

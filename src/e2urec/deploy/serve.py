@@ -64,8 +64,8 @@ class ForgetBody(BaseModel):
 
 class Live:
     """The version that serves and its loaded model, swapped together under a lock. With a
-    `worker`, the queue worker runs in a thread from `start` until `close`: it takes the
-    deployment, hands its warm model here (one model in memory) and swaps in each new one."""
+    `worker`, the queue worker runs in a thread while `running`: it takes the deployment,
+    hands its warm model here (one model in memory) and swaps in each new one."""
 
     def __init__(self, deployment: Deployment, worker: Worker | None = None) -> None:
         self.deployment, self.worker = deployment, worker
@@ -97,16 +97,18 @@ class Live:
         except Exception as exc:  # noqa: BLE001 (reported; predictions go on without a worker)
             log.error("e2urec worker stopped: %s", exc)
 
-    def start(self) -> None:
-        """Start the worker thread, if any."""
+    @contextlib.contextmanager
+    def running(self, timeout: float = 600.0) -> Iterator[None]:
+        """The worker thread, if any, runs during the block and stops after the pass in
+        progress (a pass cut short is finished on the next start)."""
         if self.worker is not None:
             self.thread.start()
-
-    def close(self, timeout: float = 600.0) -> None:
-        """Stop after the pass in progress (a pass cut short is finished on the next start)."""
-        if self.worker is not None:
+        try:
+            yield
+        finally:
             self.stop.set()
-            self.thread.join(timeout)
+            if self.worker is not None:
+                self.thread.join(timeout)
 
 
 def _error(status: int, message: str) -> JSONResponse:
@@ -174,11 +176,8 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        live.start()
-        try:
+        with live.running():
             yield
-        finally:
-            live.close()
 
     app = FastAPI(
         title="e2urec", description="LLM recommender with deletion requests", lifespan=lifespan

@@ -90,8 +90,12 @@ class Store:
         return conn
 
     @contextlib.contextmanager
-    def connect(self) -> Iterator[sqlite3.Connection]:
-        """A connection whose block is one transaction (committed on success, else rolled back)."""
+    def connect(self, conn: sqlite3.Connection | None = None) -> Iterator[sqlite3.Connection]:
+        """A connection whose block is one transaction (committed on success, else rolled
+        back); `conn` given: that connection, in the transaction it is in."""
+        if conn is not None:
+            yield conn
+            return
         conn = self._open()
         try:
             with conn:
@@ -114,14 +118,6 @@ class Store:
             conn.execute("COMMIT")
         finally:
             conn.close()
-
-    @contextlib.contextmanager
-    def _use(self, conn: sqlite3.Connection | None) -> Iterator[sqlite3.Connection]:
-        if conn is not None:
-            yield conn
-        else:
-            with self.connect() as own:
-                yield own
 
     # ---------------------------------------------------------------- building
     @classmethod
@@ -197,12 +193,8 @@ class Store:
         known = self._present("known_users", users)
         if pseudonym is not None and len(known) < len(users):
             names = {pseudonym(u): u for u in users if u not in known}
-            with self.connect() as conn:
-                found = conn.execute(
-                    f"SELECT pseudonym FROM forgotten WHERE pseudonym IN ({_marks(list(names))})",
-                    list(names),
-                )
-                known |= {names[p] for (p,) in found}
+            found = self.select("forgotten", f"pseudonym IN ({_marks(list(names))})", list(names))
+            known |= {names[r["pseudonym"]] for r in found}
         return known
 
     def users_with_training_data(
@@ -217,7 +209,7 @@ class Store:
         users = sorted(set(users))
         if not users:
             return set()
-        with self._use(conn) as c:
+        with self.connect(conn) as c:
             cursor = c.execute(
                 f"SELECT DISTINCT user_id FROM {table} WHERE user_id IN ({_marks(users)}) {extra}",
                 users,
@@ -236,27 +228,21 @@ class Store:
 
     def profile(self, user: int) -> dict[str, str] | None:
         """The user's gender, age and job, or None without a profile."""
-        with self.connect() as conn:
-            row = conn.execute(
-                "SELECT gender, age, job FROM profiles WHERE user_id = ?", (user,)
-            ).fetchone()
-        return None if row is None else dict(zip(("gender", "age", "job"), row, strict=True))
+        found = self.select("profiles", "user_id = ?", (user,))
+        return {k: found[0][k] for k in ("gender", "age", "job")} if found else None
 
     def titles(self, items: Iterable[int]) -> dict[int, str]:
         """item id → title for the known ones among `items`."""
         items = sorted(set(items))
-        with self.connect() as conn:
-            cursor = conn.execute(
-                f"SELECT item_id, title FROM items WHERE item_id IN ({_marks(items)})", items
-            )
-            return {int(i): t for i, t in cursor}
+        found = self.select("items", f"item_id IN ({_marks(items)})", items)
+        return {int(r["item_id"]): r["title"] for r in found}
 
     def counts(self, users: list[int] | None = None, conn: Any = None) -> dict[str, int]:
         """Rows per split, ratings and profiles held (of `users`, or of everyone)."""
         where, params = (
             ("", []) if users is None else (f"WHERE user_id IN ({_marks(users)})", users)
         )
-        with self._use(conn) as c:
+        with self.connect(conn) as c:
             counts = {s: 0 for s in SPLITS}
             counts.update(
                 c.execute(f"SELECT split, COUNT(*) FROM samples {where} GROUP BY split", params)
@@ -297,7 +283,7 @@ class Store:
         with self.connect() as conn:
             removed = self.counts(users, conn)
             for table in ("samples", "ratings", "profiles", "known_users"):
-                conn.execute(f"DELETE FROM {table} WHERE user_id IN ({_marks(users)})", users)
+                self.delete(table, f"user_id IN ({_marks(users)})", users, conn)
             conn.executemany(
                 "INSERT OR IGNORE INTO forgotten VALUES (?)", [(p,) for p in pseudonyms]
             )
@@ -317,7 +303,7 @@ class Store:
             conn.executemany(
                 "INSERT OR IGNORE INTO forgotten VALUES (?)", [(pseudonym(u),) for u in gone]
             )
-            conn.executemany("DELETE FROM known_users WHERE user_id = ?", [(u,) for u in gone])
+            self.delete("known_users", f"user_id IN ({_marks(gone)})", gone, conn)
         if gone:
             self.compact()
 
@@ -344,18 +330,20 @@ class Store:
         finally:
             conn.close()
 
-    # ---------------------------------------------------------------- the queue's tables
-    def select(self, table: str, where: str, params: Any = (), conn: Any = None) -> list[dict]:
-        """Rows of queue table `table` matching `where`, as column → value dicts."""
+    # ---------------------------------------------------------------- generic statements
+    def select(
+        self, table: str, where: str = "1", params: Any = (), conn: Any = None
+    ) -> list[dict]:
+        """Rows of `table` matching `where` (requests in queue order), as column → value dicts."""
         order = "position" if table == "requests" else "rowid"
-        with self._use(conn) as c:
+        with self.connect(conn) as c:
             cursor = c.execute(f"SELECT * FROM {table} WHERE {where} ORDER BY {order}", params)
             names = [d[0] for d in cursor.description]
             return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
 
     def insert(self, table: str, values: dict[str, Any], conn: Any = None) -> int:
-        """Insert (or replace) one row of queue table `table`; returns its rowid."""
-        with self._use(conn) as c:
+        """Insert (or replace) one row of `table`; returns its rowid."""
+        with self.connect(conn) as c:
             cursor = c.execute(
                 f"INSERT OR REPLACE INTO {table} ({', '.join(values)}) "
                 f"VALUES ({_marks(list(values))})",
@@ -366,12 +354,17 @@ class Store:
     def update(
         self, table: str, values: dict[str, Any], where: str, params: Any, conn: Any = None
     ) -> None:
-        """Set `values` on the rows of queue table `table` matching `where`."""
-        with self._use(conn) as c:
+        """Set `values` on the rows of `table` matching `where`."""
+        with self.connect(conn) as c:
             c.execute(
                 f"UPDATE {table} SET {', '.join(f'{k} = ?' for k in values)} WHERE {where}",
                 [*values.values(), *params],
             )
+
+    def delete(self, table: str, where: str, params: Any, conn: Any = None) -> None:
+        """Delete the rows of `table` matching `where`."""
+        with self.connect(conn) as c:
+            c.execute(f"DELETE FROM {table} WHERE {where}", params)
 
     def next_position(self, conn: Any) -> int:
         """The queue position a new request gets."""
@@ -379,8 +372,7 @@ class Store:
 
     def retired(self) -> dict[str, float]:
         """version → unix time it stopped serving."""
-        with self.connect() as conn:
-            return dict(conn.execute("SELECT version, since FROM retired"))
+        return {r["version"]: r["since"] for r in self.select("retired")}
 
     def retire(self, version: str, since: float | None = None) -> None:
         """Record that `version` stopped serving (kept time when already recorded)."""
@@ -391,5 +383,4 @@ class Store:
 
     def unretire(self, version: str) -> None:
         """Forget `version`'s retirement (it was purged or serves again)."""
-        with self.connect() as conn:
-            conn.execute("DELETE FROM retired WHERE version = ?", (version,))
+        self.delete("retired", "version = ?", (version,))

@@ -65,6 +65,12 @@ def _copy(source: Any) -> Any:
     return recommender
 
 
+def _kept(rows: list[dict], values: np.ndarray, users: set[int]) -> tuple[list, np.ndarray]:
+    """`rows` and their `values` less `users`' rows."""
+    keep = np.array([r["user_id"] not in users for r in rows], dtype=bool)
+    return [r for r, k in zip(rows, keep, strict=True) if k], values[keep]
+
+
 class WarmContext(UnlearnContext):
     """An `UnlearnContext` over the worker's memory: `original()` copies the serving model, the
     rows are given, and a prepared data folder is written only if a method reads
@@ -109,13 +115,9 @@ class Warm:
     def without(self, users: set[int]) -> tuple[list, np.ndarray, list, np.ndarray]:
         """The valid sample rows and their P(Yes), the holdout sample rows and their losses,
         less `users`' rows."""
-        valid = np.array([r["user_id"] not in users for r in self.valid], dtype=bool)
-        holdout = np.array([r["user_id"] not in users for r in self.holdout], dtype=bool)
         return (
-            [r for r, k in zip(self.valid, valid, strict=True) if k],
-            self.valid_p_yes[valid],
-            [r for r, k in zip(self.holdout, holdout, strict=True) if k],
-            self.holdout_loss[holdout],
+            *_kept(self.valid, self.valid_p_yes, users),
+            *_kept(self.holdout, self.holdout_loss, users),
         )
 
     def advance(self, version: str, built: Any, users: set[int]) -> None:
