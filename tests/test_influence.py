@@ -275,6 +275,7 @@ def test_search_scales_the_step_by_the_multiplier_with_the_lowest_valid_logloss(
     assert sorted(losses) == [0.25, 0.5, 1.0, 2.0, 4.0] and report["rows"] == 16
     best = min(losses.values())
     assert report["multiplier"] == max(m for m, v in losses.items() if v <= best + 0.001)
+    assert report["at_edge"] == (report["multiplier"] in (0.25, 4.0))
     plain = delta_of(root / "plain", world["original"])
     step = delta_of(root / "searched", world["original"])
     for name, value in plain.items():

@@ -102,7 +102,7 @@ class InfluenceParams:
     center_rows: int = 1024
     search: str = "none"
     search_rows: int = 256
-    search_steps: int = 7
+    search_steps: int = 9
 
     def __post_init__(self) -> None:
         self.check()
@@ -446,7 +446,16 @@ def search_step(
     original = loss_at(0.0)  # leaves the parameters at θ
     best = min(losses.values())
     chosen = max(m for m, value in losses.items() if value <= best + SEARCH_TIE)
+    edge = chosen in (min(losses), max(losses)) and len(losses) > 1
+    if edge:
+        log.warning(
+            "influence: the validation search chose the %s step it tried (x%g); a wider search "
+            "(search_steps) or another damping may do better",
+            "shortest" if chosen == min(losses) else "longest",
+            chosen,
+        )
     return chosen, {
+        "at_edge": edge,
         "rows": len(sample),
         "multiplier": chosen,
         "valid_logloss": {f"{m:g}": round(v, 5) for m, v in losses.items()},
