@@ -253,6 +253,48 @@ def test_flip_moves_forget_answers_towards_the_other_answer(world):
     assert margin(out) < margin(world["original"])
 
 
+def test_search_scales_the_step_by_the_multiplier_with_the_lowest_valid_logloss(world):
+    """search=valid: the written Δθ is the chosen multiplier times the plain step, and the chosen
+    multiplier has the lowest validation log-loss of the candidates (ties to the larger)."""
+    from e2urec.data.dataset import load_split
+    from e2urec.eval.metrics import logloss
+    from e2urec.eval.predict import score_rows
+    from e2urec.runs import load_run_model
+
+    root, sets = world["root"], ["params=last:1", "damping=0.1", "scale=4"]
+    unlearn("influence", world["original"], world["data"], root / "plain", sets)
+    searched = unlearn(
+        "influence",
+        world["original"],
+        world["data"],
+        root / "searched",
+        [*sets, "search=valid", "search_steps=5", "search_rows=16"],
+    )
+    report = searched["influence"]["search"]
+    losses = {float(m): v for m, v in report["valid_logloss"].items()}
+    assert sorted(losses) == [0.25, 0.5, 1.0, 2.0, 4.0] and report["rows"] == 16
+    best = min(losses.values())
+    assert report["multiplier"] == max(m for m, v in losses.items() if v <= best + 0.001)
+    assert report["at_edge"] == (report["multiplier"] in (0.25, 4.0))
+    plain = delta_of(root / "plain", world["original"])
+    step = delta_of(root / "searched", world["original"])
+    for name, value in plain.items():
+        assert torch.allclose(step[name], report["multiplier"] * value, atol=1e-6)
+    rows = load_split(world["data"], "valid").to_dict("records")
+    sample = __import__("random").Random(searched["seed"] + 2).sample(rows, 16)
+    scores = score_rows(load_run_model(root / "searched"), sample, progress=False)
+    again = logloss([r["label"] for r in sample], scores.p_yes)
+    assert abs(again - losses[report["multiplier"]]) < 1e-4
+
+
+def test_search_needs_validation_rows(world, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(world["data"], data)
+    (data / "valid.jsonl").write_text("", encoding="utf-8")
+    with pytest.raises(E2URecError, match="validation rows"):
+        influence.InfluenceParams(search="valid").check_data(data)
+
+
 def lora_original(world) -> Path:
     run = world["root"] / "lora-original"
     if not run.exists():
@@ -276,6 +318,8 @@ def test_auto_params_are_the_lora_targets_of_a_lora_original(world):
         (["damping=0"], "damping must be positive"),
         (["damping=-1"], "damping must be positive"),
         (["mode=undo"], "mode must be one of"),
+        (["search=test"], "search must be one of"),
+        (["search_steps=0"], "search_steps must be"),
         (["params=last:x"], "last:K"),
         (["curvature=/nonexistent/c.safetensors"], "not found"),
     ],

@@ -54,6 +54,7 @@ CURVATURE_DIR = "curvature"
 BLOCK_LISTS = ("block", "layers", "layer", "h")  # names of transformer block lists
 _MEMORY: OrderedDict[tuple[str, str], tuple[EKFAC, int]] = OrderedDict()  # warm cache
 MEMORY_SLOTS = 4
+SEARCH_TIE = 0.001  # validation log-loss within this of the best counts as a tie
 
 
 @dataclass
@@ -66,7 +67,10 @@ class InfluenceParams:
     and store), build (always build) or the path of a curvature file of this version.
     `curvature_rows`: retained rows the EK-FAC is built on; `refresh`: share of n that may be
     removed since the curvature was built before it is rebuilt. `center`: subtract the retained
-    rows' mean gradient (over `center_rows` of them) from each removed row's (mode=remove)."""
+    rows' mean gradient (over `center_rows` of them) from each removed row's (mode=remove).
+    `search`: none, or valid (scale the step by the multiplier 2^k, k = 2, 1, 0, −1, … over
+    `search_steps` candidates, with the lowest validation log-loss on `search_rows` seeded valid
+    rows; ties within 0.001 go to the larger step)."""
 
     mode: Literal["remove", "flip"] = setting(
         "remove", "remove the forget rows, or flip their answers (z' = the other answer)"
@@ -98,6 +102,13 @@ class InfluenceParams:
         True, "subtract the retained rows' mean gradient from each removed row's (remove)"
     )
     center_rows: int = setting(1024, "retained rows of that mean gradient", rule="count")
+    search: Literal["none", "valid"] = setting(
+        "none", "valid: choose the step's length 2^k on validation rows (the lowest log-loss)"
+    )
+    search_rows: int = setting(256, "search: seeded validation rows scored", rule="count")
+    search_steps: int = setting(
+        9, "search: candidate multipliers 4, 2, 1, 1/2, ... (9: down to 1/64)", rule="count"
+    )
 
     def __post_init__(self) -> None:
         self.check()
@@ -121,6 +132,14 @@ class InfluenceParams:
             from e2urec.data.dataset import load_split
 
             check_flippable(load_split(data_dir, "forget").to_dict("records"))
+        if self.search == "valid":
+            from e2urec.data.dataset import load_split
+
+            if load_split(data_dir, "valid").empty:
+                raise E2URecError(
+                    f"influence search=valid needs validation rows; the valid split of "
+                    f"{data_dir} is empty"
+                )
 
     def check_base(self, base_run: Path, base: dict[str, Any]) -> None:
         """Settings that depend on the Original: params=lora needs a LoRA-tuned one, last:K at
@@ -390,6 +409,59 @@ def centering(
     return curvature.mean_grad, "computed"
 
 
+# ---------------------------------------------------------------- the step's length
+def search_step(
+    ctx: UnlearnContext,
+    recommender: Recommender,
+    params: dict[str, nn.Parameter],
+    delta: dict[str, torch.Tensor],
+) -> tuple[float, dict[str, Any]]:
+    """search=valid: the multiplier m of Δθ (2^k, k = 2, 1, 0, −1, …, `search_steps` of them)
+    whose model θ + m·Δθ has the lowest mean log-loss of P(Yes) on `search_rows` seeded
+    validation rows (ties within SEARCH_TIE to the larger m); the parameters are left at θ."""
+    from e2urec.eval.metrics import logloss
+    from e2urec.eval.predict import score_rows
+    from e2urec.runs import SingleModel
+
+    p: InfluenceParams = ctx.params
+    began = time.perf_counter()
+    valid = list(ctx.rows("valid"))
+    if not valid:
+        raise E2URecError("influence search=valid needs validation rows; the valid split is empty")
+    sample = random.Random(ctx.seed + 2).sample(valid, min(p.search_rows, len(valid)))
+    labels = [int(r["label"]) for r in sample]
+    start = {k: t.detach().clone() for k, t in params.items()}
+    scorer = SingleModel(recommender)
+
+    def loss_at(multiplier: float) -> float:
+        with torch.no_grad():
+            for k, t in params.items():
+                t.copy_(start[k] + multiplier * delta[k].to(t.dtype))
+        scores = score_rows(scorer, sample, batch_size=p.batch_size, progress=False)
+        return logloss(labels, scores.p_yes)
+
+    losses = {2.0 ** (2 - i): loss_at(2.0 ** (2 - i)) for i in range(p.search_steps)}
+    original = loss_at(0.0)  # leaves the parameters at θ
+    best = min(losses.values())
+    chosen = max(m for m, value in losses.items() if value <= best + SEARCH_TIE)
+    edge = chosen in (min(losses), max(losses)) and len(losses) > 1
+    if edge:
+        log.warning(
+            "influence: the validation search chose the %s step it tried (x%g); a wider search "
+            "(search_steps) or another damping may do better",
+            "shortest" if chosen == min(losses) else "longest",
+            chosen,
+        )
+    return chosen, {
+        "at_edge": edge,
+        "rows": len(sample),
+        "multiplier": chosen,
+        "valid_logloss": {f"{m:g}": round(v, 5) for m, v in losses.items()},
+        "original_valid_logloss": round(original, 5),
+        "s": round(time.perf_counter() - began, 3),
+    }
+
+
 # ---------------------------------------------------------------- the method
 def solve(
     ctx: UnlearnContext,
@@ -472,6 +544,9 @@ def run(ctx: UnlearnContext) -> dict[str, Any]:
             raise E2URecError(
                 f"influence update is not finite ({bad[0]}); nothing written (raise damping)"
             )
+        if p.search == "valid":
+            multiplier, report["search"] = search_step(ctx, recommender, params, delta)
+            delta = {k: multiplier * v for k, v in delta.items()}
         with torch.no_grad():
             for k, v in delta.items():
                 params[k].add_(v.to(params[k].dtype))
@@ -528,7 +603,8 @@ def influence_fields(
         "forget_rows": forgotten,
         "damping": p.damping,
         "scale": p.scale,
-        "solver": report,
+        "solver": {k: v for k, v in report.items() if k != "search"},
+        "search": report.get("search"),
         "delta_norm": norm,
         "relative_delta": norm / theta if theta else None,
         "timings_s": {k: round(v, 3) for k, v in timings.items()},
