@@ -25,13 +25,20 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from e2urec.artifacts import atomic_write_json, read_json, sha256_bytes, sha256_file
+from e2urec.artifacts import atomic_write_json, read_json, sha256_bytes
 from e2urec.backbones import Recommender, batches, load_recommender, parse_spec, save_recommender
 from e2urec.config import setting
 from e2urec.errors import E2URecError
 from e2urec.eval.scoring import to_device
 from e2urec.methods.base import Method, register
-from e2urec.methods.ensemble import TRAINERS, Recipe, link_member, require_rows
+from e2urec.methods.ensemble import (
+    TRAINERS,
+    Recipe,
+    link_file,
+    link_member,
+    require_rows,
+    train_shards,
+)
 from e2urec.mixture import (
     ADAPTERS_DIR,
     ASSIGNMENT,
@@ -367,26 +374,12 @@ def build_adapters(
 ) -> tuple[list[dict[str, Any]], int]:
     """Train over the frozen `base` (or link from `reuse`: shard → adapter folder) every
     shard's adapter; returns the manifest's adapter records and the trained parameter count."""
-    reuse = reuse or {}
-    adapters, trained = [], 0
-    for k, rows in enumerate(shards):
-        name = f"shard-{k}"
-        folder = run_dir / ADAPTERS_DIR / name
-        if k in reuse:
-            link_member(reuse[k], folder)
-        else:
-            trained += train_adapter(base, rows, valid_rows, recipe, k, folder, run_dir, meter)
-        adapters.append(
-            {
-                "name": name,
-                "path": f"{ADAPTERS_DIR}/{name}",
-                "samples": len(rows),
-                "forget_samples": forget_counts[k],
-                "retrained": k not in reuse,
-                "sha256": sha256_file(folder / "adapter_model.safetensors"),
-            }
-        )
-    return adapters, trained
+
+    def train(k: int, rows: Rows, folder: Path) -> int:
+        return train_adapter(base, rows, valid_rows, recipe, k, folder, run_dir, meter)
+
+    weights = "adapter_model.safetensors"
+    return train_shards(shards, forget_counts, run_dir, ADAPTERS_DIR, weights, reuse or {}, train)
 
 
 def cost_fields(meter: Any, trained: int, base_params: int, per_adapter: int, k: int) -> dict:
@@ -582,7 +575,7 @@ def unlearn_apa(ctx: Any) -> dict[str, Any]:
     reuse = {k: ctx.base_run / a["path"] for k, a in enumerate(base["adapters"]) if lost[k] == 0}
     link_member(ctx.base_run / BASE_DIR, ctx.run_dir / BASE_DIR)
     if (ctx.base_run / PARTITION).is_file():  # a deployment's versions hold no centres
-        link_member_file(ctx.base_run / PARTITION, ctx.run_dir / PARTITION)
+        link_file(ctx.base_run / PARTITION, ctx.run_dir / PARTITION)
     order = read_json(ctx.base_run / ASSIGNMENT, "APA partition")["ids"]
     write_assignment(ctx.run_dir / ASSIGNMENT, shards, order)
     valid = ctx.rows("valid")
@@ -630,17 +623,6 @@ def unlearn_apa(ctx: Any) -> dict[str, Any]:
     }
 
 
-def link_member_file(source: Path, target: Path) -> None:
-    """Reuse one file byte for byte (hardlink, else a copy)."""
-    import os
-    import shutil
-
-    try:
-        os.link(source, target)
-    except OSError:
-        shutil.copy2(source, target)
-
-
 def check_served(run: Path, manifest: dict[str, Any], rows: Rows) -> None:
     """A deployment's training rows must be the ones the APA run's partition holds."""
     retained_shards(run, rows, set())
@@ -653,7 +635,7 @@ def write_served(run: Path, stage: Path, link: bool) -> None:
     they average the representations of every train row, a forgotten user's included."""
     import shutil
 
-    put = link_member_file if link else shutil.copy2
+    put = link_file if link else shutil.copy2
     for name in (BASE_DIR, ADAPTERS_DIR):
         shutil.copytree(run / name, stage / name, copy_function=put)
     for name in (ASSIGNMENT, VALIDATION):

@@ -116,10 +116,49 @@ def link_member(source: Path, target: Path) -> None:
     """Reuse a member folder byte for byte: hardlink every file (copy where links fail)."""
     target.mkdir(parents=True)
     for path in sorted(source.iterdir()):
-        try:
-            os.link(path, target / path.name)
-        except OSError:
-            shutil.copy2(path, target / path.name)
+        link_file(path, target / path.name)
+
+
+def link_file(source: Path, target: Path) -> None:
+    """Reuse one file byte for byte: a hardlink, or a copy where links fail."""
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
+
+
+def train_shards(
+    shards: list[Rows],
+    forget_counts: list[int],
+    run_dir: Path,
+    folder: str,
+    weights: str,
+    reuse: dict[int, Path],
+    train: Callable[[int, Rows, Path], int],
+) -> tuple[list[dict[str, Any]], int]:
+    """Each shard's member in `run_dir/folder/shard-K`: linked from `reuse` (shard → folder)
+    or trained by `train(k, rows, member_folder)`, which returns the parameters it trained;
+    returns the manifest's member records (with the sha256 of the `weights` file) and the
+    parameters trained in all."""
+    records, trained = [], 0
+    for k, rows in enumerate(shards):
+        name = f"shard-{k}"
+        member = run_dir / folder / name
+        if k in reuse:
+            link_member(reuse[k], member)
+        else:
+            trained += train(k, rows, member)
+        records.append(
+            {
+                "name": name,
+                "path": f"{folder}/{name}",
+                "samples": len(rows),
+                "forget_samples": forget_counts[k],
+                "retrained": k not in reuse,
+                "sha256": sha256_file(member / weights),
+            }
+        )
+    return records, trained
 
 
 @torch.no_grad()
@@ -172,27 +211,15 @@ def build(
     RecEraser, and return the ensemble manifest fields."""
     from e2urec.data.dataset import load_split
 
-    reuse = reuse or {}
-    members = []
-    trained = 0
-    for k, rows in enumerate(shards):
-        name = f"shard-{k}"
-        folder = run_dir / MEMBERS_DIR / name
-        if k in reuse:
-            link_member(reuse[k], folder)
-        else:
-            trained += train_member(data_dir, rows, recipe, folder, run_dir, name, meter, built)
-            built = None  # a built backbone starts one member only
-        members.append(
-            {
-                "name": name,
-                "path": f"{MEMBERS_DIR}/{name}",
-                "samples": len(rows),
-                "forget_samples": forget_counts[k],
-                "retrained": k not in reuse,
-                "sha256": sha256_file(folder / "model.safetensors"),
-            }
-        )
+    backbone = iter([built])  # a built backbone starts the first member trained only
+
+    def train(k: int, rows: Rows, folder: Path) -> int:
+        start = next(backbone, None)
+        return train_member(data_dir, rows, recipe, folder, run_dir, f"shard-{k}", meter, start)
+
+    members, trained = train_shards(
+        shards, forget_counts, run_dir, MEMBERS_DIR, "model.safetensors", reuse or {}, train
+    )
     aggregate = "attention" if kind == "receraser" else "mean"
     if aggregate == "attention":
         valid = load_split(data_dir, "valid").to_dict("records")
