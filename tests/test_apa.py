@@ -139,6 +139,23 @@ def test_scoring_runs_the_model_once_per_batch(world):
     assert torch.allclose(weights.sum(dim=1), torch.ones(6))
 
 
+def test_tau_zero_mixes_uniformly_without_the_representation_pass(world, monkeypatch):
+    import e2urec.mixture as mixture
+
+    model = load_run_model(world["apa"])
+    rows = load_split(world["data"], "test").to_dict("records")[:6]
+    batch = model.recommender.collate(rows)
+    with torch.no_grad():
+        reps = mixture.represent(model.recommender, model.model, batch)
+        model.tau = 0.0
+        by_representation = model.mixed_logits(batch, model.row_weights(reps))
+        monkeypatch.setattr(mixture, "represent", lambda *a: pytest.fail("representation"))
+        assert torch.equal(model.answer_logits(batch), by_representation)
+        model.tau = 1000.0
+        with pytest.raises(pytest.fail.Exception):
+            model.answer_logits(batch)  # a weighted mixture needs the rows' representations
+
+
 def test_unlearning_retrains_only_touched_adapters_exactly(world, tmp_path):
     base = world["apa"]
     original = manifest(base)

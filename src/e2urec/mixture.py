@@ -183,9 +183,16 @@ class AdapterMixture:
             return getattr(self.model, head)(hidden[rows, index])
 
     def answer_logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Full-vocabulary logits [B, V] at the first answer position, adapters mixed per row."""
-        reps = represent(self.recommender, self.model, batch)
-        return self.mixed_logits(batch, self.row_weights(reps))
+        """Full-vocabulary logits [B, V] at the first answer position, adapters mixed per row.
+        With tau 0 every row's weights are uniform (the softmax of a constant), so the rows'
+        representations are not computed: one mixed pass."""
+        if self.tau == 0:
+            k = self.valid_error.shape[0]
+            ids = batch["input_ids"]
+            omega = torch.full((ids.shape[0], k), 1.0 / k, device=ids.device)
+        else:
+            omega = self.row_weights(represent(self.recommender, self.model, batch))
+        return self.mixed_logits(batch, omega)
 
     def target_logits(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """`answer_logits` as [B, 1, V] with the first answer token [B, 1], the shape
