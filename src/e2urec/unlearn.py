@@ -224,10 +224,10 @@ def write_single(stage: Path, model: Any, config_from: Path, manifest: dict) -> 
         shutil.copytree(model, stage / MODEL_DIR)
     else:
         save_recommender(model, stage / MODEL_DIR)
-    return finish_run(stage, config_from, manifest)
+    return finish_staged_run(stage, config_from, manifest)
 
 
-def finish_run(stage: Path, config_from: Path, manifest: dict) -> dict[str, str]:
+def finish_staged_run(stage: Path, config_from: Path, manifest: dict) -> dict[str, str]:
     """Complete run folder `stage`, whose weights are written: the config of run `config_from`
     when it has one, and `manifest` with the weights' sha256 (checked on loading); returns
     those hashes."""

@@ -363,7 +363,7 @@ class Worker:
         folder: Path,
     ) -> dict[str, Any]:
         """Write the new version folder whole (staged, one rename); returns its manifest."""
-        from e2urec.unlearn import finish_run, write_single
+        from e2urec.unlearn import finish_staged_run, write_single
 
         warm = self.warm
         assert warm is not None
@@ -388,7 +388,7 @@ class Worker:
             parent = self.dep.version_dir(warm.version)
             if served:  # the run's own files, as the format's loader reads them
                 served.write(folder / "run", stage, True)
-                model_hashes = hashes = finish_run(stage, parent, manifest)
+                model_hashes = hashes = finish_staged_run(stage, parent, manifest)
             else:
                 hashes = write_single(stage, model.recommender, parent, manifest)
                 model_hashes = {n.removeprefix(f"{MODEL_DIR}/"): h for n, h in hashes.items()}
