@@ -3,14 +3,19 @@
 The single model defaults to the APA run's own base (the same architecture, so the same cost).
 
 Loads each run (not timed), then scores the first --rows rows of --split with the project's
-scorer (`eval.predict.score_rows`, batch --batch-size, no reference) --repeats times and keeps
-each run's fastest pass; prints seconds per row per run and the ratios to the single model.
+scorer (`eval.predict.score_rows`, batch --batch-size, no reference) --repeats times, the runs
+taking turns, and keeps each run's fastest pass; prints seconds per row per run and the ratios to the single model.
 APA's pass = one pass of the base trunk without its LM head (the row's representation) + one
 pass with the K adapters mixed per row (`apa`: the LM head at the answer position only, as APA
 scores; `apa-full`: at every position, as the single model's scorer does); SISA runs its K
-members.
+members. `--tau T` scores the APA run with another temperature (τ = 0 skips the representation
+pass); `--represent-layers L ...` adds a row `apa-L` per L whose representation runs the base's
+first L blocks only (`train-ensemble --represent-layers`). Those rows time the cost only: the
+run's stored valid representations keep their own depth, so their weights are not the ones a
+run trained with L would give.
 
-    .venv/bin/python benchmarks/bench_apa.py --data DATA --single RUN --apa RUN [--sisa RUN]
+    .venv/bin/python benchmarks/bench_apa.py --data DATA --single RUN --apa RUN [--sisa RUN] \
+        [--tau 1000] [--represent-layers 1 2]
 
 With --delete: the time of a single-user deletion against Retrain, side by side in one process.
 For each chosen train user (--users; default: the users in the fewest shards, fewest rows
@@ -143,6 +148,10 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=128)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--tau", type=float, help="score APA at this temperature instead")
+    parser.add_argument(
+        "--represent-layers", type=int, nargs="*", default=[], help="extra apa-L rows (timing)"
+    )
     parser.add_argument("--delete", action="store_true", help="time single-user deletions")
     parser.add_argument("--users", type=int, nargs="*", help="--delete: these train users")
     parser.add_argument("--max-users", type=int, default=2, help="--delete: at most this many")
@@ -153,25 +162,31 @@ def main() -> None:
         return
     rows = load_split(args.data, args.split).to_dict("records")[: args.rows]
     runs = {"single": args.single or f"{args.apa}/base", "apa": args.apa, "apa-full": args.apa}
+    runs.update({f"apa-L{depth}": args.apa for depth in args.represent_layers})
     if args.sisa:
         runs["sisa"] = args.sisa
-    seconds = {}
     saved_heads = dict(mixture.ANSWER_HEADS)
+    models = {}
     for name, path in runs.items():
         model = load_run_model(path) if name != "single" or args.single else base_model(path)
-        # apa-full: the mixed pass runs the LM head at every position, as the single model does
-        heads = {} if name == "apa-full" else saved_heads
-        mixture.ANSWER_HEADS.clear()
-        mixture.ANSWER_HEADS.update(heads)
-        best = float("inf")
-        for _ in range(args.repeats):
+        if name.startswith("apa"):
+            model.tau = model.tau if args.tau is None else args.tau
+            depth = name.removeprefix("apa-L")
+            model.represent_layers = int(depth) if depth.isdigit() else model.represent_layers
+        models[name] = model
+    seconds = dict.fromkeys(runs, float("inf"))
+    for _ in range(args.repeats):  # round robin: a load change on the machine hits every run
+        for name, model in models.items():
+            # apa-full: the mixed pass runs the LM head at every position, as the single model
+            mixture.ANSWER_HEADS.clear()
+            mixture.ANSWER_HEADS.update({} if name == "apa-full" else saved_heads)
             start = time.perf_counter()
             with torch.no_grad():
                 score_rows(model, rows, args.batch_size, progress=False)
-            best = min(best, time.perf_counter() - start)
-        seconds[name] = best
+            seconds[name] = min(seconds[name], time.perf_counter() - start)
+    for name, best in seconds.items():
         print(
-            f"{name:7s} {best:8.2f} s for {len(rows)} rows ({1000 * best / len(rows):.1f} ms/row)"
+            f"{name:8s} {best:8.2f} s for {len(rows)} rows ({1000 * best / len(rows):.1f} ms/row)"
         )
     for name in runs:
         if name != "single":

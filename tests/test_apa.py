@@ -156,6 +156,59 @@ def test_tau_zero_mixes_uniformly_without_the_representation_pass(world, monkeyp
             model.answer_logits(batch)  # a weighted mixture needs the rows' representations
 
 
+@pytest.mark.parametrize("backbone", ["t5-tiny", "causal-tiny"])
+def test_a_truncated_representation_is_the_first_blocks_output(world, backbone):
+    from e2urec.backbones import create_recommender
+    from e2urec.mixture import trunk_hidden
+
+    rows = load_split(world["data"], "test").to_dict("records")[:3]
+    rec = create_recommender(backbone, [r["prompt"] + " " + r["target"] for r in rows], seed=0)
+    batch = rec.collate(rows)
+    model = rec.model.eval()
+    trunk = model.get_encoder() if rec.kind == "seq2seq" else model.base_model
+    inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+    calls = []
+    last = trunk.block[-1] if rec.kind == "seq2seq" else trunk.layers[-1]
+    last.register_forward_hook(lambda *args: calls.append(1))
+    with torch.no_grad():
+        every = trunk(**inputs, output_hidden_states=True).hidden_states
+        assert len(calls) == 1
+        first = trunk_hidden(trunk, 1, **inputs)
+        assert len(calls) == 1  # the blocks after the first never ran
+        assert torch.allclose(first, every[1], atol=1e-6)
+        assert torch.equal(trunk_hidden(trunk, 99, **inputs), trunk(**inputs).last_hidden_state)
+        embedded = trunk.get_input_embeddings()(inputs["input_ids"])
+        ran = len(calls)
+        assert torch.equal(trunk_hidden(trunk, 0, **inputs), embedded)
+        assert len(calls) == ran  # no block ran
+
+
+def test_represent_layers_shapes_the_partition_and_the_weights(world, tmp_path):
+    import e2urec.mixture as mixture
+    from e2urec.methods.apa import train_apa
+
+    run = tmp_path / "shallow"
+    m = train_apa(world["data"], run, APARecipe(**{**RECIPE, "max_steps": 1}, represent_layers=1))
+    assert m["aggregation"]["represent_layers"] == 1
+    model = load_run_model(run)
+    assert model.represent_layers == 1
+    valid = load_split(world["data"], "valid").to_dict("records")
+    with torch.no_grad():
+        reps = mixture.represent(
+            model.recommender, model.model, model.recommender.collate(valid), 1
+        )
+    assert torch.allclose(load_file(run / VALIDATION)["representation"], reps, atol=1e-5)
+    rows = load_split(world["data"], "test").to_dict("records")[:4]
+    batch = model.recommender.collate(rows)
+    with torch.no_grad():
+        shallow = mixture.represent(model.recommender, model.model, batch, 1)
+        expected = model.mixed_logits(batch, model.row_weights(shallow))
+        assert torch.equal(model.answer_logits(batch), expected)
+    unlearned = unlearn("apa", run, world["data"], tmp_path / "unlearned")
+    assert unlearned["aggregation"]["represent_layers"] == 1
+    assert unlearned["recipe"]["represent_layers"] == 1
+
+
 def test_unlearning_retrains_only_touched_adapters_exactly(world, tmp_path):
     base = world["apa"]
     original = manifest(base)
@@ -248,6 +301,8 @@ def _refused(argv: list[str], out: Path, capsys) -> str:
         (["--tau", "-1"], "tau"),
         (["--neighbours", "100000"], "valid rows"),
         (["--neighbours", "0"], "neighbours"),
+        (["--represent-layers", "-1"], "represent_layers"),
+        (["--represent-layers", "99"], "trunk has"),
     ],
 )
 def test_bad_apa_settings(world, tmp_path, capsys, extra, message):

@@ -237,10 +237,11 @@ def run_train_ensemble(args: argparse.Namespace) -> None:
     averages shard logits, RecEraser fits an attention aggregator on the valid split."""
     from e2urec import api
 
-    apa = {k: getattr(args, k) for k in ("shards", "tau", "neighbours", "whole")}
+    apa = ("shards", "tau", "neighbours", "whole", "represent_layers")
+    apa = {k: getattr(args, k) for k in apa}
     apa = {k: v for k, v in apa.items() if v is not None}
     if apa and args.method != "apa":
-        flags = ", ".join(f"--{k}" for k in apa)
+        flags = ", ".join("--" + k.replace("_", "-") for k in apa)
         raise E2URecError(f"{flags}: only for --method apa (sisa/receraser shards are prepared)")
     recipe = {**settings_of(TrainJob, args), **apa}
     manifest = api.train_ensemble(
@@ -269,6 +270,14 @@ def add_train_ensemble(sub: argparse._SubParsersAction) -> None:
         "--whole",
         help="modules each adapter trains whole besides LoRA: auto (minilm: the LM-head "
         "transform), none, or comma-separated names (default auto)",
+    )
+    apa.add_argument(
+        "--represent-layers",
+        type=int,
+        metavar="L",
+        help="the base's first L blocks give a row's representation, for the partition and the "
+        "per-row weights (default: all; 0: the mean token embedding; fewer makes scoring with "
+        "tau > 0 cheaper)",
     )
 
 

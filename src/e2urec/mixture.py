@@ -9,8 +9,9 @@ Run format "apa" (loaded by `runs.load_run_model`; written by `e2urec.methods.ap
 - manifest "adapters" (name, path, samples, forget_samples, retrained, sha256) and
   "aggregation" (tau, neighbours).
 
-A row's representation is the frozen base's last hidden state mean-pooled over its prompt tokens
-(unit length). Its weights ω: the `neighbours` valid rows nearest by cosine, each adapter's mean
+A row's representation is the frozen base's last hidden state (or, with the aggregation's
+`represent_layers`, the output of its first blocks: a cheaper pass) mean-pooled over its prompt
+tokens (unit length). Its weights ω: the `neighbours` valid rows nearest by cosine, each adapter's mean
 log-loss on them, softmax(−tau · error). One forward pass adds, at every LoRA-targeted linear
 layer, Σ_k ω_{b,k}·scale_k·B_k(A_k(x_b)) (the K adapters stacked: two matmuls of rank K·r) and
 replaces each module the adapters train whole (PEFT modules_to_save) by Σ_k ω_{b,k}·f_k(x_b).
@@ -31,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from e2urec.backbones import Recommender, load_recommender
+from e2urec.backbones import Recommender, block_lists, load_recommender
 
 BASE_DIR = "base"
 ADAPTERS_DIR = "adapters"
@@ -43,16 +44,54 @@ VALIDATION = "validation.safetensors"
 ANSWER_HEADS = {"bert": "cls", "llama": "lm_head"}
 
 
+class _Stop(Exception):
+    """Raised by the hook that ends a truncated representation pass, carrying its hidden state."""
+
+    def __init__(self, hidden: torch.Tensor) -> None:
+        super().__init__()
+        self.hidden = hidden
+
+
+def trunk_hidden(trunk: nn.Module, depth: int | None, **inputs: torch.Tensor) -> torch.Tensor:
+    """The last hidden state of `trunk` (an encoder or a causal trunk without its head), or with
+    `depth` the output of its first `depth` blocks: the pass stops there (the blocks after it
+    never run); depth 0: the input (token) embeddings, no block run. Only the calling thread's pass stops (another thread may score the model)."""
+    if depth == 0:  # no block: the input embeddings
+        return trunk.get_input_embeddings()(inputs["input_ids"])
+    blocks = block_lists(trunk)
+    if depth is None or not blocks or depth >= len(blocks[0][1]):
+        return trunk(**inputs).last_hidden_state
+    caller = threading.get_ident()
+
+    def stop(module: nn.Module, args: tuple, output: Any) -> None:
+        if threading.get_ident() == caller:
+            raise _Stop(output[0] if isinstance(output, tuple) else output)
+
+    handle = blocks[0][1][depth - 1].register_forward_hook(stop)
+    try:
+        return trunk(**inputs).last_hidden_state
+    except _Stop as stopped:
+        return stopped.hidden
+    finally:
+        handle.remove()
+
+
 @torch.no_grad()
-def represent(recommender: Recommender, model: nn.Module, batch: dict[str, Any]) -> torch.Tensor:
-    """[B, H] unit vectors: `model`'s last hidden state mean-pooled over each row's prompt tokens
-    (the encoder for seq2seq; the trunk without LM head for causal models, whose causal mask
-    keeps the prompt positions blind to the answer)."""
+def represent(
+    recommender: Recommender,
+    model: nn.Module,
+    batch: dict[str, Any],
+    depth: int | None = None,
+) -> torch.Tensor:
+    """[B, H] unit vectors: `model`'s last hidden state (with `depth`: its first `depth`
+    blocks' output) mean-pooled over each row's prompt tokens (the encoder for seq2seq; the
+    trunk without LM head for causal models, whose causal mask keeps the prompt positions blind
+    to the answer)."""
     ids, mask = batch["input_ids"], batch["attention_mask"]
     if recommender.kind == "seq2seq":
-        hidden = model.get_encoder()(input_ids=ids, attention_mask=mask).last_hidden_state
+        hidden = trunk_hidden(model.get_encoder(), depth, input_ids=ids, attention_mask=mask)
     else:
-        hidden = model.base_model(input_ids=ids, attention_mask=mask).last_hidden_state
+        hidden = trunk_hidden(model.base_model, depth, input_ids=ids, attention_mask=mask)
         positions = torch.arange(ids.shape[1], device=ids.device)
         mask = mask * (positions.unsqueeze(0) < batch["answer_start"].unsqueeze(1))
     weights = mask.unsqueeze(-1).to(hidden.dtype)
@@ -66,7 +105,8 @@ class AdapterMixture:
 
     `layers`: module path → (A [K·r, in], B·scale [out, K·r]) of the LoRA-targeted linears;
     `whole`: module path → the K trained copies of a module trained whole. `valid_repr` [Nv, H]
-    and `valid_error` [K, Nv] give the weights (None while the errors are being computed).
+    and `valid_error` [K, Nv] give the weights (None while the errors are being computed);
+    `represent_layers`: the base's blocks a row's representation runs through (None: all).
     """
 
     def __init__(
@@ -78,6 +118,7 @@ class AdapterMixture:
         valid_error: torch.Tensor | None = None,
         tau: float = 1000.0,
         neighbours: int = 20,
+        represent_layers: int | None = None,
     ) -> None:
         self.recommender = recommender
         self.model = recommender.model.eval()
@@ -85,6 +126,7 @@ class AdapterMixture:
         self.whole = {path: [m.eval() for m in copies] for path, copies in whole.items()}
         self.valid_repr, self.valid_error = valid_repr, valid_error
         self.tau, self.neighbours = tau, neighbours
+        self.represent_layers = represent_layers
         self._local = threading.local()  # ω of the mixed pass running in this thread
 
     @property
@@ -191,7 +233,8 @@ class AdapterMixture:
             ids = batch["input_ids"]
             omega = torch.full((ids.shape[0], k), 1.0 / k, device=ids.device)
         else:
-            omega = self.row_weights(represent(self.recommender, self.model, batch))
+            reps = represent(self.recommender, self.model, batch, self.represent_layers)
+            omega = self.row_weights(reps)
         return self.mixed_logits(batch, omega)
 
     def target_logits(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -269,4 +312,5 @@ def load_mixture(
         valid["log_loss"],
         float(aggregation["tau"]),
         int(aggregation["neighbours"]),
+        aggregation.get("represent_layers"),
     )

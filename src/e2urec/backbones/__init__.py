@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from e2urec.artifacts import atomic_write_json, check_safetensors, read_json
-from e2urec.backbones.base import ANSWERS, IGNORE, Family, Recommender, batches
+from e2urec.backbones.base import ANSWERS, IGNORE, Family, Recommender, batches, block_lists
 from e2urec.backbones.families import BACKBONES
 from e2urec.errors import E2URecError, first_line
 
@@ -19,6 +19,7 @@ __all__ = [
     "Family",
     "Recommender",
     "batches",
+    "block_lists",
     "create_recommender",
     "load_recommender",
     "parse_spec",

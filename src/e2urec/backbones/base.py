@@ -24,6 +24,17 @@ ANSWERS = ("Yes.", "No.")  # the targets written by `data prepare` (label 1, lab
 IGNORE = -100
 # One history entry per line, `Title (N stars)` (see `e2urec.data.prompts.history_entries`).
 HISTORY_LINE = re.compile(r"^.*\(\d+(?:\.\d+)? stars?\)$", re.MULTILINE)
+BLOCK_LISTS = ("block", "layers", "layer", "h")  # names of transformer block lists
+
+
+def block_lists(model: nn.Module) -> list[tuple[str, nn.ModuleList]]:
+    """(path, blocks) of every list of transformer blocks in `model`, in module order (T5: the
+    encoder's, then the decoder's)."""
+    return [
+        (name, module)
+        for name, module in model.named_modules()
+        if isinstance(module, nn.ModuleList) and name.split(".")[-1] in BLOCK_LISTS
+    ]
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,14 @@ import torch
 import torch.nn.functional as F
 
 from e2urec.artifacts import atomic_write_json, read_json, sha256_bytes
-from e2urec.backbones import Recommender, batches, load_recommender, parse_spec, save_recommender
+from e2urec.backbones import (
+    Recommender,
+    batches,
+    block_lists,
+    load_recommender,
+    parse_spec,
+    save_recommender,
+)
 from e2urec.config import setting
 from e2urec.errors import E2URecError
 from e2urec.eval.scoring import to_device
@@ -64,8 +71,9 @@ AUTO_WHOLE = {"minilm": ("cls.predictions.transform",)}
 class APARecipe(Recipe):
     """The ensemble recipe in LoRA mode plus APA's settings: `shards` (None: the prepared
     data's), the aggregation's `tau` and `neighbours`, `whole` (modules each adapter trains
-    whole, PEFT modules_to_save: "auto" by family, "none", or comma-separated names) and the
-    K-means iterations."""
+    whole, PEFT modules_to_save: "auto" by family, "none", or comma-separated names), the
+    K-means iterations and `represent_layers` (the base's first blocks the representation of
+    the partition and the aggregation runs through; None: all)."""
 
     FINETUNE: ClassVar[str] = "lora"
 
@@ -80,6 +88,12 @@ class APARecipe(Recipe):
         "comma-separated names",
     )
     kmeans_iters: int = setting(20, "balanced K-means iterations", rule="count")
+    represent_layers: int | None = setting(
+        None,
+        "the base's blocks a row's representation runs through (none: all; 0: the mean token "
+        "embedding; fewer makes scoring with tau > 0 cheaper)",
+        rule="non-negative",
+    )
 
     def whole_modules(self) -> list[str]:
         """The module names each adapter trains whole (modules_to_save)."""
@@ -154,9 +168,11 @@ def rows_sha256(rows: Rows) -> str:
 
 
 @torch.no_grad()
-def representations(recommender: Recommender, rows: Rows, batch_size: int) -> torch.Tensor:
-    """[n, H] representations of `rows` by the (plain) model of `recommender`, computed on the
-    process's device (a GPU when there is one)."""
+def representations(
+    recommender: Recommender, rows: Rows, batch_size: int, depth: int | None
+) -> torch.Tensor:
+    """[n, H] representations of `rows` by the (plain) model of `recommender` (its first
+    `depth` blocks; None: all), computed on the process's device (a GPU when there is one)."""
     from e2urec.train.runner import process_state
 
     device = process_state().device
@@ -164,7 +180,7 @@ def representations(recommender: Recommender, rows: Rows, batch_size: int) -> to
     out: torch.Tensor | None = None
     for index in batches(rows, batch_size, by_length=True):
         batch = recommender.collate([rows[i] for i in index])
-        reps = represent(recommender, model, to_device(batch, device)).cpu()
+        reps = represent(recommender, model, to_device(batch, device), depth).cpu()
         out = torch.empty((len(rows), reps.shape[1])) if out is None else out
         out[index] = reps
     return out
@@ -191,6 +207,19 @@ def check_backbone(recommender: Recommender, recipe: APARecipe) -> None:
         raise E2URecError(
             f"backbone {recipe.backbone!r} has no module {absent[0]!r} to train whole (whole=)"
         )
+    depth = representation_depth(recommender)
+    if recipe.represent_layers is not None and recipe.represent_layers > depth:
+        raise E2URecError(
+            f"represent_layers {recipe.represent_layers}: the backbone's trunk has {depth} blocks"
+        )
+
+
+def representation_depth(recommender: Recommender) -> int:
+    """The number of blocks of the trunk a representation runs through (encoder for seq2seq)."""
+    model = recommender.model
+    trunk = model.get_encoder() if recommender.kind == "seq2seq" else model.base_model
+    blocks = block_lists(trunk)
+    return len(blocks[0][1]) if blocks else 0
 
 
 def train_adapter(
@@ -289,14 +318,15 @@ def refresh_validation(
     previous: dict[str, torch.Tensor] | None,
     batch_size: int,
     previous_sha256: str | None = None,
+    depth: int | None = None,
 ) -> tuple[dict[str, torch.Tensor], int]:
     """validation.safetensors of `run_dir` for the `valid` rows: each row's representation and
     each adapter's log-loss on it. A row that `previous` (the validation tensors of the run the
     reused adapters come from) holds keeps its representation and, for an adapter not in
     `retrained`, its error; the rest is computed over `base` (used in place), loading only the
     adapters it scores. `previous_sha256`: its rows' `rows_sha256` (a run written before rows
-    had digests is matched whole). Returns the tensors and how many rows were new (scored by
-    every adapter)."""
+    had digests is matched whole). `depth`: the representation's blocks (`represent_layers`).
+    Returns the tensors and how many rows were new (scored by every adapter)."""
     k, n = len(adapters), len(valid)
     digests = row_digests(valid)
     known_rows = {}
@@ -318,7 +348,7 @@ def refresh_validation(
     loaded = sorted(retrained) + (others if fresh else [])
     if loaded:
         scored = score_validation(run_dir, [adapters[j] for j in loaded], base, valid, fresh,
-                                  len(retrained), batch_size)  # fmt: skip
+                                  len(retrained), batch_size, depth)  # fmt: skip
         if fresh:
             new, fresh_errors = scored[1], scored[2]
             reps = torch.empty((n, new.shape[1])) if reps is None else reps
@@ -339,10 +369,11 @@ def score_validation(
     fresh: list[int],
     retrained: int,
     batch_size: int,
+    depth: int | None,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """With `adapters` loaded over `base` (the first `retrained` of them retrained): their
-    errors on every valid row; the `fresh` rows' representations and the other adapters'
-    errors on them (None without fresh rows). Computed on the process's device."""
+    errors on every valid row; the `fresh` rows' representations (through `depth` blocks) and
+    the other adapters' errors on them (None without fresh rows), on the process's device."""
     from e2urec.train.runner import process_state
 
     recommender, layers, whole = load_adapters(run_dir, adapters, base)
@@ -352,7 +383,7 @@ def score_validation(
     if not fresh:
         return errors, None, None
     rows = [valid[i] for i in fresh]
-    reps = representations(recommender, rows, batch_size)
+    reps = representations(recommender, rows, batch_size, depth)
     return errors, reps, adapter_errors(mixture, k, list(range(retrained, k)), rows, batch_size)
 
 
@@ -448,7 +479,7 @@ def train_apa(
     save_recommender(base, run_dir / BASE_DIR)
     base = load_recommender(run_dir / BASE_DIR)  # as every later use loads it (exactness)
     with meter.phase("partition"):
-        reps = representations(base, train, recipe.eval_batch_size)
+        reps = representations(base, train, recipe.eval_batch_size, recipe.represent_layers)
         assignment, centres = balanced_kmeans(reps, k, recipe.seed, recipe.kmeans_iters)
     if (np.bincount(assignment, minlength=k) == 0).any():
         raise E2URecError(f"K-means left a shard empty: use fewer than {k} shards")
@@ -462,7 +493,14 @@ def train_apa(
     adapters, trained = build_adapters(run_dir, base, shards, counts, recipe, meter, loop_valid)
     with meter.phase("validation errors"):
         tensors, fresh = refresh_validation(
-            run_dir, adapters, base, list(range(k)), valid, None, recipe.eval_batch_size
+            run_dir,
+            adapters,
+            base,
+            list(range(k)),
+            valid,
+            None,
+            recipe.eval_batch_size,
+            depth=recipe.represent_layers,
         )
         save_file(tensors, run_dir / VALIDATION)
     base_params = sum(p.numel() for p in base.model.parameters())
@@ -473,7 +511,11 @@ def train_apa(
             "ensemble": "apa",
             "kind": "original",
             "adapters": adapters,
-            "aggregation": {"tau": recipe.tau, "neighbours": recipe.neighbours},
+            "aggregation": {
+                "tau": recipe.tau,
+                "neighbours": recipe.neighbours,
+                "represent_layers": recipe.represent_layers,
+            },
             "validation": validation_fields(valid, [a["name"] for a in adapters], fresh),
             "partition": {
                 "shards": k,
@@ -597,6 +639,7 @@ def unlearn_apa(ctx: Any) -> dict[str, Any]:
             previous,
             recipe.eval_batch_size,
             base.get("validation", {}).get("sha256"),
+            recipe.represent_layers,
         )
         save_file(tensors, ctx.run_dir / VALIDATION)
     params = ctx.params
@@ -609,6 +652,7 @@ def unlearn_apa(ctx: Any) -> dict[str, Any]:
         "aggregation": {
             "tau": base["aggregation"]["tau"] if params.tau is None else params.tau,
             "neighbours": params.neighbours or base["aggregation"]["neighbours"],
+            "represent_layers": recipe.represent_layers,
         },
         "partition": {
             **base["partition"],

@@ -35,7 +35,14 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from e2urec.backbones import ANSWERS, BACKBONES, IGNORE, Recommender, save_recommender
+from e2urec.backbones import (
+    ANSWERS,
+    BACKBONES,
+    IGNORE,
+    Recommender,
+    block_lists,
+    save_recommender,
+)
 from e2urec.config import check_settings, setting
 from e2urec.errors import E2URecError
 from e2urec.eval.scoring import to_device
@@ -51,7 +58,6 @@ from e2urec.methods.curvature import (
 
 log = logging.getLogger(__name__)
 CURVATURE_DIR = "curvature"
-BLOCK_LISTS = ("block", "layers", "layer", "h")  # names of transformer block lists
 _MEMORY: OrderedDict[tuple[str, str], tuple[EKFAC, int]] = OrderedDict()  # warm cache
 MEMORY_SLOTS = 4
 SEARCH_TIE = 0.001  # validation log-loss within this of the best counts as a tie
@@ -222,11 +228,7 @@ def select_params(model: nn.Module, spec: str, base: dict[str, Any]) -> tuple[st
         ids = {id(p) for p in head.parameters()}
         return resolved, [n for n, p in named.items() if id(p) in ids]
     wanted = int(resolved.removeprefix("last:"))
-    blocks = [
-        (name, module)
-        for name, module in model.named_modules()
-        if isinstance(module, nn.ModuleList) and name.split(".")[-1] in BLOCK_LISTS
-    ]
+    blocks = block_lists(model)
     if not blocks:
         raise E2URecError("influence params=last:K: the model has no list of transformer blocks")
     prefix, modules = blocks[-1]
