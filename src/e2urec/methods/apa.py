@@ -448,6 +448,8 @@ def train_apa(
 ) -> dict[str, Any]:
     """Train an original APA run (partition, K adapters, validation errors) into `out`; every
     input is checked, and the base built, before the run folder is created."""
+    from safetensors.torch import save_file
+
     from e2urec.data.dataset import load_split
     from e2urec.train.cost import CostMeter
     from e2urec.train.recipes import build_backbone, split_rows, validation_rows
@@ -469,25 +471,13 @@ def train_apa(
         meter=meter,
     )
     check_backbone(base, recipe)
-    config = {
-        "command": "train-ensemble",
-        "ensemble": "apa",
-        "data": str(data_dir),
-        **asdict(recipe),
-    }
+    config = {"command": "train-ensemble", "ensemble": "apa", "data": str(data_dir)}
+    config.update(asdict(recipe))
     run_dir = start_run(out, config, overwrite=overwrite, resume=False, can_resume=False)
     save_recommender(base, run_dir / BASE_DIR)
     base = load_recommender(run_dir / BASE_DIR)  # as every later use loads it (exactness)
     with meter.phase("partition"):
-        reps = representations(base, train, recipe.eval_batch_size, recipe.represent_layers)
-        assignment, centres = balanced_kmeans(reps, k, recipe.seed, recipe.kmeans_iters)
-    if (np.bincount(assignment, minlength=k) == 0).any():
-        raise E2URecError(f"K-means left a shard empty: use fewer than {k} shards")
-    from safetensors.torch import save_file
-
-    save_file({"centres": centres.contiguous()}, run_dir / PARTITION)
-    shards = [[r for r, a in zip(train, assignment, strict=True) if a == j] for j in range(k)]
-    write_assignment(run_dir / ASSIGNMENT, shards, [r["id"] for r in train])
+        shards = partition(base, train, k, recipe, run_dir)
     counts = [sum(r["id"] in forget for r in rows) for rows in shards]
     loop_valid = validation_rows(data_dir, recipe.loop_config())
     adapters, trained = build_adapters(run_dir, base, shards, counts, recipe, meter, loop_valid)
@@ -532,6 +522,21 @@ def train_apa(
             "seed": recipe.seed,
         },
     )
+
+
+def partition(base: Recommender, train: Rows, k: int, recipe: APARecipe, run_dir: Path) -> list:
+    """The train rows in `k` shards by balanced K-means on the frozen base's representations;
+    the centres and the assignment are saved into `run_dir`."""
+    from safetensors.torch import save_file
+
+    reps = representations(base, train, recipe.eval_batch_size, recipe.represent_layers)
+    assignment, centres = balanced_kmeans(reps, k, recipe.seed, recipe.kmeans_iters)
+    if (np.bincount(assignment, minlength=k) == 0).any():
+        raise E2URecError(f"K-means left a shard empty: use fewer than {k} shards")
+    save_file({"centres": centres.contiguous()}, run_dir / PARTITION)
+    shards = [[r for r, a in zip(train, assignment, strict=True) if a == j] for j in range(k)]
+    write_assignment(run_dir / ASSIGNMENT, shards, [r["id"] for r in train])
+    return shards
 
 
 def write_assignment(path: Path, shards: list[Rows], order: list[Any]) -> None:
