@@ -69,7 +69,8 @@ def time_steps(tasks: dict, student, batches, steps: int, epoch: int) -> dict:
     return {name: total / steps for name, total in seconds.items()}
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
+    """The command line (see the module docstring)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--d-model", type=int, default=256)
     parser.add_argument("--layers", type=int, default=4)
@@ -90,7 +91,11 @@ def main() -> None:
         help="where the models run (default: cuda when available)",
     )
     parser.add_argument("--json", help="also write the numbers to this JSON file")
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
     device = torch.device(args.device)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)

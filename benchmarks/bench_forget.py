@@ -543,7 +543,8 @@ def _verifies(dep: Deployment) -> bool:
 
 
 # ---------------------------------------------------------------- main
-def main() -> None:
+def parse_args() -> argparse.Namespace:
+    """The command line (see the module docstring)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", required=True, help="working folder (reused across runs)")
     parser.add_argument("--raw", default=str(DEFAULT_RAW), help="ml-100k folder")
@@ -587,6 +588,11 @@ def main() -> None:
     )
     args = parser.parse_args()
     args.set = PRESET_SETS + (args.set or [])
+    return args
+
+
+def main() -> None:
+    args = parse_args()
     methods = args.methods.split(",")
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
