@@ -68,8 +68,25 @@ def test_smoke_runs_every_step_and_reports(
         assert run["loop"]["precision"] == "bf16"
     phases = report["projection"]["phases"]
     assert phases and all(p["rows"] > 0 and p["gpu_hours"] >= 0 for p in phases)
+    assert any(p["phase"].startswith("influence × ") for p in phases)  # no loop, still costed
     assert (out / "smoke.md").is_file() and (out / "bench" / "results.md").is_file()
     assert "Projection of the full preset" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("preset", ["paper-ml1m-t5base", "ml1m-qwen2.5-0.5b"])
+def test_smoke_runs_influence_and_apa_at_the_paper_geometries(tiny_geometries, tmp_path, preset):
+    out = tmp_path / "smoke"
+    args = ["bench", "--preset", preset, "--smoke", "--out", str(out)]
+    assert cli.main([*args, "--methods", "influence,apa"]) == 0
+    steps = [t["step"] for t in json.loads((out / "smoke.json").read_text())["steps"]]
+    for step in (
+        "train apa original ensemble",
+        "unlearn influence (seed 0)",
+        "unlearn apa (seed 0)",
+    ):
+        assert step in steps
+    results = json.loads((out / "bench" / "results.json").read_text())
+    assert {"influence", "apa"} <= {r["method"] for r in results}
 
 
 @pytest.mark.parametrize("preset", ["demo", "cpu-ml100k-minilm"])

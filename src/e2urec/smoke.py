@@ -243,6 +243,30 @@ def full_rows(config: presets.BenchConfig) -> dict[str, float]:
             "retain": train - forget}  # fmt: skip
 
 
+def influence_rows(
+    config: presets.BenchConfig,
+    rows: dict[str, float],
+    seeds: int,
+    trained: dict[str, float],
+    scored: dict[str, float],
+) -> None:
+    """Add influence's rows to `trained` (one forward and backward pass each: the forget rows,
+    the curvature's two passes over its rows, ḡ's rows) and to `scored` (the step search)."""
+    from e2urec.methods import METHODS
+
+    values = dataclasses.asdict(METHODS.get("influence").params())
+    values.update(config.method_params.get("influence") or {})
+    per_seed = rows["forget"] + 2 * values["curvature_rows"]
+    per_seed += min(values["center_rows"], rows["retain"])
+    trained[f"influence × {seeds} seeds (forget rows + curvature + ḡ, one pass each)"] = (
+        per_seed * seeds
+    )
+    if values["search"] == "valid":
+        scored[f"influence's step search × {seeds} seeds"] = (
+            values["search_rows"] * values["search_steps"] * seeds
+        )
+
+
 def project(config: presets.BenchConfig, report: dict[str, Any], tflops: float) -> dict[str, Any]:
     """The full preset's rows per phase, and their time on this machine and on a GPU."""
     from e2urec.methods import METHODS, TrainParams
@@ -267,6 +291,8 @@ def project(config: presets.BenchConfig, report: dict[str, Any], tflops: float) 
         trained[f"{name} × {seeds} seeds ({passes} forget passes)"] = (
             rows["forget"] * passes * seeds
         )
+    if "influence" in METHODS.names():
+        influence_rows(config, rows, seeds, trained, scored)
     runs = 1 + seeds * (1 + len(METHODS.names()) + (config.data.shards - 1) * 2)
     scored["evaluation (test + forget) × runs"] = (rows["test"] + rows["forget"]) * runs
     n, tokens = report["full_params"], report["tokens_per_row"]
