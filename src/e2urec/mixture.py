@@ -76,6 +76,12 @@ def trunk_hidden(trunk: nn.Module, depth: int | None, **inputs: torch.Tensor) ->
         handle.remove()
 
 
+def trunk_of(recommender: Recommender, model: nn.Module) -> nn.Module:
+    """The part of `model` a representation runs: the encoder for seq2seq, the trunk without
+    the LM head for causal models."""
+    return model.get_encoder() if recommender.kind == "seq2seq" else model.base_model
+
+
 @torch.no_grad()
 def represent(
     recommender: Recommender,
@@ -88,10 +94,8 @@ def represent(
     trunk without LM head for causal models, whose causal mask keeps the prompt positions blind
     to the answer)."""
     ids, mask = batch["input_ids"], batch["attention_mask"]
-    if recommender.kind == "seq2seq":
-        hidden = trunk_hidden(model.get_encoder(), depth, input_ids=ids, attention_mask=mask)
-    else:
-        hidden = trunk_hidden(model.base_model, depth, input_ids=ids, attention_mask=mask)
+    hidden = trunk_hidden(trunk_of(recommender, model), depth, input_ids=ids, attention_mask=mask)
+    if recommender.kind != "seq2seq":
         positions = torch.arange(ids.shape[1], device=ids.device)
         mask = mask * (positions.unsqueeze(0) < batch["answer_start"].unsqueeze(1))
     weights = mask.unsqueeze(-1).to(hidden.dtype)

@@ -56,6 +56,7 @@ from e2urec.mixture import (
     load_adapters,
     load_mixture,
     represent,
+    trunk_of,
 )
 from e2urec.quiet import quiet_transformers
 from e2urec.runs import SERVED, Served
@@ -216,9 +217,7 @@ def check_backbone(recommender: Recommender, recipe: APARecipe) -> None:
 
 def representation_depth(recommender: Recommender) -> int:
     """The number of blocks of the trunk a representation runs through (encoder for seq2seq)."""
-    model = recommender.model
-    trunk = model.get_encoder() if recommender.kind == "seq2seq" else model.base_model
-    blocks = block_lists(trunk)
+    blocks = block_lists(trunk_of(recommender, recommender.model))
     return len(blocks[0][1]) if blocks else 0
 
 
