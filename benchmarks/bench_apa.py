@@ -4,7 +4,8 @@ The single model defaults to the APA run's own base (the same architecture, so t
 
 Loads each run (not timed), then scores the first --rows rows of --split with the project's
 scorer (`eval.predict.score_rows`, batch --batch-size, no reference) --repeats times, the runs
-taking turns, and keeps each run's fastest pass; prints seconds per row per run and the ratios to the single model.
+taking turns, and keeps each run's fastest pass; prints seconds per row per run and the ratios
+to the single model.
 APA's pass = one pass of the base trunk without its LM head (the row's representation) + one
 pass with the K adapters mixed per row (`apa`: the LM head at the answer position only, as APA
 scores; `apa-full`: at every position, as the single model's scorer does); SISA runs its K

@@ -11,8 +11,8 @@ Run format "apa" (loaded by `runs.load_run_model`; written by `e2urec.methods.ap
 
 A row's representation is the frozen base's last hidden state (or, with the aggregation's
 `represent_layers`, the output of its first blocks: a cheaper pass) mean-pooled over its prompt
-tokens (unit length). Its weights ω: the `neighbours` valid rows nearest by cosine, each adapter's mean
-log-loss on them, softmax(−tau · error). One forward pass adds, at every LoRA-targeted linear
+tokens (unit length). Its weights ω: the `neighbours` valid rows nearest by cosine, each
+adapter's mean log-loss on them, softmax(−tau · error). One forward pass adds, at every LoRA-targeted linear
 layer, Σ_k ω_{b,k}·scale_k·B_k(A_k(x_b)) (the K adapters stacked: two matmuls of rank K·r) and
 replaces each module the adapters train whole (PEFT modules_to_save) by Σ_k ω_{b,k}·f_k(x_b).
 Scoring a row costs one pass of the base trunk without its LM head (the representation) plus
@@ -55,7 +55,8 @@ class _Stop(Exception):
 def trunk_hidden(trunk: nn.Module, depth: int | None, **inputs: torch.Tensor) -> torch.Tensor:
     """The last hidden state of `trunk` (an encoder or a causal trunk without its head), or with
     `depth` the output of its first `depth` blocks: the pass stops there (the blocks after it
-    never run); depth 0: the input (token) embeddings, no block run. Only the calling thread's pass stops (another thread may score the model)."""
+    never run); depth 0: the input (token) embeddings, no block run. Only the calling thread's
+    pass stops (another thread may score the model)."""
     if depth == 0:  # no block: the input embeddings
         return trunk.get_input_embeddings()(inputs["input_ids"])
     blocks = block_lists(trunk)
