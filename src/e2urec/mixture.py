@@ -12,11 +12,11 @@ Run format "apa" (loaded by `runs.load_run_model`; written by `e2urec.methods.ap
 A row's representation is the frozen base's last hidden state (or, with the aggregation's
 `represent_layers`, the output of its first blocks: a cheaper pass) mean-pooled over its prompt
 tokens (unit length). Its weights ω: the `neighbours` valid rows nearest by cosine, each
-adapter's mean log-loss on them, softmax(−tau · error). One forward pass adds, at every LoRA-targeted linear
-layer, Σ_k ω_{b,k}·scale_k·B_k(A_k(x_b)) (the K adapters stacked: two matmuls of rank K·r) and
-replaces each module the adapters train whole (PEFT modules_to_save) by Σ_k ω_{b,k}·f_k(x_b).
-Scoring a row costs one pass of the base trunk without its LM head (the representation) plus
-one mixed pass, never K passes.
+adapter's mean log-loss on them, softmax(−tau · error). One forward pass adds, at every
+LoRA-targeted linear layer, Σ_k ω_{b,k}·scale_k·B_k(A_k(x_b)) (the K adapters stacked: two
+matmuls of rank K·r) and replaces each module the adapters train whole (PEFT modules_to_save)
+by Σ_k ω_{b,k}·f_k(x_b). Scoring a row costs one pass of the base trunk without its LM head
+(the representation) plus one mixed pass, never K passes.
 """
 
 from __future__ import annotations
