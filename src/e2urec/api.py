@@ -157,6 +157,15 @@ def export(run: str | Path, out: str | Path, merge: bool = True, overwrite: bool
     return run_export(run, out, merge, overwrite)
 
 
+def import_run(data: str | Path, backbone: str, out: str | Path, **options: Any) -> dict[str, Any]:
+    """A run from a recommender trained elsewhere on prepared `data`: checkpoint `backbone`,
+    or (options: adapter, max_length, overwrite) a PEFT LoRA adapter over it; returns the run
+    manifest. See `e2urec.import_run`."""
+    from e2urec.import_run import import_run as run_import
+
+    return run_import(data, backbone, out, **options)
+
+
 def deploy(run: str | Path, data: str | Path, out: str | Path, **settings: Any) -> Any:
     """Create a deployment from `run` on prepared `data` (settings: raw, overwrite,
     rollback_window, method_for; see `e2urec.deploy.deployment.deploy`); returns the

@@ -174,7 +174,9 @@ def run_train(args: argparse.Namespace) -> None:
         print(
             f"trained {args.out} ({manifest['kind']}, {manifest['backbone']} {manifest['finetune']}"
             f" on {manifest['trained_on']}): {fit['epochs_run']} epochs, {fit['steps']} steps, "
-            f"best epoch {fit['best_epoch']} valid CE {fit['best_valid']:.4f}, "
+            f"kept epoch {fit['best_epoch']}"
+            + (f" (valid CE {fit['best_valid']:.4f})" if fit["best_valid"] is not None else "")
+            + ", "
             f"{cost['wall_s']:.1f} s, {manifest['processes']} process(es)"
         )
 
@@ -296,6 +298,34 @@ def add_export(sub: argparse._SubParsersAction) -> None:
     add_output(p, "DIR")
 
 
+def run_import(args: argparse.Namespace) -> None:
+    """Turn a recommender trained elsewhere into a run: the checkpoint named by --backbone
+    (e.g. causal:/models/my-llmrec), or a PEFT LoRA adapter (--adapter) over it, plus the
+    prepared data folder it was trained on. `unlearn --from`, `eval` and `deploy --from`
+    accept the run; a LoRA adapter stays an adapter over the base it names."""
+    from e2urec import api
+
+    manifest = api.import_run(
+        args.data, args.backbone, args.out, adapter=args.adapter,
+        max_length=args.max_length, overwrite=args.overwrite,
+    )  # fmt: skip
+    kind = "adapter over " + args.backbone if args.adapter else args.backbone
+    print(f"imported {args.out} ({kind}, {manifest['finetune']}; data {args.data})")
+
+
+def add_import(sub: argparse._SubParsersAction) -> None:
+    summary = "turn a Hugging Face checkpoint or PEFT adapter trained elsewhere into a run"
+    p = command(sub, run_import, summary)
+    p.add_argument("--data", required=True, metavar="DIR", help="prepared data it was trained on")
+    p.add_argument(
+        "--backbone", required=True, metavar="SPEC",
+        help="the checkpoint: causal:PATH_OR_ID, t5:PATH_OR_ID, gguf:FILE or smollm2",
+    )  # fmt: skip
+    p.add_argument("--adapter", metavar="DIR", help="a PEFT LoRA adapter trained over SPEC")
+    p.add_argument("--max-length", type=int, default=512, help="max prompt+answer tokens")
+    add_output(p)
+
+
 # ---------------------------------------------------------------- bench / report
 def run_bench(args: argparse.Namespace) -> None:
     """Prepare the data, train the Original, train Retrain for every seed (two Retrains give the
@@ -375,6 +405,7 @@ COMMANDS = [  # in workflow order, as `e2urec --help` lists them
     add_unlearn,
     add_eval,
     add_export,
+    add_import,
     add_bench,
     add_report,
     add_list,

@@ -186,7 +186,7 @@ def measure(bench: _TimedBench) -> dict[str, Any]:
     scored = sum(rows * _members(bench, t["step"]) for t in evals)
     rec = create_recommender(bench.config.train.backbone, tokenizer_corpus(bench.data_dir), 0)
     train = load_split(bench.data_dir, "train")
-    lengths = [len(ids) + 3 for ids in rec.tokenizer(list(train["prompt"]))["input_ids"]]
+    lengths = [len(ids) + 3 for ids in rec.encode_prompts(list(train["prompt"]))]
     return {
         "seconds_per_step": round(statistics.median(steps), 3) if steps else None,
         "optimizer_steps_timed": len(steps),

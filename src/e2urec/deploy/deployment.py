@@ -583,8 +583,8 @@ def deploy(
         meta["format"] = fmt
     with staged_folder(out, overwrite=overwrite) as stage:
         version = stage / VERSIONS / "v0001"
-        if served is None:
-            export(run, version, merge=True)
+        if served is None:  # an adapter over its named base stays one (the base is shared)
+            export(run, version, merge=True, keep_adapter=True)
         else:
             write_served(served, run, manifest, version)
         store = Store.create(stage / STORE, **tables, meta=meta)

@@ -92,8 +92,14 @@ class WarmContext(UnlearnContext):
 
     __repr__ = object.__repr__  # the dataclass repr would read data_dir and write the folder
 
-    def original(self) -> Any:
-        """A copy of the serving model, every parameter trainable (as a loaded one)."""
+    def original(self, editable: bool = False) -> Any:
+        """A copy of the serving model, every parameter trainable (as a loaded one); with
+        `editable`, a version stored as an adapter comes as that adapter, trainable, over its
+        frozen base (read from the version folder)."""
+        from e2urec.backbones import holds_adapter, load_recommender
+
+        if editable and holds_adapter(self.base_run / MODEL_DIR):
+            return load_recommender(self.base_run / MODEL_DIR, editable=True)
         recommender = _copy(self.source)
         recommender.model.requires_grad_(True)
         return recommender
@@ -363,6 +369,7 @@ class Worker:
         folder: Path,
     ) -> dict[str, Any]:
         """Write the new version folder whole (staged, one rename); returns its manifest."""
+        from e2urec.backbones import holds_adapter
         from e2urec.unlearn import finish_staged_run, write_single
 
         warm = self.warm
@@ -389,8 +396,10 @@ class Worker:
             if served:  # the run's own files, as the format's loader reads them
                 served.write(folder / "run", stage, True)
                 model_hashes = hashes = finish_staged_run(stage, parent, manifest)
-            else:
-                hashes = write_single(stage, model.recommender, parent, manifest)
+            else:  # an adapter the method stored over the shared base, else the whole model
+                stored = folder / "run" / MODEL_DIR
+                source = stored if holds_adapter(stored) else model.recommender
+                hashes = write_single(stage, source, parent, manifest)
                 model_hashes = {n.removeprefix(f"{MODEL_DIR}/"): h for n, h in hashes.items()}
             VersionInfo(
                 work.version,

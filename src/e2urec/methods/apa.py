@@ -19,7 +19,7 @@ import copy
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -34,7 +34,7 @@ from e2urec.backbones import (
     parse_spec,
     save_recommender,
 )
-from e2urec.config import setting
+from e2urec.config import override, setting
 from e2urec.errors import E2URecError
 from e2urec.eval.scoring import to_device
 from e2urec.methods.base import Method, register
@@ -76,7 +76,7 @@ class APARecipe(Recipe):
     K-means iterations and `represent_layers` (the base's first blocks the representation of
     the partition and the aggregation runs through; None: all)."""
 
-    FINETUNE: ClassVar[str] = "lora"
+    finetune: Literal["lora"] = override(Recipe, "finetune", "lora")  # one adapter per shard
 
     shards: int | None = setting(
         None, "K adapters (none: the prepared data's shards)", rule="count"
@@ -408,8 +408,7 @@ def build_adapters(
     def train(k: int, rows: Rows, folder: Path) -> int:
         return train_adapter(base, rows, valid_rows, recipe, k, folder, run_dir, meter)
 
-    weights = "adapter_model.safetensors"
-    return train_shards(shards, forget_counts, run_dir, ADAPTERS_DIR, weights, reuse or {}, train)
+    return train_shards(shards, forget_counts, run_dir, ADAPTERS_DIR, reuse or {}, train)
 
 
 def cost_fields(meter: Any, trained: int, base_params: int, per_adapter: int, k: int) -> dict:

@@ -92,14 +92,16 @@ class UnlearnContext:
             self._rows[split] = load_split(self.data_dir, split).to_dict("records")
         return self._rows[split]
 
-    def original(self) -> Recommender:
+    def original(self, editable: bool = False) -> Recommender:
         """A fresh copy of the original run's whole model (single-format runs; an APA run's
-        frozen base)."""
+        frozen base). A LoRA Original stored as its adapter comes merged, or with `editable`
+        as its trainable adapter over the frozen base (the method then edits and saves the
+        adapter)."""
         from e2urec.mixture import BASE_DIR
         from e2urec.runs import MODEL_DIR
 
         folder = BASE_DIR if self.base_manifest.get("format") == "apa" else MODEL_DIR
-        return load_recommender(self.base_run / folder)
+        return load_recommender(self.base_run / folder, editable=editable)
 
 
 @dataclass

@@ -17,7 +17,6 @@ Parameters are handled as {name: tensor} dicts in a fixed order; `flat`/`cosine`
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import time
@@ -58,16 +57,6 @@ def cosine(a: Vec, b: Vec) -> float:
     """Cosine similarity of two parameter vectors."""
     fa, fb = flat(a), flat(b)
     return float(fa @ fb / (fa.norm() * fb.norm()).clamp(min=1e-300))
-
-
-def weights_key(model: nn.Module) -> str:
-    """sha256 of the model's weights: every state-dict tensor (name, dtype, shape, bytes)."""
-    digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        data = tensor.detach().cpu().contiguous().reshape(-1)
-        digest.update(f"{name}|{data.dtype}|{tuple(tensor.shape)}|".encode())
-        digest.update(data.view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
 
 
 # ---------------------------------------------------------------- gradients and HVPs

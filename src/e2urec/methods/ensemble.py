@@ -20,12 +20,12 @@ import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 from torch import nn
 
-from e2urec.artifacts import sha256_file
+from e2urec.artifacts import model_sha256
 from e2urec.backbones import load_recommender, save_recommender
 from e2urec.config import check_settings, setting
 from e2urec.errors import E2URecError
@@ -51,7 +51,6 @@ class Recipe(Seeded, SupervisedSettings):
     recipe, early stopping on valid), and for RecEraser how the attention aggregator is fitted
     (full-batch Adam on valid)."""
 
-    FINETUNE: ClassVar[str] = "full"  # the members' fine-tuning mode (recipes.recipe_loop)
     agg_hidden: int = setting(
         16, "RecEraser: hidden units of the attention aggregator", rule="count"
     )
@@ -64,7 +63,7 @@ class Recipe(Seeded, SupervisedSettings):
         """The members' loop settings (`recipes.recipe_loop`: checked, lr default by family)."""
         from e2urec.train.recipes import recipe_loop
 
-        return recipe_loop(self, self.FINETUNE, where)
+        return recipe_loop(self, self.finetune, where)
 
     def check(self, where: str = "") -> None:
         """One clear error for the first setting out of range (before anything is written);
@@ -105,6 +104,7 @@ def train_member(
         max_length=recipe.max_length,
         init_seed=recipe.init_seed,
         meter=meter,
+        finetune=recipe.finetune,
         desc=name,
         built=built,
     )
@@ -132,14 +132,13 @@ def train_shards(
     forget_counts: list[int],
     run_dir: Path,
     folder: str,
-    weights: str,
     reuse: dict[int, Path],
     train: Callable[[int, Rows, Path], int],
 ) -> tuple[list[dict[str, Any]], int]:
     """Each shard's member in `run_dir/folder/shard-K`: linked from `reuse` (shard → folder)
     or trained by `train(k, rows, member_folder)`, which returns the parameters it trained;
-    returns the manifest's member records (with the sha256 of the `weights` file) and the
-    parameters trained in all."""
+    returns the manifest's member records (with the sha256 of its weights, `model_sha256`) and
+    the parameters trained in all."""
     records, trained = [], 0
     for k, rows in enumerate(shards):
         name = f"shard-{k}"
@@ -155,7 +154,7 @@ def train_shards(
                 "samples": len(rows),
                 "forget_samples": forget_counts[k],
                 "retrained": k not in reuse,
-                "sha256": sha256_file(member / weights),
+                "sha256": model_sha256(member),
             }
         )
     return records, trained
@@ -217,9 +216,7 @@ def build(
         start = next(backbone, None)
         return train_member(data_dir, rows, recipe, folder, run_dir, f"shard-{k}", meter, start)
 
-    members, trained = train_shards(
-        shards, forget_counts, run_dir, MEMBERS_DIR, "model.safetensors", reuse or {}, train
-    )
+    members, trained = train_shards(shards, forget_counts, run_dir, MEMBERS_DIR, reuse or {}, train)
     aggregate = "attention" if kind == "receraser" else "mean"
     if aggregate == "attention":
         valid = load_split(data_dir, "valid").to_dict("records")
@@ -295,6 +292,7 @@ def train_ensemble(
         init_seed=recipe.init_seed,
         max_length=recipe.max_length,
         meter=meter,
+        finetune=recipe.finetune,
     )
     config = {
         "command": "train-ensemble",

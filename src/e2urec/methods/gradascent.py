@@ -25,7 +25,7 @@ def make_task(recommender: Recommender, forget: Rows) -> GradientTask:
 
 def run(ctx: UnlearnContext) -> dict[str, Any]:
     """Run gradient ascent from the original model."""
-    recommender = ctx.original()
+    recommender = ctx.original(editable=True)
     return train_original(ctx, make_task(recommender, ctx.rows("forget")), recommender)
 
 

@@ -84,7 +84,7 @@ def from_original(
     the original model by `train_original`."""
 
     def run(ctx: UnlearnContext) -> dict[str, Any]:
-        recommender = ctx.original()
+        recommender = ctx.original(editable=True)
         task = make_task(recommender, ctx.rows("forget"), ctx.rows("retain"), ctx.params)
         return train_original(ctx, task, recommender)
 
@@ -92,7 +92,8 @@ def from_original(
 
 
 def train_original(ctx: UnlearnContext, task: GradientTask, recommender: Recommender) -> dict:
-    """Fine-tune every parameter of the original on `task`; save it as a single-format run."""
+    """Fine-tune the original's trainable parameters on `task` (every weight, or a LoRA
+    Original's adapter); save it as a single-format run."""
     from e2urec.runs import MODEL_DIR
     from e2urec.train.loop import fit
 

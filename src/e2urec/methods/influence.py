@@ -41,8 +41,10 @@ from e2urec.backbones import (
     IGNORE,
     Recommender,
     block_lists,
+    is_lora,
     save_recommender,
 )
+from e2urec.backbones import weights_digest as weights_key
 from e2urec.config import check_settings, setting
 from e2urec.errors import E2URecError
 from e2urec.eval.scoring import to_device
@@ -53,7 +55,6 @@ from e2urec.methods.curvature import (
     conjugate_gradient,
     gradient_sum,
     hessian_operator,
-    weights_key,
 )
 
 log = logging.getLogger(__name__)
@@ -167,7 +168,8 @@ class InfluenceParams:
                     "layers in its last block list"
                 )
         if self.curvature not in ("auto", "build"):
-            check_curvature_file(Path(self.curvature), base_run)
+            edits_adapter = resolve_params(self.params, base) == "lora"
+            check_curvature_file(Path(self.curvature), base_run, edits_adapter)
 
 
 # ---------------------------------------------------------------- checks
@@ -191,15 +193,16 @@ def config_layers(path: Path) -> int | None:
     return None
 
 
-def check_curvature_file(path: Path, base_run: Path) -> None:
-    """A curvature file given by path must exist and have been built on `base_run`'s weights."""
+def check_curvature_file(path: Path, base_run: Path, edits_adapter: bool) -> None:
+    """A curvature file given by path must exist and have been built on `base_run`'s weights
+    (loaded as `run` loads them: a LoRA Original's adapter kept apart when it is edited)."""
     from e2urec.backbones import load_recommender
     from e2urec.runs import MODEL_DIR
 
     if not path.is_file():
         raise E2URecError(f"influence curvature file not found: {path}")
     stored = EKFAC.load(path)
-    key = weights_key(load_recommender(base_run / MODEL_DIR).model)
+    key = weights_key(load_recommender(base_run / MODEL_DIR, editable=edits_adapter).model)
     if stored.info.get("weights_key") != key:
         raise E2URecError(
             f"influence curvature {path} was built for another model version (weights sha256 "
@@ -208,16 +211,27 @@ def check_curvature_file(path: Path, base_run: Path) -> None:
 
 
 # ---------------------------------------------------------------- which parameters
+def resolve_params(spec: str, base: dict[str, Any]) -> str:
+    """`params=auto` resolved: lora for a LoRA Original, all otherwise; other specs as given."""
+    if spec != "auto":
+        return spec
+    return "lora" if base.get("finetune", "full") == "lora" else "all"
+
+
 def select_params(model: nn.Module, spec: str, base: dict[str, Any]) -> tuple[str, list[str]]:
-    """(resolved spec, names of the edited parameters) for `params=spec`."""
+    """(resolved spec, names of the edited parameters) for `params=spec`; `lora` on an Original
+    stored as its adapter (a PEFT model) edits the adapter's A and B matrices (LLMEraser's
+    regime), on one stored merged the LoRA-targeted weights."""
     finetune = base.get("finetune", "full")
-    resolved = ("lora" if finetune == "lora" else "all") if spec == "auto" else spec
+    resolved = resolve_params(spec, base)
     named = dict(model.named_parameters())
     if resolved == "all":
         return resolved, list(named)
     if resolved == "lora":
         if finetune != "lora":
             raise E2URecError("influence params=lora needs an Original trained with LoRA")
+        if is_lora(model):
+            return resolved, [n for n in named if ".lora_" in n]
         family = BACKBONES.get(base["family"]) if base.get("family") in BACKBONES else None
         targets = set(family.lora_targets or ()) if family else set()
         targets = targets or {"q", "v", "q_proj", "v_proj", "query", "value"}
@@ -518,7 +532,7 @@ def run(ctx: UnlearnContext) -> dict[str, Any]:
     p: InfluenceParams = ctx.params
     timings: dict[str, float] = {}
     clock = time.perf_counter()
-    recommender = ctx.original()
+    recommender = ctx.original(editable=resolve_params(str(p.params), ctx.base_manifest) == "lora")
     model = recommender.model.eval()
     resolved, names = select_params(model, str(p.params), ctx.base_manifest)
     named = dict(model.named_parameters())

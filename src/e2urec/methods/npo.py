@@ -74,7 +74,7 @@ def run(ctx: UnlearnContext) -> dict[str, Any]:
     """Run NPO from the original model."""
     from e2urec.train.runner import process_state
 
-    recommender = ctx.original()
+    recommender = ctx.original(editable=True)
     recommender.model.to(process_state().device)  # the reference pass runs where training will
     forget = ctx.rows("forget")
     with ctx.meter.phase("reference"):

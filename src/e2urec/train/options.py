@@ -4,7 +4,7 @@
 decay) < `StepSettings` (epochs, lr, batch_size, max_steps: the methods' TrainParams) <
 `LoopSettings` (+ patience, keep, eval_batch_size: the loop's LoopConfig) < `SupervisedSettings`
 (+ backbone, init_seed, max_length: the bench's train section, the ensembles' Recipe) <
-`TrainJob` (+ seed, finetune: `e2urec train`). Each setting is declared once (`config.setting`:
+`TrainJob` (+ seed: `e2urec train`). Each setting is declared once (`config.setting`:
 help text, range rule, `Literal` choices), so it is spelled the same everywhere
 (`--precision bf16`, `--set precision=bf16`, `train.precision`), validated by one function and
 shown by the CLI and the docs. A subclass may change a default (`config.override`), never the
@@ -83,7 +83,8 @@ class SupervisedSettings(LoopSettings):
 
     backbone: str = setting(
         "t5-tiny",
-        "t5-tiny | causal-tiny | t5:PATH_OR_ID | causal:PATH_OR_ID | bert:PATH_OR_ID | minilm",
+        "t5-tiny | causal-tiny | t5:PATH_OR_ID | causal:PATH_OR_ID | bert:PATH_OR_ID | minilm "
+        "| smollm2 | gguf:FILE",
         metavar="SPEC",
     )
     lr: float | None = override(
@@ -91,21 +92,22 @@ class SupervisedSettings(LoopSettings):
         "lr",
         None,
         help="AdamW learning rate; none: 1e-3 for tiny backbones, 5e-5 full / 1e-4 LoRA for "
-        "pretrained ones",
+        "pretrained ones (the family's LoRA rate where it has one)",
     )
     init_seed: int = setting(
         0, "initial weights of tiny backbones, shared by every run like a pretrained checkpoint"
     )
     max_length: int = setting(512, "max prompt+answer tokens", rule="count")
+    finetune: Literal["full", "lora"] = setting(
+        "full",
+        "full fine-tuning, or LoRA r16/alpha32 on the family's targets (over a pretrained base "
+        "the run stores the adapter only)",
+    )
 
 
 @dataclass
 class TrainJob(Seeded, SupervisedSettings):
     """`e2urec train`: one recommender on one split."""
-
-    finetune: Literal["full", "lora"] = setting(
-        "full", "full fine-tuning, or LoRA r16/alpha32 merged on save"
-    )
 
 
 def options_of(settings: Any) -> dict[str, Any]:

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from e2urec.artifacts import staged_folder
-from e2urec.backbones import Recommender
+from e2urec.backbones import Family, Recommender
 from e2urec.config import check_ranges, settings_of
 from e2urec.errors import E2URecError
 from e2urec.quiet import quiet_transformers
@@ -49,12 +49,14 @@ LORA = {"r": 16, "lora_alpha": 32, "lora_dropout": 0.05}  # the paper's adapter 
 KINDS = {"train": "original", "retain": "retrain"}
 
 
-def default_lr(family: str, finetune: str) -> float:
+def default_lr(family: Family, finetune: str) -> float:
     """1e-3 for the tiny families (trained from scratch); 5e-5 for full fine-tuning of a
-    pretrained model (the paper's); 1e-4 for LoRA on a pretrained model."""
-    if family.endswith("-tiny"):
+    pretrained model (the paper's); for LoRA the family's `lora_lr`, else 1e-4."""
+    if family.name.endswith("-tiny"):
         return 1e-3
-    return 1e-4 if finetune == "lora" else 5e-5
+    if finetune == "lora":
+        return family.lora_lr or 1e-4
+    return 5e-5
 
 
 def run_kind(split: str) -> str:
@@ -103,7 +105,7 @@ def recipe_loop(settings: Any, finetune: str = "full", where: str = "") -> LoopC
     family, _ = parse_spec(settings.backbone)
     loop = settings_of(LoopConfig, settings)
     if loop["lr"] is None:
-        loop["lr"] = default_lr(family.name, finetune)
+        loop["lr"] = default_lr(family, finetune)
     cfg = LoopConfig(**loop)
     cfg.check(where)
     return cfg
@@ -229,7 +231,8 @@ def train(
     (`keep="last"`: no validation, all `epochs` run, last kept). Backbone weights start from
     `init_seed` (the same for every run, like a shared pretrained checkpoint); `seed` drives
     data order and dropout. The tokenizer corpus is train+valid+test, so every run on the same
-    data shares a vocabulary. `finetune="lora"` trains PEFT adapters and saves the merged model.
+    data shares a vocabulary. `finetune="lora"` trains PEFT adapters and saves them as the run's
+    model over the pretrained base it names (a tiny family's LoRA model is saved merged).
     The run folder gets model/ (save_recommender), log.jsonl, config.resolved.yaml and
     manifest.json (format "single", kind from `run_kind`). Every input (settings, data, the
     backbone, built here) is checked before the run folder is created.
@@ -274,8 +277,6 @@ def train(
         checkpoint=True,
     )
     cost = meter.summary(recommender.model)
-    if finetune == "lora":
-        recommender.model = recommender.model.merge_and_unload()
     if process_state().is_main_process:
         with staged_folder(run / MODEL_DIR, overwrite=True) as stage:
             save_recommender(recommender, stage)
