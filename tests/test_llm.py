@@ -16,6 +16,7 @@ from tiny_gguf import write_tiny_gguf
 from e2urec import api, cli
 from e2urec.backbones import create_recommender, gguf, load_recommender
 from e2urec.data.dataset import load_split
+from e2urec.deploy.deployment import Deployment
 from e2urec.errors import E2URecError
 from e2urec.methods import METHODS
 from e2urec.methods.ensemble import recipe_class, train_ensemble
@@ -173,6 +174,19 @@ def test_a_deployment_of_an_adapter_run_writes_adapters(llm, tmp_path):
     assert (newest / "adapter_model.safetensors").is_file()
     assert not (newest / "model.safetensors").exists()
     assert api.audit(dep, user).traces == 0
+
+    other = next(u for u in load_split(llm["data"], "retain")["user_id"] if u != user)
+    api.forget(dep, [other], sets=["max_steps=2", "aug_epochs=1", "batch_size=4"])  # E2URec
+    deployment = Deployment(dep)
+    newest = dep / "versions" / deployment.current() / MODEL_DIR
+    config = json.loads((newest / "adapter_config.json").read_text())
+    assert config["r"] == 32 and not (newest / "model.safetensors").exists()  # stacked r16 + r16
+    rows = load_split(llm["data"], "test").to_dict("records")[:4]
+    served = deployment.load_model()  # from disk: base + the stacked adapter
+    with torch.no_grad():
+        logits = served.answer_logits(served.recommender.collate(rows))
+    entry = [e for e in api.ledger(dep) if e["kind"] == "forget"][-1]
+    assert entry["method"] == "e2urec" and torch.isfinite(logits).all()
 
 
 def test_import_turns_an_adapter_or_a_checkpoint_trained_elsewhere_into_a_run(llm, tmp_path):

@@ -149,10 +149,10 @@ def add_eval(sub: argparse._SubParsersAction) -> None:
 
 
 # ---------------------------------------------------------------- train
-def add_recipe(p: argparse.ArgumentParser, exclude: tuple[str, ...] = ()) -> None:
+def add_recipe(p: argparse.ArgumentParser) -> None:
     """The supervised recipe's settings (TrainJob), the trainer options in their own group."""
     options = [f.name for f in dataclasses.fields(TrainOptions)]
-    add_settings(p, TrainJob, exclude=(*options, *exclude))
+    add_settings(p, TrainJob, exclude=tuple(options))
     add_settings(p.add_argument_group("trainer options"), TrainOptions)
 
 
@@ -263,7 +263,7 @@ def add_train_ensemble(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--method", required=True, choices=["sisa", "receraser", "apa"])
     p.add_argument("--data", required=True, metavar="DIR", help="prepared data folder")
     add_output(p)
-    add_recipe(p, exclude=("finetune",))
+    add_recipe(p)
     apa = p.add_argument_group("apa (docs/methods-apa.md)")
     apa.add_argument("--shards", type=int, help="K adapters (default: the prepared data's shards)")
     apa.add_argument("--tau", type=float, help="aggregation temperature (default 1000)")

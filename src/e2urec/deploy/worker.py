@@ -369,7 +369,6 @@ class Worker:
         folder: Path,
     ) -> dict[str, Any]:
         """Write the new version folder whole (staged, one rename); returns its manifest."""
-        from e2urec.backbones import holds_adapter
         from e2urec.unlearn import finish_staged_run, write_single
 
         warm = self.warm
@@ -396,9 +395,8 @@ class Worker:
             if served:  # the run's own files, as the format's loader reads them
                 served.write(folder / "run", stage, True)
                 model_hashes = hashes = finish_staged_run(stage, parent, manifest)
-            else:  # an adapter the method stored over the shared base, else the whole model
-                stored = folder / "run" / MODEL_DIR
-                source = stored if holds_adapter(stored) else model.recommender
+            else:  # an adapter over the shared base where the result is one, else the model
+                source = _adapter_result(fields, folder, parent) or model.recommender
                 hashes = write_single(stage, source, parent, manifest)
                 model_hashes = {n.removeprefix(f"{MODEL_DIR}/"): h for n, h in hashes.items()}
             VersionInfo(
@@ -478,6 +476,26 @@ def forget_entry(
             "users": keys.pseudonyms(work.users),
         },  # fmt: skip
     )
+
+
+def _adapter_result(fields: dict[str, Any], folder: Path, parent: Path) -> Path | None:
+    """The method's result as an adapter over the deployment's base, when it is one: the
+    adapter it stored (a method that edits the serving adapter), or its LoRA student stacked
+    onto the serving version's adapter (`backbones.adapters.stack_adapters`); None when the
+    serving version is a whole model."""
+    from e2urec.backbones import holds_adapter
+    from e2urec.backbones.adapters import stack_adapters
+    from e2urec.runs import ADAPTER_DIR
+
+    stored = folder / "run" / MODEL_DIR
+    if holds_adapter(stored):
+        return stored
+    if fields.get("format") == "adapter" and holds_adapter(parent / MODEL_DIR):
+        stacked = folder / "stacked"
+        shutil.rmtree(stacked, ignore_errors=True)  # a rerun of an interrupted pass
+        stack_adapters(parent / MODEL_DIR, folder / "run" / ADAPTER_DIR, stacked)
+        return stacked
+    return None
 
 
 def _merged(fields: dict[str, Any], run_dir: Path, serving: Any) -> Any:

@@ -76,7 +76,8 @@ class APARecipe(Recipe):
     K-means iterations and `represent_layers` (the base's first blocks the representation of
     the partition and the aggregation runs through; None: all)."""
 
-    finetune: Literal["lora"] = override(Recipe, "finetune", "lora")  # one adapter per shard
+    # one adapter per shard whatever the supervised recipe's mode (see __post_init__)
+    finetune: Literal["lora"] = override(Recipe, "finetune", "lora")
 
     shards: int | None = setting(
         None, "K adapters (none: the prepared data's shards)", rule="count"
@@ -95,6 +96,9 @@ class APARecipe(Recipe):
         "embedding; fewer makes scoring with tau > 0 cheaper)",
         rule="non-negative",
     )
+
+    def __post_init__(self) -> None:
+        self.finetune = "lora"  # a supervised recipe's "full" (a bench's train section) too
 
     def whole_modules(self) -> list[str]:
         """The module names each adapter trains whole (modules_to_save)."""
