@@ -46,12 +46,26 @@ def _row(name: str, folder: Path | None) -> str:
     methods = [m for m in summary.index if not is_reference(m)]
     exact = [m for m in methods if m.split("-")[0] in EXACT]
     approx = [m for m in methods if m not in exact]
-    verdict = {True: "clear", False: "**not clear: cannot rank**", None: "unknown"}[signal["clear"]]
+    verdict = _verdict(signal)
     seeds = int(summary.at["original", "n_seeds"])
     return (
         f"| {name} | {_nearest(summary, approx)} | {_exact(summary, exact)} "
         f"| {_avoid(summary, approx)} | {seeds}, {verdict} |"
     )
+
+
+FAILED = {
+    "distance_ratio": "Original within 5 noise floors of Retrain",
+    "ks_rejects": "KS test does not tell Original from Retrain",
+    "original_hurt": "Original not hurt on test: utility cannot rank",
+}
+
+
+def _verdict(signal: dict) -> str:
+    if signal["clear"] is None:
+        return "unknown (one Retrain seed)"
+    failed = [FAILED[name] for name, ok in signal["checks"].items() if ok is False]
+    return "clear" if signal["clear"] else "**not clear**: " + "; ".join(failed)
 
 
 def _mean(summary: pd.DataFrame, method: str, column: str) -> float:

@@ -3,8 +3,9 @@ count outside generated blocks.
 
 Prose is README.md and docs/**/*.md with generated blocks, HTML comments, fenced code and inline
 code removed. A number is metric-like when it has decimals (0.68, −0.12), a percent sign (22%) or a
-× suffix (1.54×). It is backed when some value in a committed results file (docs/results/**/*.json)
-rounds to it at the decimals it is printed with (a percentage also as a share: 22% ← 0.22).
+× suffix (1.54×). It is backed when some value in a results file that the same page renders in a generated block
+(with signal.json beside each results.json) rounds to it at the decimals it is printed with (a
+percentage also as a share: 22% ← 0.22). A page without generated blocks backs no number.
 `python tools/doccheck.py` lists the unbacked ones and the word count; tests/test_docs.py bounds
 both.
 """
@@ -22,7 +23,7 @@ STRIP = (
     re.compile(r"<!-- generated: .*?<!-- end generated -->", re.DOTALL),
     re.compile(r"<!--.*?-->", re.DOTALL),
     re.compile(r"^(```|~~~).*?^\1", re.DOTALL | re.MULTILINE),
-    re.compile(r"`[^`\n]*`"),
+    re.compile(r"`[^`]+`"),
     re.compile(r"\]\([^)]*\)"),  # link targets (paths, anchors)
 )
 NUMBER = re.compile(r"(?<![\w.])([−-]?)(\d+(?:\.\d+)?)(%|×)?(?![\w])")
@@ -47,8 +48,15 @@ def word_count(root: Path = REPO) -> int:
     return sum(len(block.sub(" ", p.read_text("utf-8")).split()) for p in pages(root)[1:])
 
 
-def committed_values(root: Path = REPO) -> list[float]:
-    """Every number in every committed results file under docs/results/."""
+def cited_files(text: str, root: Path = REPO) -> list[Path]:
+    """The results files `text`'s generated blocks render, with the signal.json beside each."""
+    paths = {root / p for p in re.findall(r"<!-- generated: \w+ (docs/results/\S+\.json)", text)}
+    paths |= {p.parent / "signal.json" for p in paths if (p.parent / "signal.json").is_file()}
+    return sorted(paths)
+
+
+def values_in(paths: list[Path]) -> list[float]:
+    """Every number in the JSON files `paths`."""
     values: list[float] = []
 
     def walk(node: object) -> None:
@@ -63,7 +71,7 @@ def committed_values(root: Path = REPO) -> list[float]:
             for item in node:
                 walk(item)
 
-    for path in sorted((root / "docs" / "results").rglob("*.json")):
+    for path in paths:
         walk(json.loads(path.read_text(encoding="utf-8")))
     return values
 
@@ -89,10 +97,10 @@ def backed(value: float, decimals: int, suffix: str, values: list[float]) -> boo
 
 def unbacked(root: Path = REPO) -> list[str]:
     """`page:line: number` for each metric-like number in prose that no results file holds."""
-    values = committed_values(root)
     found = []
     for path in pages(root):
         text = path.read_text(encoding="utf-8")
+        values = values_in(cited_files(text, root))
         for printed, value, decimals, suffix in metric_numbers(text):
             if not backed(value, decimals, suffix, values):
                 found.append(f"{path.relative_to(root)}: {printed}")
