@@ -77,14 +77,7 @@ def test_a_changed_results_file_makes_its_table_stale(tmp_path: Path) -> None:
     assert stale == [spec] and "0.1235" in fresh
 
 
-def load_tool(name: str):
-    spec = importlib.util.spec_from_file_location(name, REPO / "tools" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-doccheck = load_tool("doccheck")
+doccheck = docgen._tool("doccheck")
 
 
 def test_an_inline_value_renders_one_number_from_a_results_file(tmp_path: Path) -> None:

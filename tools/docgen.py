@@ -29,6 +29,7 @@ to the repository root.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import re
 import sys
@@ -36,7 +37,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tools"))
 BLOCK = re.compile(
     r"(?P<open><!-- generated: (?P<spec>[^\n]*?) -->\n?)(?P<body>.*?)(?P<close><!-- end generated -->)",
     re.DOTALL,
@@ -58,14 +58,20 @@ def render(spec: str, root: Path = REPO) -> str:
     if kind == "value" and len(paths) == 1:
         return render_value(root / paths[0], options)
     if kind == "choose" and not args:
-        from choose import render_choose
-
-        return render_choose(root)
+        return _tool("choose").render_choose(root)
     if kind == "cli" and not args:
         return render_cli()
     if kind == "methods" and not args:
         return render_methods()
     raise ValueError(f"unknown generated block {spec!r}")
+
+
+def _tool(name: str):
+    """A module of tools/ by file (the docs build does not put tools/ on the import path)."""
+    spec = importlib.util.spec_from_file_location(name, REPO / "tools" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def render_results(path: str, columns: str | None, root: Path) -> str:
