@@ -77,13 +77,55 @@ def test_a_changed_results_file_makes_its_table_stale(tmp_path: Path) -> None:
     assert stale == [spec] and "0.1235" in fresh
 
 
-def test_a_record_needs_as_many_cells_as_columns(tmp_path: Path) -> None:
-    record = tmp_path / "r.yaml"
-    record.write_text("source: x\ncolumns: [a, b]\nrows:\n  - [1, 2]\n  - [3]\n")
-    with pytest.raises(ValueError, match="2 cells"):
-        docgen.render_record(record)
-    record.write_text("source: measured at abc\ncolumns: [a, b]\nrows:\n  - [1, 2]\n")
-    assert docgen.render_record(record).startswith("| a | b |\n|---|---:|\n| 1 | 2 |\n")
+doccheck = docgen._tool("doccheck")
+
+
+def test_an_inline_value_renders_one_number_from_a_results_file(tmp_path: Path) -> None:
+    spec = "value docs/results/demo/results.json method=e2urec column=test_auc"
+    page = tmp_path / "page.md"
+    page.write_text(f"E2URec reaches <!-- generated: {spec} -->0<!-- end generated --> AUC.\n")
+    text, stale = docgen.refresh(page)
+    rows = json.loads((DEMO / "results.json").read_text())
+    auc = next(r["test_auc"] for r in rows if r["method"] == "e2urec")
+    assert stale == [spec] and f"-->{auc:.4f}<!--" in text
+    signal = "value docs/results/demo/signal.json key=seeds.0.ratio_to_floor places=1"
+    assert (
+        docgen.render(signal)
+        == f"{json.loads((DEMO / 'signal.json').read_text())['seeds'][0]['ratio_to_floor']:.1f}"
+    )
+
+
+def test_the_choose_page_is_generated_and_linked_from_the_readme_first_screen() -> None:
+    page = (REPO / "docs" / "choose.md").read_text(encoding="utf-8")
+    assert "<!-- generated: choose -->\n| setting |" in page
+    first_screen = "\n".join((REPO / "README.md").read_text(encoding="utf-8").splitlines()[:30])
+    assert "(docs/choose.md)" in first_screen
+
+
+def test_prose_cites_no_metric_that_no_results_file_holds() -> None:
+    unbacked = doccheck.unbacked()
+    assert len(unbacked) <= doccheck.UNBACKED_BUDGET, unbacked
+
+
+def test_a_typed_metric_is_caught_and_a_rendered_one_is_not(tmp_path: Path) -> None:
+    (tmp_path / "docs" / "results" / "r").mkdir(parents=True)
+    (tmp_path / "docs" / "results" / "r" / "results.json").write_text(
+        '[{"method": "a", "x": 0.6789}]'
+    )
+    cite = "<!-- generated: value docs/results/r/results.json method=a column=x -->0.68<!-- end generated -->"
+    (tmp_path / "README.md").write_text(f"cited {cite}; typed 0.68 and 0.91 and 3.5× and `0.77`\n")
+    assert doccheck.unbacked(tmp_path) == ["README.md: 0.91", "README.md: 3.5×"]
+
+
+def test_docs_stay_within_their_word_budget() -> None:
+    assert doccheck.word_count() <= doccheck.WORDS_BUDGET
+
+
+@pytest.mark.parametrize("page", docgen.pages(), ids=lambda p: str(p.relative_to(REPO)))
+def test_docs_read_as_reference_not_as_a_diary(page: Path) -> None:
+    text = doccheck.prose(page.read_text(encoding="utf-8")).lower()
+    for phrase in ("transcribed record", "issue ", "session", "helper", "this release", "/tmp"):
+        assert phrase not in text, (page, phrase)
 
 
 def test_report_prints_the_table_of_a_results_folder(capsys) -> None:

@@ -99,3 +99,25 @@ def test_the_tutorial_method_refuses_bad_settings_in_one_line(tiny) -> None:
 def test_the_tutorial_page_includes_the_file() -> None:
     page = (REPO / "docs" / "add-a-method.md").read_text(encoding="utf-8")
     assert '--8<-- "examples/my_method.py:method"' in page
+
+
+QUICKSTART = REPO / "examples" / "quickstart.py"
+
+
+def test_the_quickstart_runs_the_experiment_and_a_deletion(tmp_path) -> None:
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(Path(e2urec.__file__).parents[1]),
+        "OMP_NUM_THREADS": "1",
+    }
+    command = [sys.executable, str(QUICKSTART), "--out", str(tmp_path / "q"), "--steps", "2"]
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert "test: AUC" in done.stdout and "forget: AUC" in done.stdout
+    assert ": done" in done.stdout and "audit: 0 traces" in done.stdout
+    assert " forget " in done.stdout  # the ledger's entry of the deletion
+
+
+def test_getting_started_includes_the_quickstart() -> None:
+    page = (REPO / "docs" / "getting-started.md").read_text(encoding="utf-8")
+    assert '--8<-- "examples/quickstart.py"' in page

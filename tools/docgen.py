@@ -9,9 +9,17 @@ A block is an HTML comment pair around generated Markdown:
 
 Kinds:
     results PATH [columns=a,b]  a bench's results.json (+ signal.json beside it), as `e2urec report`
-    record PATH                 a transcribed table: YAML with source, columns, align, rows
+    choose                      the choose-a-method table (tools/choose.py)
     cli                         every `e2urec` subcommand with its arguments
     methods                     every registered method with its parameters and defaults
+
+and one inline kind, for a value cited in prose (no line break after the opening comment):
+
+    <!-- generated: value PATH method=M column=C -->0.68<!-- end generated -->
+    <!-- generated: value PATH key=seeds.0.ratio_to_floor places=1 -->87.0<!-- end generated -->
+
+the mean over seeds of a results.json column, printed as its table prints it, or one value of a
+JSON file at a dotted key, with `places` decimals.
 
 `python tools/docgen.py` rewrites every stale block in place; `--check` changes nothing and exits 1
 naming each stale block (tests/test_docs.py and `mkdocs build` run the check). PATHs are relative
@@ -21,16 +29,16 @@ to the repository root.
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import json
 import re
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-import yaml
-
 REPO = Path(__file__).resolve().parents[1]
 BLOCK = re.compile(
-    r"(?P<open><!-- generated: (?P<spec>[^\n]*?) -->\n)(?P<body>.*?)(?P<close><!-- end generated -->)",
+    r"(?P<open><!-- generated: (?P<spec>[^\n]*?) -->\n?)(?P<body>.*?)(?P<close><!-- end generated -->)",
     re.DOTALL,
 )
 
@@ -47,13 +55,23 @@ def render(spec: str, root: Path = REPO) -> str:
     paths = [a for a in args if "=" not in a]
     if kind == "results" and len(paths) == 1:
         return render_results(paths[0], options.get("columns"), root)
-    if kind == "record" and len(paths) == 1:
-        return render_record(root / paths[0])
+    if kind == "value" and len(paths) == 1:
+        return render_value(root / paths[0], options)
+    if kind == "choose" and not args:
+        return _tool("choose").render_choose(root)
     if kind == "cli" and not args:
         return render_cli()
     if kind == "methods" and not args:
         return render_methods()
     raise ValueError(f"unknown generated block {spec!r}")
+
+
+def _tool(name: str):
+    """A module of tools/ by file (the docs build does not put tools/ on the import path)."""
+    spec = importlib.util.spec_from_file_location(name, REPO / "tools" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def render_results(path: str, columns: str | None, root: Path) -> str:
@@ -63,18 +81,20 @@ def render_results(path: str, columns: str | None, root: Path) -> str:
     return f"{text}\n*Rendered from `{path}` by `e2urec report`.*\n"
 
 
-def render_record(path: Path) -> str:
-    """A transcribed table: its cells as recorded, then where it was measured."""
-    record = yaml.safe_load(path.read_text(encoding="utf-8"))
-    columns, rows = record["columns"], record["rows"]
-    align = record.get("align") or ["l"] + ["r"] * (len(columns) - 1)
-    if any(len(row) != len(columns) for row in rows) or len(align) != len(columns):
-        raise ValueError(f"{path}: every row and `align` need {len(columns)} cells")
-    rule = "|" + "|".join("---:" if a == "r" else "---" for a in align) + "|"
-    lines = ["| " + " | ".join(map(str, columns)) + " |", rule]
-    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-    note = " ".join(str(record["source"]).split())
-    return "\n".join(lines) + f"\n\n*Transcribed record, not regenerated: {note}*\n"
+def render_value(path: Path, options: dict[str, str]) -> str:
+    """One number from a results file, inline (see the module's docstring)."""
+    from e2urec.report.tables import TABLE_COLUMNS, summarise
+
+    data = json.loads(path.read_text(encoding="utf-8"))
+    if "key" in options:
+        for part in options["key"].split("."):
+            data = data[int(part)] if isinstance(data, list) else data[part]
+        return f"{float(data):.{int(options.get('places', 2))}f}"
+    column = options["column"]
+    mean = float(summarise(data).at[options["method"], f"{column}_mean"])
+    decimals = dict((name, rule) for name, _, rule in TABLE_COLUMNS).get(column)
+    places = int(options["places"]) if "places" in options else decimals(mean) if decimals else 2
+    return f"{mean:.{places}f}"
 
 
 def _subcommands(parser: argparse.ArgumentParser) -> Iterator[argparse.ArgumentParser]:
