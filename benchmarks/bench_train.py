@@ -129,14 +129,18 @@ def bench(
     except E2URecError as exc:
         print(f"{backbone}: skipped ({exc})")
         return {"skipped": str(exc)}
-    lengths = [
-        len(ids) for ids in rec.tokenizer([r["prompt"] for r in splits["train"]])["input_ids"]
-    ]
+    lengths = [len(ids) for ids in rec.encode_prompts([r["prompt"] for r in splits["train"]])]
     print(
         f"{backbone}: prompt tokens min {min(lengths)} median {statistics.median(lengths):.0f} "
         f"p95 {percentile(lengths, 0.95)} max {max(lengths)} (max length {rec.max_length})"
     )
     out: dict[str, Any] = {"train": {}, "inference": {}}
+    out["prompt_tokens"] = {
+        "min": min(lengths),
+        "median": statistics.median(lengths),
+        "p95": percentile(lengths, 0.95),
+        "max": max(lengths),
+    }
     heads = heads_for(rec, args)
     for finetune in args.finetune.split(","):
         for head in heads:
