@@ -147,18 +147,25 @@ def test_every_method_runs_on_an_adapter_original_and_stores_adapters(llm, metho
         assert torch.isfinite(model.answer_logits(model.recommender.collate(rows))).all()
 
 
+def same_scores(first: Path, second: Path, data: Path) -> bool:
+    """Whether two runs give the same answer logits on a few test rows."""
+    rows = load_split(data, "test").to_dict("records")[:4]
+    a, b = load_run_model(first), load_run_model(second)
+    with torch.no_grad():
+        return torch.allclose(
+            a.answer_logits(a.recommender.collate(rows)),
+            b.answer_logits(b.recommender.collate(rows)),
+            atol=1e-5,
+        )
+
+
 def test_export_merge_writes_a_standalone_model(llm, tmp_path, capsys):
     out = tmp_path / "exported"
     assert cli.main(["export", str(llm["original"]), "--out", str(out)]) == 2
     assert "pass --merge" in capsys.readouterr().err
     assert cli.main(["export", str(llm["original"]), "--merge", "--out", str(out)]) == 0
     assert (out / MODEL_DIR / "model.safetensors").is_file()
-    rows = load_split(llm["data"], "test").to_dict("records")[:4]
-    original, exported = load_run_model(llm["original"]), load_run_model(out)
-    with torch.no_grad():
-        a = original.answer_logits(original.recommender.collate(rows))
-        b = exported.answer_logits(exported.recommender.collate(rows))
-    assert torch.allclose(a, b, atol=1e-5)
+    assert same_scores(llm["original"], out, llm["data"])
 
 
 def test_a_deployment_of_an_adapter_run_writes_adapters(llm, tmp_path):
@@ -196,12 +203,7 @@ def test_import_turns_an_adapter_or_a_checkpoint_trained_elsewhere_into_a_run(ll
     run = tmp_path / "imported"
     args = ["import", "--data", str(llm["data"]), "--backbone", llm["spec"], "--out", str(run)]
     assert cli.main([*args, "--adapter", str(adapter)]) == 0
-    rows = load_split(llm["data"], "test").to_dict("records")[:4]
-    original, imported = load_run_model(llm["original"]), load_run_model(run)
-    with torch.no_grad():
-        a = original.answer_logits(original.recommender.collate(rows))
-        b = imported.answer_logits(imported.recommender.collate(rows))
-    assert torch.allclose(a, b, atol=1e-5)
+    assert same_scores(llm["original"], run, llm["data"])
     assert (run / MODEL_DIR / "adapter_model.safetensors").is_file()
     unlearn("neggrad", run, llm["data"], tmp_path / "unlearned", ["max_steps=1"])
 
