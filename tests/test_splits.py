@@ -70,6 +70,17 @@ def test_min_history_and_last_n():
     assert last.frame["id"].tolist() == everything.frame["id"].tolist()[-100:]
 
 
+def test_per_user_keeps_each_users_latest_samples_before_last_n():
+    log = random_log()
+    everything = splits.chronological_samples(log.ratings, 10, 5, None).frame
+    capped = splits.chronological_samples(log.ratings, 10, 5, None, per_user=2).frame
+    latest = everything.groupby("user_id").tail(2)  # chronological order: the tail is the latest
+    assert capped["id"].tolist() == latest["id"].tolist()
+    assert capped["user_id"].value_counts().max() <= 2
+    both = splits.chronological_samples(log.ratings, 10, 5, 30, per_user=2).frame
+    assert both["id"].tolist() == latest["id"].tolist()[-30:]
+
+
 def test_split_60_20_20_and_forget_retain():
     frame, rows, info = build_splits(random_log(), config())
     n = len(frame)
