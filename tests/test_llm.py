@@ -217,3 +217,21 @@ def test_import_turns_an_adapter_or_a_checkpoint_trained_elsewhere_into_a_run(ll
     )
     assert (whole / MODEL_DIR / "model.safetensors").is_file()
     assert cli.main([*args, "--adapter", str(tmp_path / "nothing"), "--overwrite"]) == 2
+
+
+def test_stacked_adapters_equal_the_two_applied_in_turn(llm, tmp_path):
+    from e2urec.backbones.adapters import stack_adapters
+    from e2urec.runs import ADAPTER_DIR
+
+    student = tmp_path / "student"  # an E2URec run: a LoRA student over the merged Original
+    unlearn("e2urec", llm["original"], llm["data"], student, quick_sets("e2urec"))
+    stacked = tmp_path / "stacked"
+    stack_adapters(llm["original"] / MODEL_DIR, student / ADAPTER_DIR, stacked)
+    config = json.loads((stacked / "adapter_config.json").read_text())
+    assert config["r"] == config["lora_alpha"] == 32
+    rows = load_split(llm["data"], "forget").to_dict("records")[:4]
+    in_turn, one = load_run_model(student), load_recommender(stacked)
+    with torch.no_grad():
+        a = in_turn.answer_logits(in_turn.recommender.collate(rows))
+        b = one.answer_logits(one.collate(rows), one.model.eval())
+    assert torch.allclose(a, b, atol=1e-4)
