@@ -29,6 +29,11 @@ def folder_bytes(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
 
 
+def megabytes(n: int) -> float:
+    """`n` bytes in MB (10^6), to 0.1."""
+    return round(n / 1e6, 1)
+
+
 def base_bytes(run: Path) -> tuple[str, int]:
     """(base spec, bytes of its safetensors weights) of an adapter run."""
     record = json.loads((run / MODEL_DIR / "e2urec_backbone.json").read_text(encoding="utf-8"))
@@ -52,7 +57,7 @@ def deletions(run: Path, data: Path, methods: list[str], sets: list[str]) -> lis
             out.append(
                 {
                     "method": method,
-                    "version_bytes": folder_bytes(version),
+                    "version_mb": megabytes(folder_bytes(version)),
                     "adapter": holds_adapter(version / MODEL_DIR),
                     "wall_s": round(time.perf_counter() - began, 1),
                 }
@@ -72,13 +77,14 @@ def main() -> None:
     spec, base = base_bytes(args.run)
     model = folder_bytes(args.run / MODEL_DIR)
     sets = [s for s in args.sets.split(",") if s]
-    result = {"base": spec, "base_bytes": base, "run_model_bytes": model, "ratio": model / base}
-    print(f"base {spec}: {base / 1e6:.1f} MB; run model folder {model / 1e6:.1f} MB "
-          f"(1/{base / model:.0f} of the base)")  # fmt: skip
+    result = {"base": spec, "base_mb": megabytes(base), "run_model_mb": megabytes(model)}
+    result["base_over_run"] = round(base / model, 1)
+    print(f"base {spec}: {result['base_mb']} MB; run model folder {result['run_model_mb']} MB "
+          f"(1/{result['base_over_run']:.0f} of the base)")  # fmt: skip
     result["deletions"] = deletions(args.run, args.data, args.methods.split(","), sets)
     for row in result["deletions"]:
         kind = "an adapter" if row["adapter"] else "a whole model"
-        print(f"  {row['method']}: wrote {row['version_bytes'] / 1e6:.1f} MB ({kind}), "
+        print(f"  {row['method']}: wrote {row['version_mb']} MB ({kind}), "
               f"{row['wall_s']} s")  # fmt: skip
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
