@@ -159,8 +159,8 @@ def export(run: str | Path, out: str | Path, merge: bool = True, overwrite: bool
 
 def deploy(run: str | Path, data: str | Path, out: str | Path, **settings: Any) -> Any:
     """Create a deployment from `run` on prepared `data` (settings: raw, overwrite,
-    rollback_window, method_for; see `e2urec.deploy.deployment.deploy`); returns the
-    `Deployment`."""
+    rollback_window, method_for, exact_every, exact_within; see
+    `e2urec.deploy.deployment.deploy`); returns the `Deployment`."""
     from e2urec.deploy.deployment import deploy as run_deploy
 
     return run_deploy(run, data, out, **settings)
@@ -227,7 +227,9 @@ def forgotten(
     deployment: str | Path, user: int, secret: str | Path | None = None
 ) -> list[dict[str, Any]]:
     """The verified ledger's forget entries that name `user` (by keyed pseudonym, which needs
-    the deployment's secret, or by id in older entries), each with the request's reason."""
+    the deployment's secret, or by id in older entries), each with the request's reason and
+    under "exact" whether the deletion is exact yet (`deploy.exact.status`)."""
+    from e2urec.deploy import exact
     from e2urec.deploy.deployment import Deployment
     from e2urec.deploy.ledger import Keys, names
 
@@ -235,7 +237,15 @@ def forgotten(
     pseudonym = (Keys(secret) if secret is not None else dep.keys).pseudonym(user)
     found = [e for e in dep.ledger.entries() if e.get("kind") == "forget"]
     found = [e for e in found if names(e, user, pseudonym)]
-    return [{**e, "reason": (dep.request(e["request_id"]) or {}).get("reason")} for e in found]
+    settings, entries = dep.settings(), dep.ledger.entries()
+    return [
+        {
+            **e,
+            "reason": (dep.request(e["request_id"]) or {}).get("reason"),
+            "exact": exact.status(settings, entries, e["request_id"]),
+        }
+        for e in found
+    ]
 
 
 def audit(deployment: str | Path, user: int, **options: Any) -> Any:
