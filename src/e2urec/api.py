@@ -37,9 +37,16 @@ def bench(preset: str, out: str | Path, **options: Any) -> Any:
     """Run (or continue) the experiment of `preset` into `out`: data, Original, Retrains,
     every method, evaluation, tables and plots. Options: data_root (where datasets are
     looked for), seeds (how many), methods (a list), config_file, sets ("key=value" items);
-    see `e2urec.bench.bench`."""
+    see `e2urec.bench.bench`. With stream=N: the stream bench instead (N single-user requests
+    through the deployment pipeline, against matched-prefix Retrains; `e2urec.stream`)."""
     from e2urec.bench import bench as run
 
+    requests = options.pop("stream", None)
+    if requests:
+        from e2urec.stream import stream_bench
+
+        options.pop("seeds", None)
+        return stream_bench(preset, out, requests, **options)
     return run(preset, out, **options)
 
 

@@ -53,6 +53,8 @@ class BenchConfig:
     methods: Any = "all"
     method_params: dict = field(default_factory=dict)
     variants: dict = field(default_factory=dict)  # row name -> {method, params}
+    # the stream bench (`bench --stream N`): {methods: [row names]} (default: `stream`'s)
+    stream: dict = field(default_factory=dict)
 
 
 def preset_names() -> list[str]:
