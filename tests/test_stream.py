@@ -66,6 +66,9 @@ def test_rerun_reuses_the_streams(stream_run, capsys: pytest.CaptureFixture) -> 
 
 def test_helpers_and_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert checkpoints(40) == [10, 20, 30, 40] and checkpoints(2) == [1, 2]
+    assert checkpoints(8, [0.25]) == [2, 8]
+    with pytest.raises(E2URecError, match="stream.fractions"):
+        checkpoints(8, [0, 2])
     assert percentiles([1.0, 2.0, 3.0])["p50"] == 2.0 and percentiles([])["max"] is None
     users = list(range(20))
     assert order_users(users, 1) == order_users(users[::-1], 1) != order_users(users, 2)

@@ -46,11 +46,16 @@ def order_users(users: list[int], seed: int) -> list[int]:
     return sorted(set(users), key=lambda u: hashlib.sha256(f"{seed}:{u}".encode()).hexdigest())
 
 
-def checkpoints(n: int) -> list[int]:
-    """Request counts at which the stream is measured: ¼, ½, ¾ and all of `n` (rounded up)."""
+def checkpoints(n: int, fractions: Any = FRACTIONS) -> list[int]:
+    """Request counts at which the stream is measured: `fractions` of `n` (rounded up; by
+    default ¼, ½, ¾ and all of it; the last is always `n`)."""
     if n < 1:
         raise E2URecError(f"--stream needs at least 1 request, got {n}")
-    return sorted({max(1, math.ceil(n * f)) for f in FRACTIONS})
+    if not isinstance(fractions, list | tuple) or not all(
+        isinstance(f, int | float) and 0 < f <= 1 for f in fractions
+    ):
+        raise E2URecError(f"stream.fractions must be a list of numbers in (0, 1], got {fractions!r}")
+    return sorted({max(1, math.ceil(n * f)) for f in fractions} | {n})
 
 
 def percentiles(values: list[float]) -> dict[str, float | None]:
@@ -127,7 +132,7 @@ class Stream:
     ) -> None:
         self.config, self.out, self.n = config, out, n
         self.seed = config.seeds[0]
-        self.marks = checkpoints(n)
+        self.marks = checkpoints(n, config.stream.get("fractions") or FRACTIONS)
         self.bench = Bench(config, out, data_root)
         names = list(config.stream.get("methods") or [])
         names = names or [m for m in DEFAULT_METHODS if m in self.bench.methods]

@@ -495,7 +495,8 @@ class Deployment:
 
     def adopt_old_requests(self) -> None:
         """An older deployment's unfinished synchronous requests (requests/ID/request.json)
-        join the queue; every leftover working folder and receipt is deleted."""
+        join the queue; every leftover working folder and receipt is deleted, except an
+        unfinished exact Retrain's (`exact`), which resumes from it."""
         folder = self.path / REQUESTS
         for path in sorted(folder.glob("*/request.json")) if folder.is_dir() else []:
             old = read_json(path, "request record")
@@ -504,7 +505,15 @@ class Deployment:
                     old["request_id"], old["users"], old["method"], old.get("sets") or [],
                     old.get("reason"), names=self.keys.pseudonyms(old["users"]),
                 )  # fmt: skip
-        shutil.rmtree(folder, ignore_errors=True)
+        running = self.store.select("retrains", "state = 'running'")
+        keep = {f"exact-{r['retrain_id']}" for r in running}  # resumed from its checkpoint
+        for child in folder.iterdir() if folder.is_dir() else []:
+            if child.name in keep:
+                continue
+            if child.is_dir():
+                shutil.rmtree(child, ignore_errors=True)
+            else:
+                child.unlink(missing_ok=True)
         for leftover in (self.path / VERSIONS).glob(".*"):
             shutil.rmtree(leftover, ignore_errors=True)
 
