@@ -54,7 +54,9 @@ def checkpoints(n: int, fractions: Any = FRACTIONS) -> list[int]:
     if not isinstance(fractions, list | tuple) or not all(
         isinstance(f, int | float) and 0 < f <= 1 for f in fractions
     ):
-        raise E2URecError(f"stream.fractions must be a list of numbers in (0, 1], got {fractions!r}")
+        raise E2URecError(
+            f"stream.fractions must be a list of numbers in (0, 1], got {fractions!r}"
+        )
     return sorted({max(1, math.ceil(n * f)) for f in fractions} | {n})
 
 
