@@ -57,6 +57,7 @@ from e2urec.train.streams import sample_rows
 VALID_ROWS = 400
 HOLDOUT_ROWS = 200
 SEED = 0
+EXACT_POLL_S = 10.0  # how often an idle worker looks whether the exact window is due
 log = logging.getLogger("e2urec.worker")
 
 
@@ -162,6 +163,7 @@ class Worker:
         self.say, self.on_switch = say, on_switch
         self._lock: Any = None
         self.warm: Warm | None = None
+        self._exact_look = 0.0  # monotonic time before which an idle worker skips the window
 
     def __enter__(self) -> Worker:
         self._lock = self.dep.lock("a queue worker")
@@ -209,7 +211,9 @@ class Worker:
         queue = self.dep.queue
         work = queue.running_pass()
         if work is None:
-            self.retrain_if_due()  # before the next pass: it is unlearned on top of the Retrain
+            # before the next pass, which is unlearned on top of the Retrain (when idle, the
+            # window is looked at every EXACT_POLL_S seconds: it reads the whole ledger)
+            self.retrain_if_due(idle=not queue.requests(("queued",)))
             if self.dep.store.retired():
                 self._purge()
             if wait and not self.ready():
@@ -230,11 +234,15 @@ class Worker:
             if not records and not self.retrain_if_due():
                 return served
 
-    def retrain_if_due(self) -> bool:
+    def retrain_if_due(self, idle: bool = False) -> bool:
         """Run the exact window's Retrain when one is unfinished or due (see `exact`), then
-        serve it from memory and purge what it supersedes; returns whether one ran."""
+        serve it from memory and purge what it supersedes; returns whether one ran. `idle`:
+        look only if EXACT_POLL_S seconds passed since the last look."""
         from e2urec.deploy import exact
 
+        if idle and time.monotonic() < self._exact_look:
+            return False
+        self._exact_look = time.monotonic() + EXACT_POLL_S
         job = exact.start(self.dep, self.say)
         if job is None:
             return False
