@@ -84,6 +84,8 @@ def test_every_k_requests_a_retrain_byte_identical_to_train_on_retain(
     assert deployment.versions() == [after["version"]]  # everything before it purged
     assert user_rows(dep, [a, b, c]) == 0 and not list((dep / "requests").glob("exact-*"))
 
+    assert cli.main(["ledger", "--deployment", str(dep)]) == 0
+    assert "exact" in capsys.readouterr().out  # the Retrain's entry in the table
     assert cli.main(["ledger", "--deployment", str(dep), "--user", str(a)]) == 0
     assert "deletion: exact since" in capsys.readouterr().out
     assert cli.main(["ledger", "--deployment", str(dep), "--user", str(c)]) == 0
@@ -95,7 +97,9 @@ def test_every_k_requests_a_retrain_byte_identical_to_train_on_retain(
     folder = independent_retain_folder(world["data"], tmp_path / "retain", [a, b])
     api.train(folder, "retain", "t5-tiny", tmp_path / "independent", epochs=1, max_steps=3)
     record = read_json(tmp_path / "independent" / "manifest.json", "run manifest")
-    assert record["trained_on"] == "retain" and retrain["rows"] == len(load_split(folder, "retain"))
+    assert record["trained_on"] == "retain" and retrain["rows_trained"] == len(
+        load_split(folder, "retain")
+    )
     assert retrain["model_sha256"] == model_sha256(tmp_path / "independent" / "model")
 
 

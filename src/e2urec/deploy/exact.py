@@ -227,7 +227,7 @@ def _commit(dep: Deployment, job: dict[str, Any], final: Path) -> None:
         covers = json.loads(job["covers"])
         users = sorted({u for e in entries if e.get("request_id") in covers for u in e["users"]})
         details = {"retrain": job["retrain_id"], "covers": covers, "trained_on": "retain"}
-        details.update(data_sha256=job["data_sha256"], rows=dep.store.counts()["train"])
+        details.update(data_sha256=job["data_sha256"], rows_trained=dep.store.counts()["train"])
         details.update(recipe=dep.store.meta().get("recipe"), seconds=info.checks["seconds"])
         entry = LedgerEntry(
             KIND,
