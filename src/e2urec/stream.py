@@ -19,6 +19,7 @@ and the drift of P(Yes) on the test rows of users still retained. Writes OUT/res
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import shutil
 import time
@@ -203,14 +204,17 @@ class Stream:
             deploy(self.bench.run_dir(ORIGINAL), self.data_dir, folder, overwrite=True)
         return folder
 
-    def run(self) -> dict[str, Any]:
-        """Run every method's stream (a finished one is reused) and write the results."""
+    def run(self, preset: str) -> dict[str, Path]:
+        """Run every method's stream (a finished one is reused); the report is written after
+        each method, so a stream cut short still shows the methods it finished. Returns the
+        report's files."""
+        from e2urec.report import stream as report
         from e2urec.stream_scoring import References
 
         users = self.setup()
         references = References(self, users)
         results = {
-            "preset": self.config.description,
+            "preset": preset,
             "requests": self.n,
             "seed": self.seed,
             "purpose": self.purpose,
@@ -219,9 +223,11 @@ class Stream:
             "reference": references.summary(),
             "methods": {},
         }
+        files: dict[str, Path] = {}
         for name in self.methods:
             results["methods"][name] = self.method(name, users, references)
-        return results
+            files = report.write({"stream": results}, self.out)
+        return files
 
     def method(self, name: str, users: list[int], references: Any) -> dict[str, Any]:
         """One method's stream on a fresh copy of the deployment (reused when finished)."""
@@ -271,8 +277,6 @@ class Stream:
 
 def read_timings(text: str | None) -> dict[str, Any]:
     """A pass's timings column decoded."""
-    import json
-
     return json.loads(text) if text else {}
 
 
@@ -298,7 +302,6 @@ def stream_bench(
     """Run (or continue) the stream bench of `preset` with `requests` single-user requests
     into `out`; returns the `bench.BenchResult` (results.json, results.md, plot)."""
     from e2urec.bench import BenchResult
-    from e2urec.report import stream as report
 
     config = presets.resolve(preset, config_file, sets)
     if methods:
@@ -309,7 +312,4 @@ def stream_bench(
     runner.bench.check()
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_yaml(out / "config.resolved.yaml", {"preset": preset, **presets.as_dict(config)})
-    results = {"stream": runner.run()}
-    results["stream"]["preset"] = preset
-    files = report.write(results, out)
-    return BenchResult(out, [], files)
+    return BenchResult(out, [], runner.run(preset))
