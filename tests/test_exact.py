@@ -143,9 +143,7 @@ def test_kill_9_during_the_retrain(world: dict[str, Path], tmp_path: Path) -> No
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "e2urec", "work", "--deployment", str(dep), "--once"]
     worker = subprocess.Popen(command, env=env, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 600  # a loaded machine starts python slowly
     while not list((dep / "requests").glob("exact-*/run")) and worker.poll() is None:
-        assert time.time() < deadline
         time.sleep(0.05)
     worker.send_signal(signal.SIGKILL)
     worker.wait()
