@@ -6,6 +6,7 @@ Input: a results.json holding `{"stream": ...}` as `e2urec.stream` writes it.
 
 from __future__ import annotations
 
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -74,11 +75,11 @@ def latency_table(stream: dict[str, Any]) -> str:
         "|---|---:|" + "---:|" * (len(PHASES) + 2),
     ]
     for name, result in stream["methods"].items():
-        rows = sorted(r["rows"] for r in result["requests"])
+        rows = [r["rows"] for r in result["requests"]]
         latency = result["latency"]
         cells = [_spread(latency[key]) for key, _ in PHASES]
         lines.append(
-            f"| {method_label(name)} | {rows[len(rows) // 2]} / {rows[-1]} | "
+            f"| {method_label(name)} | {statistics.median(rows):g} / {max(rows)} | "
             f"{' | '.join(cells)} | {_spread(latency['gradient_pass_s'])} | "
             f"{_number(latency['unlearn_over_target']['p95'], 2)} |"
         )
