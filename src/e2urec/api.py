@@ -37,9 +37,16 @@ def bench(preset: str, out: str | Path, **options: Any) -> Any:
     """Run (or continue) the experiment of `preset` into `out`: data, Original, Retrains,
     every method, evaluation, tables and plots. Options: data_root (where datasets are
     looked for), seeds (how many), methods (a list), config_file, sets ("key=value" items);
-    see `e2urec.bench.bench`."""
+    see `e2urec.bench.bench`. With stream=N: the stream bench instead (N single-user requests
+    through the deployment pipeline, against matched-prefix Retrains; `e2urec.stream`)."""
     from e2urec.bench import bench as run
 
+    requests = options.pop("stream", None)
+    if requests:
+        from e2urec.stream import stream_bench
+
+        options.pop("seeds", None)
+        return stream_bench(preset, out, requests, **options)
     return run(preset, out, **options)
 
 
@@ -168,8 +175,8 @@ def import_run(data: str | Path, backbone: str, out: str | Path, **options: Any)
 
 def deploy(run: str | Path, data: str | Path, out: str | Path, **settings: Any) -> Any:
     """Create a deployment from `run` on prepared `data` (settings: raw, overwrite,
-    rollback_window, method_for; see `e2urec.deploy.deployment.deploy`); returns the
-    `Deployment`."""
+    rollback_window, method_for, exact_every, exact_within; see
+    `e2urec.deploy.deployment.deploy`); returns the `Deployment`."""
     from e2urec.deploy.deployment import deploy as run_deploy
 
     return run_deploy(run, data, out, **settings)
@@ -236,7 +243,9 @@ def forgotten(
     deployment: str | Path, user: int, secret: str | Path | None = None
 ) -> list[dict[str, Any]]:
     """The verified ledger's forget entries that name `user` (by keyed pseudonym, which needs
-    the deployment's secret, or by id in older entries), each with the request's reason."""
+    the deployment's secret, or by id in older entries), each with the request's reason and
+    under "exact" whether the deletion is exact yet (`deploy.exact.status`)."""
+    from e2urec.deploy import exact
     from e2urec.deploy.deployment import Deployment
     from e2urec.deploy.ledger import Keys, names
 
@@ -244,7 +253,15 @@ def forgotten(
     pseudonym = (Keys(secret) if secret is not None else dep.keys).pseudonym(user)
     found = [e for e in dep.ledger.entries() if e.get("kind") == "forget"]
     found = [e for e in found if names(e, user, pseudonym)]
-    return [{**e, "reason": (dep.request(e["request_id"]) or {}).get("reason")} for e in found]
+    settings, entries = dep.settings(), dep.ledger.entries()
+    return [
+        {
+            **e,
+            "reason": (dep.request(e["request_id"]) or {}).get("reason"),
+            "exact": exact.status(settings, entries, e["request_id"]),
+        }
+        for e in found
+    ]
 
 
 def audit(deployment: str | Path, user: int, **options: Any) -> Any:

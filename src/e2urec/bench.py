@@ -314,9 +314,10 @@ class Bench:
         sys.stderr.write(message + "\n")
         sys.stderr.flush()
 
-    def execute(self) -> None:
-        """Run the plan, reusing steps whose stamp matches; print which step of how many."""
-        steps = self.plan()
+    def execute(self, steps: list[Step] | None = None) -> None:
+        """Run `steps` (default: the plan), reusing steps whose stamp matches; print which step
+        of how many."""
+        steps = self.plan() if steps is None else steps
         stamps = self.out / "steps"
         for number, step in enumerate(steps, 1):
             clock = _clock(time.monotonic() - self.started)

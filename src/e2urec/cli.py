@@ -331,7 +331,8 @@ def run_bench(args: argparse.Namespace) -> None:
     """Prepare the data, train the Original, train Retrain for every seed (two Retrains give the
     noise floor), run every selected unlearning method, evaluate each against the Retrain of the
     same seed, and write results.json/.csv/.md and plots. Resumable: rerunning the same command
-    reuses every finished step. Presets: see `e2urec list presets`."""
+    reuses every finished step. With --stream N: the stream bench (see `e2urec.stream`) writes
+    results.json, results.md and plots/stream.png. Presets: see `e2urec list presets`."""
     from pathlib import Path
 
     from e2urec import api
@@ -342,6 +343,8 @@ def run_bench(args: argparse.Namespace) -> None:
         print((Path(args.out) / "smoke.md").read_text(encoding="utf-8"))
         print(f"report: {Path(args.out) / 'smoke.json'} ({report['total_s']:.0f} s)")
         return
+    if args.stream is not None:
+        options["stream"] = args.stream
     result = api.bench(args.preset, args.out, data_root=args.data_root, seeds=args.seeds, **options)
     print((result.out / "results.md").read_text(encoding="utf-8"))
     print("results and plots:")
@@ -360,6 +363,15 @@ def add_bench(sub: argparse._SubParsersAction) -> None:
         "default: the download cache of `e2urec data fetch`",
     )
     p.add_argument("--seeds", type=int, help="number of seeds (overrides the preset)")
+    p.add_argument(
+        "--stream",
+        type=int,
+        metavar="N",
+        help="the stream bench instead: N forget users, each its own request through a "
+        "deployment of the Original, per method (default: each purpose's default, influence, "
+        "neggrad, bad-t), measured at 1/4, 1/2, 3/4 and N against Retrains without exactly "
+        "the users forgotten so far (first seed); per-request latency by phase",
+    )
     p.add_argument(
         "--methods",
         type=names,

@@ -78,6 +78,20 @@ def add_deploy(sub: argparse._SubParsersAction) -> None:
         help="the method (and settings) serving requests of a purpose (privacy or pollution); "
         "default privacy=e2urec, pollution=e2urec:teacher=contrastive; repeatable",
     )
+    p.add_argument(
+        "--exact-every",
+        type=int,
+        metavar="K",
+        help="exact window: the worker retrains on the retained rows (the run's recipe and "
+        "seed) once K requests were served approximately, and serves the Retrain (default: "
+        "none)",
+    )
+    p.add_argument(
+        "--exact-within",
+        metavar="DURATION",
+        help="exact window: every served request is covered by such a Retrain within DURATION "
+        "(e.g. 12h, 7d; default: none)",
+    )
 
 
 def run_deploy(args: argparse.Namespace) -> None:
@@ -97,6 +111,8 @@ def run_deploy(args: argparse.Namespace) -> None:
         overwrite=args.overwrite,
         rollback_window=args.rollback_window,
         method_for=args.method_for,
+        exact_every=args.exact_every,
+        exact_within=args.exact_within,
     )
     counts = dep.store.counts()
     print(
@@ -240,7 +256,8 @@ def run_ledger(args: argparse.Namespace) -> None:
     secret needed); a tampered ledger is one error naming the first bad entry (exit 2). The
     chain cannot show a removed last entry by itself: keep the printed head hash elsewhere and
     pass it later as --expect-head. With --user (needs the deployment's secret) it says whether
-    and when that user was forgotten."""
+    and when that user was forgotten, and whether the deletion is exact yet (an exact-window
+    Retrain covers it) or still approximate."""
     from e2urec import api
     from e2urec.deploy.ledger import entry_hash
 
@@ -253,6 +270,7 @@ def run_ledger(args: argparse.Namespace) -> None:
                 f"{entry.get('request_id')} (ledger entry {entry['seq']}, version "
                 f"{entry.get('version')}, purpose {entry.get('purpose') or 'privacy'}){reason}"
             )
+            print(f"  deletion: {entry['exact']}")
         if not found:
             print(f"user {args.user}: no deletion recorded in the ledger")
         return

@@ -53,6 +53,9 @@ class BenchConfig:
     methods: Any = "all"
     method_params: dict = field(default_factory=dict)
     variants: dict = field(default_factory=dict)  # row name -> {method, params}
+    # the stream bench (`bench --stream N`): {methods: [row names], fractions: [of N where it
+    # is measured]} (defaults: `stream.DEFAULT_METHODS`, ¼, ½, ¾ and all of N)
+    stream: dict = field(default_factory=dict)
 
 
 def preset_names() -> list[str]:

@@ -10,7 +10,8 @@ version folders, request records, the ledger, logs, hidden files). A trace is:
   records); in a JSON file, a user field holding it in plaintext; in the SQLite bytes or another
   file, a JSON list or a `user...` field holding it.
 The user's keyed pseudonym in the ledger is expected (it proves the deletion to the secret's
-holder) and reported as such. The user's prompts come from the store while it holds them and
+holder) and reported as such, with a note per deletion request: exact yet (an exact-window
+Retrain covers it) or approximate. The user's prompts come from the store while it holds them and
 from the prepared data folder the deployment was built from (or `data`).
 """
 
@@ -22,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from e2urec.deploy import exact
 from e2urec.deploy.deployment import Deployment
 from e2urec.deploy.ledger import SECRET, Keys, names
 from e2urec.deploy.store import SPLITS
@@ -90,7 +92,18 @@ def audit(
         report.files[name] = found
     report.files["store.sqlite (live rows)"] = _live_rows(dep, user)
     report.files["versions (models)"] = _models(dep, user, pseudonym)
+    report.notes += _exactness(dep, user, pseudonym)
     return report
+
+
+def _exactness(dep: Deployment, user: int, pseudonym: str) -> list[str]:
+    """One note per deletion request of the user: exact yet, or approximate until when."""
+    settings, entries = dep.settings(), dep.ledger.entries()
+    return [
+        f"deletion request {e['request_id']}: {exact.status(settings, entries, e['request_id'])}"
+        for e in entries
+        if e.get("kind") == "forget" and names(e, user, pseudonym)
+    ]
 
 
 def _models(dep: Deployment, user: int, pseudonym: str) -> list[str]:

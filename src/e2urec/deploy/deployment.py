@@ -111,13 +111,12 @@ def serve_version(folder: Path, version: str) -> None:
     atomic_write_json(folder / CURRENT, {"version": version, "updated": iso()})
 
 
-def parse_duration(text: str) -> float:
-    """ "0", "90s", "30m", "12h", "7d" → seconds; a negative or malformed one is an error."""
+def parse_duration(text: str, what: str = "rollback window") -> float:
+    """ "0", "90s", "30m", "12h", "7d" → seconds; a negative or malformed one is an error
+    naming `what`."""
     match = re.fullmatch(r"\s*(-?\d+(?:\.\d+)?)\s*([smhd]?)\s*", str(text))
     if match is None or float(match[1]) < 0:
-        raise E2URecError(
-            f"rollback window {text!r}: give a duration >= 0 like 0, 90s, 30m, 12h or 7d"
-        )
+        raise E2URecError(f"{what} {text!r}: give a duration >= 0 like 0, 90s, 30m, 12h or 7d")
     return float(match[1]) * UNITS[match[2] or "s"]
 
 
@@ -193,12 +192,15 @@ class Deployment:
             self.store.set_meta({"keyed": True})
 
     def settings(self) -> dict[str, Any]:
-        """purposes (purpose → [method, *settings]) and rollback_window_s."""
+        """purposes (purpose → [method, *settings]), rollback_window_s, format and the exact
+        window (exact_every, exact_within_s; None when not set)."""
         meta = self.store.meta()
         return {
             "purposes": meta.get("purposes") or DEFAULT_METHODS,
             "rollback_window_s": float(meta.get("rollback_window_s") or 0.0),
             "format": meta.get("format") or "single",
+            "exact_every": meta.get("exact_every"),
+            "exact_within_s": meta.get("exact_within_s"),
         }
 
     def current(self) -> str:
@@ -458,8 +460,13 @@ class Deployment:
         """Serve a kept earlier version again; the versions after it are purged. Returns
         {"from", "to", "undoes": request ids whose unlearning the old version lacks}."""
         with self.lock("a rollback"):
-            if self.queue.running_pass() is not None:
-                raise E2URecError("a pass is unfinished; finish it first with `e2urec work --once`")
+            if self.queue.running_pass() is not None or self.store.select(
+                "retrains", "state = 'running'"
+            ):
+                raise E2URecError(
+                    "a pass or an exact Retrain is unfinished; finish it first with "
+                    "`e2urec work --once`"
+                )
             serving = self.current()
             kept = [v for v in self.versions() if v < serving]
             target = to or (kept[-1] if kept else None)
@@ -488,7 +495,8 @@ class Deployment:
 
     def adopt_old_requests(self) -> None:
         """An older deployment's unfinished synchronous requests (requests/ID/request.json)
-        join the queue; every leftover working folder and receipt is deleted."""
+        join the queue; every leftover working folder and receipt is deleted, except an
+        unfinished exact Retrain's (`exact`), which resumes from it."""
         folder = self.path / REQUESTS
         for path in sorted(folder.glob("*/request.json")) if folder.is_dir() else []:
             old = read_json(path, "request record")
@@ -497,7 +505,15 @@ class Deployment:
                     old["request_id"], old["users"], old["method"], old.get("sets") or [],
                     old.get("reason"), names=self.keys.pseudonyms(old["users"]),
                 )  # fmt: skip
-        shutil.rmtree(folder, ignore_errors=True)
+        running = self.store.select("retrains", "state = 'running'")
+        keep = {f"exact-{r['retrain_id']}" for r in running}  # resumed from its checkpoint
+        for child in folder.iterdir() if folder.is_dir() else []:
+            if child.name in keep:
+                continue
+            if child.is_dir():
+                shutil.rmtree(child, ignore_errors=True)
+            else:
+                child.unlink(missing_ok=True)
         for leftover in (self.path / VERSIONS).glob(".*"):
             shutil.rmtree(leftover, ignore_errors=True)
 
@@ -552,20 +568,25 @@ def deploy(
     overwrite: bool = False,
     rollback_window: str | float = 0,
     method_for: Sequence[str] = (),
+    exact_every: int | None = None,
+    exact_within: str | None = None,
 ) -> Deployment:
     """Create deployment `out` from run `run` on prepared data `data` (see the module docstring).
 
     Item titles and user profiles come from the raw data the folder was prepared from (its
     manifest's dataset and raw path), or from `raw`. `rollback_window`: how long superseded
     versions are kept (a duration, see `parse_duration`); `method_for`: purpose → method items
-    (see `parse_method_for`). Everything is checked before the folder is created.
+    (see `parse_method_for`); `exact_every` / `exact_within`: the exact retraining window (see
+    `exact`; needs a run trained by `e2urec train`, whose recipe is recorded). Everything is
+    checked before the folder is created.
     """
     from e2urec.data.dataset import read_manifest
+    from e2urec.deploy import exact
     from e2urec.runs import read_run_manifest
     from e2urec.unlearn import export
 
     run, data = Path(run).absolute(), Path(data).absolute()
-    window = parse_duration(str(rollback_window))
+    rollback = parse_duration(str(rollback_window))
     manifest = read_run_manifest(run)
     fmt = manifest.get("format", "single")
     served = served_format(fmt)
@@ -574,11 +595,18 @@ def deploy(
     if manifest.get("data_manifest_sha256") != sha256_file(data / MANIFEST):
         raise E2URecError(f"--data {data} is not the prepared data run {run} was trained on")
     split = training_split(manifest)
+    window, recipe = exact.parse_window(exact_every, exact_within), exact.recipe(run, manifest)
+    if recipe is None and any(v is not None for v in window.values()):
+        raise E2URecError(
+            f"an exact window needs a run trained by `e2urec train` (its recipe is what the "
+            f"Retrain repeats); {run} is a {manifest.get('kind')} run"
+        )
     tables = _store_tables(data, data_manifest, split, raw)
     if served is not None:
         served.check(run, manifest, tables["samples"]["train"])
     meta = {"source_run": str(run), "source_data": str(data), "keyed": True}
-    meta.update(tables.pop("meta"), purposes=purposes, rollback_window_s=window)
+    meta.update(tables.pop("meta"), purposes=purposes, rollback_window_s=rollback, recipe=recipe)
+    meta.update(window)
     if served is not None:
         meta["format"] = fmt
     with staged_folder(out, overwrite=overwrite) as stage:
@@ -594,7 +622,7 @@ def deploy(
         fields = {"source_run": str(run), "source_kind": manifest.get("kind"), "trained_on": split}
         fields.update(source_format=manifest.get("format", "single"), data_dir=str(data))
         fields.update(data_manifest_sha256=sha256_file(data / MANIFEST), rows=store.counts())
-        fields.update(data_sha256=store.data_sha256(), rollback_window_s=window)
+        fields.update(data_sha256=store.data_sha256(), rollback_window_s=rollback, **window)
         Ledger(stage / LEDGER).append(
             LedgerEntry("deploy", "v0001", model_sha256=sha, details=fields)
         )

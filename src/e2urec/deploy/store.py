@@ -9,7 +9,8 @@ Data tables:
 - known_users(user_id): users whose data the store holds; forgotten(pseudonym): keyed pseudonyms
   of users whose data was deleted (so a later request is told "deleted", not "unknown");
 - meta(key, value): template, history length, domain, the data's source, deployment settings.
-Queue tables (see `queue`): requests, passes; retired(version, since): superseded versions.
+Queue tables (see `queue`): requests, passes; retired(version, since): superseded versions;
+retrains: the exact window's Retrains (see `exact`).
 
 Every connection runs in WAL mode with `secure_delete` on (deleted content is zeroed in the
 page); after rows leave, the file is vacuumed when a fifth of it is free or unused space and
@@ -68,6 +69,10 @@ CREATE TABLE IF NOT EXISTS passes (
     data_sha256_after TEXT, created REAL NOT NULL, finished REAL, timings TEXT, error TEXT);
 CREATE TABLE IF NOT EXISTS retired (version TEXT PRIMARY KEY, since REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS forgotten (pseudonym TEXT PRIMARY KEY);
+CREATE TABLE IF NOT EXISTS retrains (
+    retrain_id INTEGER PRIMARY KEY AUTOINCREMENT, state TEXT NOT NULL, version TEXT NOT NULL,
+    parent_version TEXT NOT NULL, covers TEXT NOT NULL, data_sha256 TEXT NOT NULL,
+    started REAL NOT NULL, finished REAL);
 """
 
 

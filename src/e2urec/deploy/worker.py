@@ -13,6 +13,8 @@ superseded versions purged, the requests done with pseudonyms for users (one tra
 A crash before 4 leaves no version (the pass runs again); after it, step 5 is finished from the
 version folder. A method that fails marks the pass's requests failed. A starting worker adopts
 an older deployment's unfinished requests, removes leftovers and purges expired versions.
+Before each pass (and once the queue is empty) the worker runs the exact window's Retrain when
+it is due or was interrupted (`exact`), and reloads its warm state from the retrained version.
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ from e2urec.train.streams import sample_rows
 VALID_ROWS = 400
 HOLDOUT_ROWS = 200
 SEED = 0
+EXACT_POLL_S = 10.0  # how often an idle worker looks whether the exact window is due
 log = logging.getLogger("e2urec.worker")
 
 
@@ -166,6 +169,7 @@ class Worker:
         self.say, self.on_switch = say, on_switch
         self._lock: Any = None
         self.warm: Warm | None = None
+        self._exact_look = 0.0  # monotonic time before which an idle worker skips the window
 
     def __enter__(self) -> Worker:
         self._lock = self.dep.lock("a queue worker")
@@ -176,7 +180,9 @@ class Worker:
             dep.adopt_old_requests()
             dep.store.forget_known(dep.keys.pseudonym)
             running = dep.queue.running_pass()
-            self._purge((running.version,) if running else ())
+            retraining = dep.store.select("retrains", "state = 'running'")
+            keep = [running.version] if running else []
+            self._purge((*keep, *(r["version"] for r in retraining)))
             with quiet_transformers():
                 self.warm = Warm(dep, self.valid_rows, self.holdout_rows)
         except BaseException:
@@ -211,6 +217,9 @@ class Worker:
         queue = self.dep.queue
         work = queue.running_pass()
         if work is None:
+            # before the next pass, which is unlearned on top of the Retrain (when idle, the
+            # window is looked at every EXACT_POLL_S seconds: it reads the whole ledger)
+            self.retrain_if_due(idle=not queue.requests(("queued",)))
             if self.dep.store.retired():
                 self._purge()
             if wait and not self.ready():
@@ -224,10 +233,32 @@ class Worker:
 
     def drain(self) -> list[dict[str, Any]]:
         """Serve passes until nothing is queued; returns every served request's record."""
-        served = []
-        while records := self.step(wait=False):
+        served: list[dict[str, Any]] = []
+        while True:
+            records = self.step(wait=False)
             served.extend(records)
-        return served
+            if not records and not self.retrain_if_due():
+                return served
+
+    def retrain_if_due(self, idle: bool = False) -> bool:
+        """Run the exact window's Retrain when one is unfinished or due (see `exact`), then
+        serve it from memory and purge what it supersedes; returns whether one ran. `idle`:
+        look only if EXACT_POLL_S seconds passed since the last look."""
+        from e2urec.deploy import exact
+
+        if idle and time.monotonic() < self._exact_look:
+            return False
+        self._exact_look = time.monotonic() + EXACT_POLL_S
+        job = exact.start(self.dep, self.say)
+        if job is None:
+            return False
+        exact.run(self.dep, job, self.say)
+        with quiet_transformers():
+            self.warm = warm = Warm(self.dep, self.valid_rows, self.holdout_rows)
+        if self.on_switch is not None:
+            self.on_switch(warm.version, warm.model)
+        self._purge()
+        return True
 
     def run(self, stop: threading.Event, poll: float = 0.2) -> None:
         """Serve passes until `stop` is set; errors are logged and retried after a pause."""

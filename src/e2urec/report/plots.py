@@ -1,4 +1,5 @@
-"""Plots (PNG, matplotlib's Agg canvas, no pyplot state): trade-off, cost, training curves.
+"""Plots (PNG, matplotlib's Agg canvas, no pyplot state): trade-off, cost, training curves,
+the stream bench's residual and test AUC against requests.
 
 `plot_tradeoff` and `plot_cost` take the frame from `e2urec.report.tables.summarise`.
 """
@@ -308,4 +309,27 @@ def plot_training_curves(log_jsonl_path: str | Path, path: str | Path) -> Path:
         axis.grid(True, alpha=0.3)
         axis.legend(fontsize=8)
     figure.suptitle(f"Training curves: {Path(log_jsonl_path).parent.name or 'run'}")
+    return _save(figure, path)
+
+
+def plot_stream(stream: dict, path: str | Path) -> Path:
+    """Residual paper-JSD and test AUC against requests served, per method; the matched
+    Retrain (residual 0, its test AUC) and the Original as reference lines
+    (`stream`: the "stream" value of a stream bench's results.json)."""
+    figure, (left, right) = _figure(9.0, 3.6, ncols=2)
+    marks = [r["requests"] for r in stream["reference"]]
+    left.axhline(1.0, color="grey", linestyle=":", label="Original")
+    left.axhline(0.0, color="black", linestyle="--", label="matched Retrain")
+    right.plot(marks, [r["retrain_test_auc"] for r in stream["reference"]], "k--",
+               label="matched Retrain")  # fmt: skip
+    right.plot(marks, [r["original_test_auc"] for r in stream["reference"]], ":", color="grey",
+               label="Original")  # fmt: skip
+    for name, result in stream["methods"].items():
+        points = result["checkpoints"]
+        x = [c["requests"] for c in points]
+        left.plot(x, [c["residual"] for c in points], "o-", label=method_label(name))
+        right.plot(x, [c["test_auc"] for c in points], "o-", label=method_label(name))
+    left.set(xlabel="requests served", ylabel="residual paper-JSD (forgotten rows)")
+    right.set(xlabel="requests served", ylabel="test AUC")
+    right.legend(fontsize=7)
     return _save(figure, path)

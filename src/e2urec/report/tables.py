@@ -221,12 +221,16 @@ def write_tables(
 
 def render_results(path: str | Path, columns: Sequence[str] | None = None) -> str:
     """The Markdown table of a bench's `results.json` (PATH, or a folder holding it), with the
-    signal check's paragraph when `signal.json` lies beside it: what `e2urec report` prints."""
+    signal check's paragraph when `signal.json` lies beside it (a stream bench's results: its
+    tables, `report.stream`): what `e2urec report` prints."""
+    from e2urec.report import stream
     from e2urec.report.forgetting import signal_text
 
     path = Path(path)
     results = path / "results.json" if path.is_dir() else path
     rows = read_json(results, "results file")
+    if stream.is_stream(rows):
+        return stream.to_markdown(rows)
     if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
         raise E2URecError(f"results file must hold a list of result rows: {results}")
     text = to_markdown(summarise(rows), columns)
