@@ -145,7 +145,7 @@ def test_saved_model_round_trips(world, tmp_path) -> None:
         )
 
 
-def test_lora_training_trains_query_value_adapters_then_merges(world) -> None:
+def test_lora_training_keeps_query_value_adapters_over_the_bert_base(world) -> None:
     out = world["root"] / "lora"
     manifest = api.train(
         world["data"], "train", str(world["spec"]), out, finetune="lora", max_steps=2, epochs=1
@@ -154,8 +154,9 @@ def test_lora_training_trains_query_value_adapters_then_merges(world) -> None:
     assert 0 < manifest["cost"]["trainable_pct"] < 100
     config = (out / "config.resolved.yaml").read_text()
     assert "query" in config and "value" in config
-    assert not list(out.rglob("adapter_model.safetensors"))  # the saved model is merged
-    assert load_run_model(out).recommender.model.config.is_decoder
+    assert (out / "model" / "adapter_model.safetensors").is_file()  # the adapter, not a copy
+    assert not (out / "model" / "model.safetensors").exists()
+    assert load_run_model(out).recommender.model.config.is_decoder  # the base, rebuilt
 
 
 def quick_sets(method: str) -> list[str]:

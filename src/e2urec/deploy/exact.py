@@ -205,7 +205,7 @@ def _train_version(dep: Deployment, job: dict[str, Any], folder: Path, final: Pa
     if not manifest.get("complete"):  # else it finished before a crash: export it
         manifest = train(data, "retain", backbone, run_dir, resume=True, **settings)
     staged = folder / "version"
-    export(run_dir, staged, merge=True, overwrite=True)
+    export(run_dir, staged, merge=True, overwrite=True, keep_adapter=True)  # LoRA: its adapter
     sha = model_sha256(staged / MODEL_DIR)
     info = VersionInfo(job["version"], sha, parent_version=job["parent_version"], method="retrain")
     info.requests = json.loads(job["covers"])
