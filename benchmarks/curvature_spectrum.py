@@ -31,7 +31,7 @@ def spectrum(path: Path, dampings: list[float]) -> dict:
     flat = torch.cat(values).double()
     sample = flat[torch.randperm(len(flat), generator=torch.Generator().manual_seed(0))[:1_000_000]]
     return {
-        "file": str(path),
+        "file": path.name,
         "rows": curvature.info.get("rows"),
         "settings": curvature.info.get("settings"),
         "layers": len(curvature.linear),

@@ -244,7 +244,7 @@ METRIC_INFO: dict[str, MetricInfo] = {
     "time_ratio": MetricInfo(False, "wall-clock time ÷ Retrain's"),
     "trainable_params": MetricInfo(False, "parameters updated by the method"),
     "trainable_pct": MetricInfo(False, "trainable parameters as % of the model"),
-    "peak_mem_gb": MetricInfo(False, "peak accelerator memory (GiB)"),
+    "peak_memory_mb": MetricInfo(False, "peak memory in MB (process RSS on a CPU)"),
 }
 
 _SPLIT_PREFIXES = ("forget_", "retain_", "test_", "valid_")

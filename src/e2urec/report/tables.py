@@ -71,6 +71,7 @@ TABLE_COLUMNS: tuple[tuple[str, str, Callable[[float], int] | None], ...] = (
     ("test_logloss", "LogLoss", _fixed(4)),
     ("time_s", "time (s)", _fixed(1)),
     ("time_ratio", "time ÷ Retrain", _significant(3)),
+    ("peak_memory_mb", "peak memory (MB)", _fixed(0)),
     ("trainable_params", "trainable params", None),
 )
 
