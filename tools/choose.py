@@ -17,6 +17,7 @@ SETTINGS = (
     ("label-flipped users (pollution), two seeds", "docs/results/cpu-ml100k-flip-influence"),
     ("pretrained base (MiniLM), label-flipped users", "docs/results/minilm"),
     ("core users (the most active)", "docs/results/cpu-ml100k-core-influence"),
+    ("a real LLM (SmolLM2, LoRA), label-flipped users", "docs/results/smollm2"),
     ("shilling (fake) accounts", None),
 )
 EXACT = ("retrain", "sisa", "receraser", "apa")
