@@ -14,7 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from e2urec.artifacts import staged_folder
+from e2urec.artifacts import check_output, staged_folder
 from e2urec.errors import E2URecError, first_line
 from e2urec.runs import MODEL_DIR
 
@@ -37,6 +37,7 @@ def import_run(
 
     data = Path(data).absolute()
     read_manifest(data)
+    check_output(out, overwrite)  # refused before the checkpoint is loaded
     family, _ = parse_spec(backbone)
     if not family.pretrained:
         raise E2URecError(

@@ -99,10 +99,10 @@ def save_recommender(recommender: Recommender, folder: str | Path) -> None:
         "max_length": recommender.max_length,
         "chat": recommender.chat,
     }
-    model, base = recommender.model, getattr(recommender, "base", None)
-    if is_lora(model) and base:
+    model = recommender.model
+    if is_lora(model) and recommender.base:
         model.save_pretrained(folder, safe_serialization=True)
-        record["base"] = base
+        record["base"] = recommender.base
     else:
         if is_lora(model):
             model = model.merge_and_unload()
